@@ -1,0 +1,55 @@
+"""Shared test helpers: the repository root on sys.path, tiny-budget CLI runs in a temp folder."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+# Tiny settings under which every method script really runs gradient updates in a few seconds.
+TINY = ["--learning-starts", "200", "--batch-size", "32", "--hidden-sizes", "32", "32", "--buffer-size", "5000",
+        "--eval-every", "0", "--eval-episodes", "1", "--log-every", "200", "--threads", "1"]
+
+
+def run_script(script: str, *args: str, cwd: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+class ChainEnv(gym.Env):
+    """1-D toy task: observation = [position, step count]; terminates when position > 1.5, and a time
+    limit truncates. Used to check termination-vs-truncation bootstrapping."""
+
+    def __init__(self):
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self.pos, self.t = 0.0, 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.pos, self.t = 0.0, 0
+        return np.array([self.pos, self.t], np.float32), {}
+
+    def step(self, action):
+        self.pos += float(np.clip(action[0], -1, 1))
+        self.t += 1
+        return np.array([self.pos, self.t], np.float32), 1.0, self.pos > 1.5, False, {}
+
+
+if "TestChain-v0" not in gym.registry:
+    gym.register("TestChain-v0", entry_point=ChainEnv, max_episode_steps=6)
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """Runs write runs/ into a temp folder."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
