@@ -494,7 +494,8 @@ class Learner:
 # ---------------------------------------------------------------------------------------------------
 # Behaviour policy
 # ---------------------------------------------------------------------------------------------------
-def behaviour_action(learner: Learner, obs_n: torch.Tensor, episode_state: dict) -> np.ndarray:
+def behaviour_action(learner: Learner, obs_n: torch.Tensor, episode_state: dict, rng: np.random.Generator,
+                     global_step: int) -> np.ndarray:
     """SAC acts on the clean normalized observation."""
     with torch.no_grad():
         action, _ = learner.actor.sample(obs_n.unsqueeze(0))
@@ -683,7 +684,7 @@ def train(args: Args) -> dict:
         if global_step < args.learning_starts:
             action = rng.uniform(low, high).astype(np.float32)
         else:
-            action = behaviour_action(learner, obs_n, episode_state)
+            action = behaviour_action(learner, obs_n, episode_state, rng, global_step)
         next_obs, reward, terminated, truncated, _ = env.step(action)
         # The buffer stores the TRUE next state; a time-limit truncation keeps bootstrapping.
         buffer.add(obs, action, reward, next_obs, terminated)
