@@ -1,0 +1,36 @@
+"""Every method script: save -> resume continues the step count and the learning state exactly."""
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+
+from test_sac import TINY_ARGS
+
+EXTRA = {"sac": {}, "sac_valt_eps": {"worst_rate_remain_steps": 300, "reg_eps_start_step": 200, "reg_eps_end_step": 400},
+         "sac_valt_soft": {"adv_reset_every": 250, "reg_eps_start_step": 200, "reg_eps_end_step": 400}}
+
+
+@pytest.mark.parametrize("module_name", list(EXTRA))
+def test_resume_continues_exactly(workdir, module_name):
+    mod = importlib.import_module(module_name)
+    common = dict(env_id="Hopper-v4", total_timesteps=500, seed=3, **TINY_ARGS, **EXTRA[module_name])
+    straight = mod.train(mod.Args(**common, run_name="straight", save_every=0))
+    mod.train(mod.Args(**common, run_name="part", save_every=300, keep_checkpoints=True, save_buffer=True))
+    resumed = mod.train(mod.Args(**common, run_name="resumed", save_every=0, resume="runs/part/model_step300.pt"))
+    assert resumed["global_step"] == 500
+    a, b = straight["learner"].state_dict(), resumed["learner"].state_dict()
+    for net in ("actor", "critic", "critic_target") + (("adversary",) if "adversary" in a else ()):
+        for name, p in a[net].items():
+            torch.testing.assert_close(b[net][name], p, rtol=0, atol=0, msg=f"{net}.{name}")
+    assert resumed["eval_returns"] == straight["eval_returns"]
+
+
+def test_resume_rejects_a_checkpoint_of_another_method(workdir):
+    import sac
+    import sac_valt_eps
+
+    out = sac.train(sac.Args(env_id="Hopper-v4", total_timesteps=250, run_name="s", save_every=0, **TINY_ARGS))
+    with pytest.raises(sac_valt_eps.UserError, match="checkpoint is sac"):
+        sac_valt_eps.train(sac_valt_eps.Args(env_id="Hopper-v4", total_timesteps=300, resume=out["save_path"], **TINY_ARGS))
