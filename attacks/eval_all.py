@@ -1,0 +1,135 @@
+"""Attack checkpoints with every attacker and print a row per checkpoint in the paper's Table 1 layout:
+natural, uniform, MAD, PGD (minQ), RS, SA-RL (SAC), PA-AD (SAC), SA-RL (PPO), PA-AD (PPO), [own adversary],
+worst (the minimum over the evaluated columns). Writes <ckpt stem>_attacks.json and .md next to each checkpoint.
+
+    python attacks/eval_all.py --ckpt runs/a/model.pt runs/b/model.pt --episodes 20
+    python attacks/eval_all.py --ckpt runs/a/model.pt --attacks natural,uniform,mad,pgd
+    python attacks/eval_all.py --ckpt runs/a/model.pt --attack-budget 50000 --seeds 2 --rs-updates 20000   # CPU-sized
+
+Every attacker sees the same episode seeds, so the columns of a row are comparable.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from attacks import mad, natural, pa_ad, pgd, robust_sarsa, sa_rl, uniform, valt_soft_adv  # noqa: E402
+from attacks.common import AttackError, load_victim, run_cli  # noqa: E402
+from attacks.rl import add_learned_args  # noqa: E402
+
+# attack name -> (column label, module, overrides of the shared arguments)
+ATTACKS = {
+    "natural": ("Natural", natural, {}),
+    "uniform": ("Uniform", uniform, {}),
+    "mad": ("MAD", mad, {}),
+    "pgd": ("PGD (minQ)", pgd, {}),
+    "rs": ("RS", robust_sarsa, {}),
+    "sa_rl_sac": ("SA-RL (SAC)", sa_rl, {"algo": "sac"}),
+    "pa_ad_sac": ("PA-AD (SAC)", pa_ad, {"algo": "sac"}),
+    "sa_rl_ppo": ("SA-RL (PPO)", sa_rl, {"algo": "ppo"}),
+    "pa_ad_ppo": ("PA-AD (PPO)", pa_ad, {"algo": "ppo"}),
+    "valt_soft_adv": ("Own adversary", valt_soft_adv, {}),
+}
+DEFAULT_ATTACKS = [name for name in ATTACKS if name != "valt_soft_adv"]  # own adversary added when present
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", nargs="+", required=True, help="one or more checkpoints (one table row each)")
+    p.add_argument("--attacks", default="all", help=f"comma list of {', '.join(ATTACKS)} (default: all)")
+    p.add_argument("--episodes", type=int, default=20)
+    p.add_argument("--eps", type=float, default=None, help="override every checkpoint's radius")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stochastic", action="store_true")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None, help="also write the combined table (Markdown) here")
+    pgd.add_args(p)
+    mad.add_args(p)
+    robust_sarsa.add_args(p, with_pgd=False)
+    add_learned_args(p)
+    p.add_argument("--pa-steps", type=int, default=10)
+    return p
+
+
+def parse_attacks(spec: str) -> list[str]:
+    if spec == "all":
+        return list(DEFAULT_ATTACKS)
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    unknown = [n for n in names if n not in ATTACKS]
+    if unknown or not names:
+        raise AttackError(f"unknown attacker(s) {unknown or spec!r}; choose from {', '.join(ATTACKS)}")
+    return names
+
+
+def evaluate_checkpoint(path: str, names: list[str], args) -> dict:
+    victim = load_victim(path, args.eps, args.device)
+    if args.attacks == "all" and valt_soft_adv.has_adversary(victim):
+        names = names + ["valt_soft_adv"]
+    row = {"ckpt": path, "method": victim.method, "env_id": victim.env_id, "eps": victim.eps,
+           "global_step": victim.ckpt["global_step"], "episodes": args.episodes, "attacks": {}}
+    for i, name in enumerate(names):
+        label, module, overrides = ATTACKS[name]
+        print(f"[{victim.method} {victim.env_id}] attack {i + 1}/{len(names)}: {label} ...", flush=True)
+        attack_args = copy.copy(args)
+        for key, value in overrides.items():
+            setattr(attack_args, key, value)
+        start = time.time()
+        result = module.evaluate(victim, attack_args)
+        stats = result["stats"]
+        row["attacks"][name] = {"column": label, "mean": stats.mean, "std": stats.std, "returns": stats.returns,
+                                "seconds": round(time.time() - start, 2),  # training (learned attackers) + evaluation
+                                **{k: v for k, v in result.items() if k != "stats"}}
+        print(f"[{victim.method} {victim.env_id}] {label}: {stats.mean:.1f} ± {stats.std:.1f} "
+              f"({time.time() - start:.1f}s)", flush=True)
+    worst_name = min(row["attacks"], key=lambda n: row["attacks"][n]["mean"])
+    row["worst"] = {"attack": worst_name, "mean": row["attacks"][worst_name]["mean"],
+                    "std": row["attacks"][worst_name]["std"]}
+    return row
+
+
+def markdown_table(rows: list[dict]) -> str:
+    names = [n for n in ATTACKS if any(n in r["attacks"] for r in rows)]
+    header = ["Checkpoint", "Method", "Env", "eps"] + [ATTACKS[n][0] for n in names] + ["Worst"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [os.path.basename(os.path.dirname(os.path.abspath(r["ckpt"]))) or r["ckpt"], r["method"], r["env_id"],
+                 f"{r['eps']:g}"]
+        for n in names:
+            a = r["attacks"].get(n)
+            cells.append(f"{a['mean']:.0f} ± {a['std']:.0f}" if a else "–")
+        cells.append(f"**{r['worst']['mean']:.0f} ± {r['worst']['std']:.0f}** ({ATTACKS[r['worst']['attack']][0]})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    names = parse_attacks(args.attacks)
+    if args.episodes <= 0:
+        raise AttackError("--episodes must be positive")
+    rows = []
+    for path in args.ckpt:
+        row = evaluate_checkpoint(path, names, args)
+        rows.append(row)
+        stem = os.path.splitext(path)[0]
+        with open(f"{stem}_attacks.json", "w") as f:
+            json.dump(row, f, indent=1)
+        with open(f"{stem}_attacks.md", "w") as f:
+            f.write(markdown_table([row]) + "\n")
+    table = markdown_table(rows)
+    print("\n" + table)
+    for r in rows:
+        print(f"seconds per attacker ({r['ckpt']}): " +
+              ", ".join(f"{ATTACKS[n][0]} {a['seconds']:.1f}" for n, a in r["attacks"].items()))
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(table + "\n")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,33 @@
+"""No perturbation: the victim's clean return on the shared evaluation seeds.
+
+    python attacks/natural.py --ckpt runs/<run>/model.pt --episodes 20
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from attacks.common import Victim, base_parser, load_victim, report, rollout, run_cli  # noqa: E402
+
+NAME, COLUMN = "natural", "Natural"
+
+
+def add_args(parser) -> None:
+    pass
+
+
+def evaluate(victim: Victim, args) -> dict:
+    stats = rollout(victim, None, args.episodes, args.seed, args.stochastic)
+    return {"stats": stats}
+
+
+def main() -> None:
+    parser = base_parser(__doc__)
+    add_args(parser)
+    args = parser.parse_args()
+    report(NAME, evaluate(load_victim(args.ckpt, args.eps, args.device), args)["stats"])
+
+
+if __name__ == "__main__":
+    run_cli(main)

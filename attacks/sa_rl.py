@@ -1,0 +1,46 @@
+"""SA-RL (Zhang et al. 2021): an adversary policy, observation -> perturbation eps * a with a in [-1, 1]^d
+(SAC: tanh-squashed actor; PPO: tanh of a Gaussian sample), trained by RL with reward -r against the frozen
+victim. Evaluated with its mean action; several seeds, the strongest is kept; trained attackers are saved
+and can be re-evaluated with --load.
+
+    python attacks/sa_rl.py --ckpt runs/<run>/model.pt --algo ppo --attack-budget 50000 --seeds 2
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from attacks.common import Victim, base_parser, load_victim, report, run_cli  # noqa: E402
+from attacks.rl import add_learned_args, run_learned_attack  # noqa: E402
+
+NAME = "sa_rl"
+COLUMNS = {"sac": "SA-RL (SAC)", "ppo": "SA-RL (PPO)"}
+
+
+def realizer(victim: Victim):
+    def realize(obs_n: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return obs_n + victim.eps * action.clamp(-1.0, 1.0)
+
+    return realize
+
+
+def add_args(parser, default_algo: str = "sac") -> None:
+    add_learned_args(parser, default_algo)
+
+
+def evaluate(victim: Victim, args) -> dict:
+    return run_learned_attack(victim, args, NAME, victim.obs_dim, realizer(victim))
+
+
+def main() -> None:
+    parser = base_parser(__doc__)
+    add_args(parser)
+    args = parser.parse_args()
+    report(f"{NAME}_{args.algo}", evaluate(load_victim(args.ckpt, args.eps, args.device), args)["stats"])
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,47 @@
+"""Uniform random noise: s~ = s + U(-eps, eps) per dimension, every step.
+
+    python attacks/uniform.py --ckpt runs/<run>/model.pt --episodes 20
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from attacks.common import Victim, base_parser, load_victim, random_start, report, rollout, run_cli  # noqa: E402
+
+NAME, COLUMN = "uniform", "Uniform"
+
+
+class UniformAttacker:
+    name = NAME
+
+    def __init__(self, victim: Victim):
+        self.eps = victim.eps
+
+    def reset(self) -> None:
+        pass
+
+    def __call__(self, obs_n: torch.Tensor) -> torch.Tensor:
+        return random_start(obs_n, self.eps)
+
+
+def add_args(parser) -> None:
+    pass
+
+
+def evaluate(victim: Victim, args) -> dict:
+    return {"stats": rollout(victim, UniformAttacker(victim), args.episodes, args.seed, args.stochastic)}
+
+
+def main() -> None:
+    parser = base_parser(__doc__)
+    add_args(parser)
+    args = parser.parse_args()
+    report(NAME, evaluate(load_victim(args.ckpt, args.eps, args.device), args)["stats"])
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,70 @@
+"""The adversary a checkpoint carries (VALT-SOFT's nu_phi, SAC-PPO's PPO adversary) as one more attacker:
+its deterministic perturbation s + eps * tanh(mean(s)), eps = the evaluation radius.
+
+    python attacks/valt_soft_adv.py --ckpt runs/<valt_soft_run>/model.pt
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import sac  # noqa: E402
+from attacks.common import AttackError, Victim, base_parser, load_victim, report, rollout, run_cli  # noqa: E402
+
+NAME, COLUMN = "valt_soft_adv", "Own adversary"
+
+
+def has_adversary(victim: Victim) -> bool:
+    return "adversary" in victim.ckpt and victim.ckpt["arch"].get("adversary") in ("tanh_gaussian_obs", "ppo_gaussian_obs")
+
+
+class OwnAdversaryAttacker:
+    name = NAME
+
+    def __init__(self, victim: Victim):
+        if not has_adversary(victim):
+            raise AttackError(f"{victim.ckpt_path} carries no adversary network (method {victim.method})")
+        state, arch = victim.ckpt["adversary"], victim.ckpt["arch"]
+        # Both adversary kinds are an MLP trunk with a mean head (trunk.*, mean.* parameters); s~ = s + eps tanh(mean).
+        hidden = list(arch.get("adversary_hidden_sizes", arch["hidden_sizes"]))
+        activation = torch.nn.Tanh if arch.get("adversary_activation", "relu") == "tanh" else torch.nn.ReLU
+        self.trunk = sac.mlp([victim.obs_dim, *hidden])
+        for i, layer in enumerate(self.trunk):
+            if isinstance(layer, torch.nn.ReLU):
+                self.trunk[i] = activation()
+        self.trunk.append(activation())
+        self.mean = torch.nn.Linear(hidden[-1], victim.obs_dim)
+        self.trunk.load_state_dict({k[len("trunk."):]: v for k, v in state.items() if k.startswith("trunk.")})
+        self.mean.load_state_dict({k[len("mean."):]: v for k, v in state.items() if k.startswith("mean.")})
+        self.trunk.to(victim.device)
+        self.mean.to(victim.device)
+        self.eps = victim.eps
+
+    def reset(self) -> None:
+        pass
+
+    def __call__(self, obs_n: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return obs_n + self.eps * torch.tanh(self.mean(self.trunk(obs_n)))
+
+
+def add_args(parser) -> None:
+    pass
+
+
+def evaluate(victim: Victim, args) -> dict:
+    return {"stats": rollout(victim, OwnAdversaryAttacker(victim), args.episodes, args.seed, args.stochastic)}
+
+
+def main() -> None:
+    parser = base_parser(__doc__)
+    add_args(parser)
+    args = parser.parse_args()
+    report(NAME, evaluate(load_victim(args.ckpt, args.eps, args.device), args)["stats"])
+
+
+if __name__ == "__main__":
+    run_cli(main)

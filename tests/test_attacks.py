@@ -1,0 +1,246 @@
+"""The attack suite: eps-ball enforcement, each attacker does what it claims on a fixed network, Robust
+Sarsa learns Q^pi, learned attackers train/save/reload, eval_all writes the table."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import sac
+from attacks import common, eval_all, mad, pa_ad, pgd, rl, robust_sarsa, sa_rl, uniform, valt_soft_adv
+from conftest import ROOT, TINY, run_script
+from test_sac import TINY_ARGS
+
+
+@pytest.fixture(scope="module")
+def sac_ckpt(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("victim")
+    out = sac.train(sac.Args(env_id="Hopper-v4", total_timesteps=400, seed=0, save_every=0, run_name="victim",
+                             save_path=str(out_dir / "model.pt"), **TINY_ARGS))
+    return out["save_path"]
+
+
+@pytest.fixture
+def victim(sac_ckpt):
+    return common.load_victim(sac_ckpt)
+
+
+def learned_args(**overrides):
+    parser = argparse.ArgumentParser()
+    rl.add_learned_args(parser)
+    parser.add_argument("--pa-steps", type=int, default=3)
+    args = parser.parse_args([])
+    args.episodes, args.seed, args.stochastic, args.eps, args.device = 2, 0, False, None, "cpu"
+    args.attack_budget, args.seeds, args.attacker_hidden, args.learning_starts, args.ppo_steps = 300, 1, [16, 16], 100, 150
+    for k, v in overrides.items():
+        setattr(args, k, v)
+    return args
+
+
+# --- the eps-ball ---------------------------------------------------------------------------------------
+class OutOfBallAttacker:
+    name = "broken"
+
+    def __init__(self, eps):
+        self.eps, self.calls = eps, 0
+
+    def reset(self):
+        pass
+
+    def __call__(self, obs_n):
+        self.calls += 1
+        shift = 0.5 * self.eps if self.calls < 5 else 1.5 * self.eps  # fine for 4 steps, then leaves the ball
+        return obs_n + shift
+
+
+def test_rollout_catches_an_attacker_leaving_the_ball(victim):
+    with pytest.raises(common.AttackError, match="left the eps-ball"):
+        common.rollout(victim, OutOfBallAttacker(victim.eps), episodes=1, seed=0)
+
+
+@pytest.mark.parametrize("make", [
+    lambda v: uniform.UniformAttacker(v),
+    lambda v: mad.MADAttacker(v, steps=3),
+    lambda v: pgd.PGDAttacker(v, steps=3),
+    lambda v: rl.PolicyAttacker("pa", lambda o: torch.ones(1, v.act_dim), pa_ad.realizer(v, 3)),
+    lambda v: rl.PolicyAttacker("sa", lambda o: 5 * torch.ones(1, v.obs_dim), sa_rl.realizer(v)),
+])
+def test_attackers_stay_in_ball_over_many_steps(victim, make):
+    attacker = make(victim)
+    env = victim.make_env()
+    obs, _ = env.reset(seed=1)
+    moved = 0.0
+    for _ in range(30):
+        obs_n = victim.normalize(obs)
+        obs_tilde = attacker(obs_n)
+        gap = (obs_tilde - obs_n).abs().max().item()
+        assert gap <= victim.eps + 1e-5
+        moved = max(moved, gap)
+        obs, _, terminated, truncated, _ = env.step(victim.act(obs_tilde.unsqueeze(0))[0].numpy())
+        if terminated or truncated:
+            obs, _ = env.reset()
+    assert moved > 0.5 * victim.eps, "the attacker should actually perturb"
+
+
+# --- each attacker does what it claims, on a fixed network -------------------------------------------------
+def batch_states(victim, n=64):
+    env = victim.make_env()
+    obs, _ = env.reset(seed=3)
+    states = []
+    for _ in range(n):
+        states.append(victim.normalize(obs))
+        obs, *_ = env.step(env.action_space.sample())
+    return torch.stack(states)
+
+
+def test_pgd_lowers_q_more_than_uniform(victim):
+    states = batch_states(victim)
+    attacker = pgd.PGDAttacker(victim)
+    torch.manual_seed(0)
+    q_pgd = torch.stack([attacker.objective(s.unsqueeze(0), attacker(s).unsqueeze(0))[0] for s in states])
+    q_uni = torch.stack([attacker.objective(s.unsqueeze(0), uniform.UniformAttacker(victim)(s).unsqueeze(0))[0]
+                         for s in states])
+    assert (q_pgd < q_uni).float().mean() > 0.9
+
+
+def test_mad_changes_actions_more_than_uniform(victim):
+    # A confident policy (std ~ 0.05), as a trained one is: MAD's SGLD noise is scaled for such gradients.
+    with torch.no_grad():
+        victim.actor.log_std.weight.zero_()
+        victim.actor.log_std.bias.fill_(-0.3)
+    states = batch_states(victim)
+    attacker, noise = mad.MADAttacker(victim), uniform.UniformAttacker(victim)
+    torch.manual_seed(0)
+    d_mad = torch.stack([mad.action_change(victim, s.unsqueeze(0), attacker(s).unsqueeze(0))[0] for s in states])
+    d_uni = torch.stack([mad.action_change(victim, s.unsqueeze(0), noise(s).unsqueeze(0))[0] for s in states])
+    assert (d_mad > d_uni).float().mean() > 0.9
+
+
+def test_pa_ad_step_ascends_its_objective(victim):
+    states = batch_states(victim, 32)
+    rng = torch.Generator().manual_seed(0)
+    improved = 0
+    for s in states:
+        direction = torch.randn(victim.act_dim, generator=rng)
+        direction /= direction.norm()
+        torch.manual_seed(1)
+        start = common.random_start(s.unsqueeze(0), victim.eps)  # pa_perturb's own random start
+        torch.manual_seed(1)
+        x = pa_ad.pa_perturb(victim, s, direction, steps=10)
+        with torch.no_grad():
+            before = pa_ad.pa_objective(victim, s.unsqueeze(0), start, direction.unsqueeze(0))
+            after = pa_ad.pa_objective(victim, s.unsqueeze(0), x.unsqueeze(0), direction.unsqueeze(0))
+        improved += int(after.item() > before.item())
+    assert improved >= 0.9 * len(states)
+
+
+# --- Robust Sarsa -----------------------------------------------------------------------------------------
+def test_sarsa_learns_q_pi_of_a_fixed_policy_on_a_chain():
+    """Chain 0..4, the fixed policy walks right (a = +1), reward 1 per step, termination on leaving state 4;
+    episodes start anywhere. Q^pi(s, pi(s)) = sum_{k < 5 - s} gamma^k."""
+    gamma, n = 0.9, 5
+    rng = np.random.default_rng(0)
+    obs, act, rew, nxt, nxt_act, term = [], [], [], [], [], []
+    for _ in range(400):
+        s = int(rng.integers(0, n))
+        while True:
+            done = s == n - 1
+            obs.append([s / n]), act.append([1.0]), rew.append(1.0), term.append(float(done))
+            nxt.append([(s + 1) / n]), nxt_act.append([1.0])
+            if done:
+                break
+            s += 1
+    data = {"obs": torch.tensor(obs), "actions": torch.tensor(act), "rewards": torch.tensor(rew),
+            "next_obs": torch.tensor(nxt), "next_actions": torch.tensor(nxt_act), "terminated": torch.tensor(term)}
+    q = robust_sarsa.fit_sarsa(data, 1, 1, updates=3000, reg_coef=0.0, reg_eps=0.0, seed=0, hidden=(64, 64),
+                               gamma=gamma, lr=1e-3, tau=0.02)
+    states = torch.arange(n, dtype=torch.float32).unsqueeze(-1) / n
+    learned = q(states, torch.ones(n, 1)).mean(0)
+    true = torch.tensor([sum(gamma**k for k in range(n - s)) for s in range(n)])
+    torch.testing.assert_close(learned, true, atol=0.1, rtol=0.0)
+
+
+def test_sarsa_tuples_are_consecutive_steps(victim):
+    data = robust_sarsa.collect_transitions(victim, 50, seed=0)
+    same = (data["obs"][1:] == data["next_obs"][:-1]).all(-1) & (data["terminated"][:-1] == 0)
+    assert same.float().mean() > 0.9  # every step continues the previous one, except across episode ends
+    torch.testing.assert_close(data["next_actions"], victim.act(data["next_obs"]))
+
+
+# --- learned attackers --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("module,algo", [(sa_rl, "sac"), (sa_rl, "ppo"), (pa_ad, "sac"), (pa_ad, "ppo")])
+def test_learned_attackers_train_save_and_reload(victim, tmp_path, module, algo):
+    args = learned_args(algo=algo, save_dir=str(tmp_path))
+    result = module.evaluate(victim, args)
+    assert result["attacker_path"].startswith(str(tmp_path)) and len(result["per_seed"]) == 1
+    reloaded = module.evaluate(victim, learned_args(algo=algo, load=result["attacker_path"]))
+    assert reloaded["stats"].returns == result["stats"].returns
+    with pytest.raises(common.AttackError, match="is not a"):
+        other = sa_rl if module is pa_ad else pa_ad
+        other.evaluate(victim, learned_args(algo=algo, load=result["attacker_path"]))
+
+
+def test_gae_matches_hand_computation():
+    r = np.array([1.0, 2.0, 3.0, 4.0])
+    v = np.array([0.5, 0.4, 0.3, 0.2])
+    v_next = np.array([0.4, 0.3, 9.0, 0.1])  # index 2: true next state of a truncated episode
+    term = np.array([0.0, 0.0, 0.0, 1.0])
+    end = np.array([0.0, 0.0, 1.0, 1.0])
+    g, lam = 0.9, 0.8
+    d = r + g * (1 - term) * v_next - v
+    a3 = d[3]
+    a2 = d[2]
+    a1 = d[1] + g * lam * a2
+    a0 = d[0] + g * lam * a1
+    adv, ret = rl.gae(r, v, v_next, term, end, g, lam)
+    np.testing.assert_allclose(adv, [a0, a1, a2, a3])
+    np.testing.assert_allclose(ret, adv + v)
+
+
+# --- eval_all -----------------------------------------------------------------------------------------------
+def test_eval_all_writes_every_column_and_the_worst(tmp_path):
+    train = run_script("sac_valt_soft.py", "--env-id", "Hopper-v4", "--total-timesteps", "300", "--run-name", "v",
+                       *TINY, "--kappa", "2", cwd=str(tmp_path))
+    assert train.returncode == 0, train.stderr[-2000:]
+    ckpt = tmp_path / "runs/v/model.pt"
+    proc = run_script("attacks/eval_all.py", "--ckpt", str(ckpt), "--episodes", "1", "--attack-budget", "200",
+                      "--seeds", "1", "--learning-starts", "100", "--attacker-hidden", "16", "16", "--ppo-steps", "100",
+                      "--rs-steps", "200", "--rs-updates", "20", "--rs-settings", "0.1:0.05", "--rs-hidden", "16", "16",
+                      "--pgd-steps", "2", "--mad-steps", "2", "--pa-steps", "2", cwd=str(tmp_path), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = json.loads((tmp_path / "runs/v/model_attacks.json").read_text())
+    expected = set(eval_all.ATTACKS)  # a VALT-SOFT checkpoint adds its own adversary
+    assert set(row["attacks"]) == expected
+    means = {n: a["mean"] for n, a in row["attacks"].items()}
+    assert row["worst"]["mean"] == min(means.values()) and row["worst"]["attack"] == min(means, key=means.get)
+    md = (tmp_path / "runs/v/model_attacks.md").read_text()
+    for label, _, _ in eval_all.ATTACKS.values():
+        assert label in md
+    assert "Worst" in md and "seconds per attacker" in proc.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--attacks", "natural,nope"], "unknown attacker"),
+    (["--eps", "-1"], "must be > 0"),
+    (["--eps", "0"], "must be > 0"),
+])
+def test_eval_all_bad_input(sac_ckpt, tmp_path, args, message):
+    proc = run_script("attacks/eval_all.py", "--ckpt", sac_ckpt, "--episodes", "1", *args, cwd=str(tmp_path))
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_attack_cli_rejects_missing_and_corrupt_checkpoints(tmp_path):
+    (tmp_path / "bad.pt").write_text("garbage")
+    for path, message in [("missing.pt", "checkpoint not found"), ("bad.pt", "not a readable checkpoint")]:
+        proc = run_script("attacks/pgd.py", "--ckpt", path, cwd=str(tmp_path))
+        assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_own_adversary_only_for_checkpoints_that_carry_one(victim):
+    assert not valt_soft_adv.has_adversary(victim)
+    with pytest.raises(common.AttackError, match="carries no adversary"):
+        valt_soft_adv.OwnAdversaryAttacker(victim)
