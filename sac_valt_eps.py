@@ -519,8 +519,7 @@ class Learner:
         """Per-sample D(pi(.|s), pi(.|s~)); `reference` = actor(s) as (mean, log_std)."""
         mean, log_std = self.actor(obs_tilde)
         if self.args.reg_distance == "mse":
-            scale, bias = self.actor.action_scale, self.actor.action_bias
-            return ((torch.tanh(mean) - torch.tanh(reference[0])) * scale).pow(2).sum(-1)
+            return ((torch.tanh(mean) - torch.tanh(reference[0])) * self.actor.action_scale).pow(2).sum(-1)
         ref_mean, ref_log_std = reference  # KL(N_ref || N_tilde) of the pre-tanh diagonal Gaussians
         return (log_std - ref_log_std + ((2 * ref_log_std).exp() + (ref_mean - mean).pow(2)) /
                 (2 * (2 * log_std).exp()) - 0.5).sum(-1)

@@ -1,5 +1,6 @@
-"""The adversary a checkpoint carries (VALT-SOFT's nu_phi, SAC-PPO's PPO adversary) as one more attacker:
-its deterministic perturbation s + eps * tanh(mean(s)), eps = the evaluation radius.
+"""The adversary a checkpoint carries (VALT-SOFT's nu_phi, SAC-PPO's PPO adversary) as one more attacker,
+with its deterministic (mean) output: the perturbation s + eps * tanh(mean(s)) (eps = the evaluation radius),
+or, for a PA-SAC-PPO director, the direction tanh(mean(s)) realised by PA-AD's PGD (attacks/pa_ad.py).
 
     python attacks/valt_soft_adv.py --ckpt runs/<valt_soft_run>/model.pt
 """
@@ -13,12 +14,15 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import sac  # noqa: E402
 from attacks.common import AttackError, Victim, base_parser, load_victim, report, rollout, run_cli  # noqa: E402
+from attacks.pa_ad import pa_perturb  # noqa: E402
+
+KINDS = ("tanh_gaussian_obs", "ppo_gaussian_obs", "ppo_director_action")
 
 NAME, COLUMN = "valt_soft_adv", "Own adversary"
 
 
 def has_adversary(victim: Victim) -> bool:
-    return "adversary" in victim.ckpt and victim.ckpt["arch"].get("adversary") in ("tanh_gaussian_obs", "ppo_gaussian_obs")
+    return "adversary" in victim.ckpt and victim.ckpt["arch"].get("adversary") in KINDS
 
 
 class OwnAdversaryAttacker:
@@ -36,7 +40,9 @@ class OwnAdversaryAttacker:
             if isinstance(layer, torch.nn.ReLU):
                 self.trunk[i] = activation()
         self.trunk.append(activation())
-        self.mean = torch.nn.Linear(hidden[-1], victim.obs_dim)
+        self.director = arch["adversary"] == "ppo_director_action"
+        self.mean = torch.nn.Linear(hidden[-1], victim.act_dim if self.director else victim.obs_dim)
+        self.victim = victim
         self.trunk.load_state_dict({k[len("trunk."):]: v for k, v in state.items() if k.startswith("trunk.")})
         self.mean.load_state_dict({k[len("mean."):]: v for k, v in state.items() if k.startswith("mean.")})
         self.trunk.to(victim.device)
@@ -48,7 +54,10 @@ class OwnAdversaryAttacker:
 
     def __call__(self, obs_n: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return obs_n + self.eps * torch.tanh(self.mean(self.trunk(obs_n)))
+            out = torch.tanh(self.mean(self.trunk(obs_n)))
+        if self.director:
+            return pa_perturb(self.victim, obs_n, out / (out.norm() + 1e-8))
+        return obs_n + self.eps * out
 
 
 def add_args(parser) -> None:

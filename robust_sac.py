@@ -1,0 +1,817 @@
+"""Robust-SAC: SAC (sac.py) + the state-adversarial (SA) regulariser of Zhang et al. 2020 (SPEC §6), one file.
+
+The actor loss gains c_reg * max_{s~ in B_eps(s)} D(pi(.|s), pi(.|s~)), the max found by SGLD, with the
+regulariser's radius ramped linearly from 0 to the attack radius. The critic is plain SAC.
+
+    python robust_sac.py --env-id HalfCheetah-v4
+    python robust_sac.py --env-id Hopper-v4 --reg-distance kl
+
+Every method script (sac.py, robust_sac.py, sac_valt_eps.py, sac_valt_soft.py, sac_ppo.py) has the
+same sections in the same order, so `diff sac.py sac_valt_eps.py` shows only the method.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+import warnings
+from collections import deque
+from dataclasses import dataclass
+from typing import Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+
+METHOD = "robust_sac"
+CHECKPOINT_FORMAT = 1
+
+# ---------------------------------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------------------------------
+# Per-task defaults, keyed by the env id's prefix ("Hopper-v4" -> "Hopper").
+ATTACK_EPS = {"Hopper": 0.075, "Walker2d": 0.05, "HalfCheetah": 0.15, "Ant": 0.15}  # SPEC §1
+TOTAL_TIMESTEPS = {"Hopper": 500_000, "Walker2d": 1_500_000, "HalfCheetah": 1_000_000, "Ant": 3_000_000}
+# The literature's Ant has 111 observation dims (contact forces included), SPEC §9.
+DEFAULT_ENV_KWARGS = {"Ant-v4": {"use_contact_forces": True}}
+# Robust-SAC, paper Table 3: regulariser coefficient and the linear ramp of its radius (start, end step).
+REG_COEF = {"Hopper": 300.0, "Walker2d": 10.0, "HalfCheetah": 300.0, "Ant": 30.0}
+REG_EPS_RAMP = {"Hopper": (100_000, 400_000), "Walker2d": (100_000, 1_300_000), "HalfCheetah": (100_000, 800_000),
+                "Ant": (100_000, 2_700_000)}
+
+
+@dataclass
+class Args:
+    env_id: str = "Hopper-v4"
+    """Gymnasium environment id (MuJoCo -v4 tasks for the paper's settings)"""
+    env_kwargs: str = ""
+    """extra gym.make kwargs as JSON, merged over the defaults (Ant-v4: {"use_contact_forces": true})"""
+    seed: int = 1
+    """seed of python, numpy, torch and the environment"""
+    total_timesteps: Optional[int] = None
+    """environment steps; default per task (SPEC §6: Hopper 0.5M, HalfCheetah 1M, Walker2d 1.5M, Ant 3M)"""
+    learning_starts: int = 5000
+    """uniform random actions (and no updates) before this step"""
+    buffer_size: int = 1_000_000
+    batch_size: int = 256
+    gamma: float = 0.99
+    tau: float = 0.005
+    """target critic Polyak rate"""
+    policy_lr: float = 3e-4
+    q_lr: float = 3e-4
+    alpha_lr: float = 3e-4
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    autotune: bool = True
+    """learn the temperature alpha (otherwise alpha stays at --alpha)"""
+    alpha: float = 1.0
+    """initial (or, with --no-autotune, fixed) temperature"""
+    target_entropy: Optional[float] = None
+    """entropy target of the temperature; default -dim(A) (the paper raises it for Hopper)"""
+    huber_delta: float = 1.0
+    """Huber (smooth L1) threshold of the critic loss"""
+    per: bool = True
+    """proportional prioritized replay (off: uniform replay, unit weights)"""
+    per_alpha: float = 0.6
+    per_beta_start: float = 0.4
+    """importance-sampling exponent, annealed linearly to 1.0 over training"""
+    per_eps: float = 1e-6
+    obs_clip: float = 10.0
+    """normalized observations are clipped to [-obs_clip, obs_clip]"""
+    attack_eps: Optional[float] = None
+    """l_inf attack radius in normalized units stored in the checkpoint; default per task (SPEC §1)"""
+    eval_every: int = 10_000
+    """steps between clean deterministic evaluations (0: only at the end)"""
+    eval_episodes: int = 10
+    log_every: int = 1000
+    """steps between console progress lines and scalar logs"""
+    save_every: int = 50_000
+    """steps between checkpoints (the final one is always written)"""
+    save_path: Optional[str] = None
+    """checkpoint file; default runs/{run_name}/model.pt"""
+    save_buffer: bool = False
+    """also write the replay buffer next to each checkpoint (needed for an exact --resume)"""
+    keep_checkpoints: bool = False
+    """also keep every periodic checkpoint as {save_path stem}_step{N}.pt"""
+    resume: Optional[str] = None
+    """continue the run stored in this checkpoint (optimizers, normalizer, RNGs, step counter)"""
+    run_name: Optional[str] = None
+    """default {env_id}__{method}__{seed}__{unix time}"""
+    cuda: bool = True
+    """use CUDA when available"""
+    threads: Optional[int] = None
+    """torch intra-op threads (default: torch's choice)"""
+    # --- Robust-SAC ---
+    reg_coef: Optional[float] = None
+    """coefficient c_reg of the SA regulariser; default per task (Table 3: 300 / 300 / 10 / 30)"""
+    reg_sgld_steps: int = 5
+    """SGLD steps of the inner maximisation (paper: 5, as Robust-DDPG)"""
+    reg_distance: str = "mse"
+    """regulariser distance: "mse" of deterministic actions (SA-DDPG) or "kl" of the Gaussians (SA-PPO)"""
+    reg_eps_start_step: Optional[int] = None
+    """the regulariser's radius ramps 0 -> eps between these steps; default per task"""
+    reg_eps_end_step: Optional[int] = None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Environment
+# ---------------------------------------------------------------------------------------------------
+class UserError(Exception):
+    """Bad input: reported as one line, exit code 2."""
+
+
+def task_name(env_id: str) -> str:
+    return env_id.split("-")[0]
+
+
+def parse_env_kwargs(env_id: str, env_kwargs: str) -> dict:
+    kwargs = dict(DEFAULT_ENV_KWARGS.get(env_id, {}))
+    if env_kwargs:
+        try:
+            extra = json.loads(env_kwargs)
+        except json.JSONDecodeError as e:
+            raise UserError(f"--env-kwargs is not valid JSON ({e}): {env_kwargs!r}")
+        if not isinstance(extra, dict):
+            raise UserError(f"--env-kwargs must be a JSON object, got {env_kwargs!r}")
+        kwargs.update(extra)
+    return kwargs
+
+
+def make_env(env_id: str, env_kwargs: dict) -> gym.Env:
+    if env_id not in gym.registry:
+        raise UserError(f"unknown environment id {env_id!r} (e.g. Hopper-v4, HalfCheetah-v4, Walker2d-v4, Ant-v4)")
+    try:
+        with warnings.catch_warnings():
+            # The -v4 tasks are the literature's (SPEC §9); gymnasium's "upgrade to v5" notice is noise here.
+            warnings.filterwarnings("ignore", message=".*is out of date.*")
+            env = gym.make(env_id, **env_kwargs)
+    except TypeError as e:
+        raise UserError(f"cannot make {env_id} with kwargs {env_kwargs}: {e}")
+    if not isinstance(env.action_space, gym.spaces.Box):
+        raise UserError(f"{env_id} has a {type(env.action_space).__name__} action space; SAC needs a continuous Box")
+    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
+        raise UserError(f"{env_id} needs a flat Box observation space, got {env.observation_space}")
+    return env
+
+
+def get_env_state(env: gym.Env) -> Optional[dict]:
+    """Full simulator state of a MuJoCo env (for an exact resume mid-episode), else None."""
+    unwrapped = env.unwrapped
+    if not (hasattr(unwrapped, "model") and hasattr(unwrapped, "data")):
+        return None
+    import mujoco
+
+    spec = mujoco.mjtState.mjSTATE_INTEGRATION
+    physics = np.empty(mujoco.mj_stateSize(unwrapped.model, spec))
+    mujoco.mj_getState(unwrapped.model, unwrapped.data, physics, spec)
+    elapsed, wrapper = None, env
+    while isinstance(wrapper, gym.Wrapper):
+        if isinstance(wrapper, gym.wrappers.TimeLimit):
+            elapsed = wrapper._elapsed_steps
+        wrapper = wrapper.env
+    return {"physics": torch.from_numpy(physics), "elapsed_steps": elapsed,
+            "np_random": unwrapped.np_random.bit_generator.state}
+
+
+def set_env_state(env: gym.Env, state: dict) -> None:
+    import mujoco
+
+    unwrapped = env.unwrapped
+    mujoco.mj_setState(unwrapped.model, unwrapped.data, state["physics"].numpy(), mujoco.mjtState.mjSTATE_INTEGRATION)
+    wrapper = env
+    while isinstance(wrapper, gym.Wrapper):
+        if isinstance(wrapper, gym.wrappers.TimeLimit):
+            wrapper._elapsed_steps = state["elapsed_steps"]
+        wrapper = wrapper.env
+    unwrapped.np_random.bit_generator.state = state["np_random"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Observation normalizer
+# ---------------------------------------------------------------------------------------------------
+class RunningNormalizer:
+    """Running mean/variance of raw observations (parallel Welford update in float64).
+
+    The replay buffer stores raw observations and normalizes them at sampling time with the current
+    statistics, so acting and learning always see the same map. Attack radii live in this
+    normalized space (SPEC §1).
+    """
+
+    def __init__(self, dim: int, clip: float, device: torch.device):
+        self.mean = np.zeros(dim, np.float64)
+        self.var = np.ones(dim, np.float64)
+        self.count = 1e-4
+        self.clip = clip
+        self.device = device
+        self._sync()
+
+    def update(self, x: np.ndarray) -> None:
+        x = np.asarray(x, np.float64).reshape(-1, self.mean.shape[0])
+        batch_mean, batch_var, n = x.mean(0), x.var(0), x.shape[0]
+        delta = batch_mean - self.mean
+        total = self.count + n
+        self.mean = self.mean + delta * n / total
+        self.var = (self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total
+        self.count = total
+        self._sync()
+
+    def _sync(self) -> None:
+        self.mean_t = torch.as_tensor(self.mean, dtype=torch.float32, device=self.device)
+        self.std_t = torch.as_tensor(np.sqrt(self.var + 1e-8), dtype=torch.float32, device=self.device)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x - self.mean_t) / self.std_t).clamp(-self.clip, self.clip)
+
+    def state_dict(self) -> dict:
+        return {"mean": torch.from_numpy(self.mean.copy()), "var": torch.from_numpy(self.var.copy()),
+                "count": float(self.count), "clip": float(self.clip)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.mean = state["mean"].numpy().astype(np.float64)
+        self.var = state["var"].numpy().astype(np.float64)
+        self.count, self.clip = float(state["count"]), float(state["clip"])
+        self._sync()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Prioritized replay
+# ---------------------------------------------------------------------------------------------------
+class SumTree:
+    """Binary sum-tree over `capacity` priorities; batched (numpy) update and prefix-sum search."""
+
+    def __init__(self, capacity: int):
+        self.leaves = 1 << max(0, (capacity - 1).bit_length())
+        self.tree = np.zeros(2 * self.leaves, np.float64)
+
+    @property
+    def total(self) -> float:
+        return float(self.tree[1])
+
+    def update(self, indices: np.ndarray, priorities: np.ndarray) -> None:
+        pos = np.asarray(indices, np.int64) + self.leaves
+        self.tree[pos] = priorities
+        pos = np.unique(pos >> 1)
+        while pos[0] >= 1:
+            self.tree[pos] = self.tree[2 * pos] + self.tree[2 * pos + 1]
+            if pos[0] == 1:
+                break
+            pos = np.unique(pos >> 1)
+
+    def find(self, values: np.ndarray) -> np.ndarray:
+        """Index i of each value v with prefix(i) <= v < prefix(i+1)."""
+        idx = np.ones(len(values), np.int64)
+        values = values.astype(np.float64).copy()
+        while idx[0] < self.leaves:
+            left = self.tree[2 * idx]
+            go_right = values >= left
+            values -= left * go_right
+            idx = 2 * idx + go_right
+        return idx - self.leaves
+
+
+class PrioritizedReplayBuffer:
+    """Proportional PER (Schaul et al. 2016) over raw transitions; uniform when `prioritized=False`.
+
+    Tensors are preallocated on `device`; the sum-tree stays in numpy on the host.
+    """
+
+    def __init__(self, capacity, obs_dim, act_dim, device, prioritized=True, alpha=0.6, eps=1e-6):
+        self.capacity, self.device, self.prioritized = capacity, device, prioritized
+        self.alpha, self.eps = alpha, eps
+        self.obs = torch.zeros(capacity, obs_dim, device=device)
+        self.next_obs = torch.zeros(capacity, obs_dim, device=device)
+        self.actions = torch.zeros(capacity, act_dim, device=device)
+        self.rewards = torch.zeros(capacity, device=device)
+        self.terminated = torch.zeros(capacity, device=device)
+        self.tree = SumTree(capacity)
+        self.max_priority = 1.0
+        self.pos, self.size = 0, 0
+
+    def add(self, obs, action, reward, next_obs, terminated) -> None:
+        i = self.pos
+        self.obs[i] = torch.as_tensor(obs, device=self.device)
+        self.next_obs[i] = torch.as_tensor(next_obs, device=self.device)
+        self.actions[i] = torch.as_tensor(action, device=self.device)
+        self.rewards[i] = float(reward)
+        self.terminated[i] = float(terminated)
+        # New transitions get the highest priority seen so far, so each is replayed at least once soon.
+        self.tree.update(np.array([i]), np.array([self.max_priority**self.alpha]))
+        self.pos = (self.pos + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+
+    def sample(self, batch_size: int, beta: float, rng: np.random.Generator):
+        """Returns (indices, obs, actions, rewards, next_obs, terminated, importance weights)."""
+        if self.prioritized:
+            total = self.tree.total
+            # Stratified sampling: one draw per equal-mass segment of the priority line.
+            values = (np.arange(batch_size) + rng.random(batch_size)) * (total / batch_size)
+            idx = np.minimum(self.tree.find(np.minimum(values, total * (1 - 1e-12))), self.size - 1)
+            probs = self.tree.tree[idx + self.tree.leaves] / total
+            weights = (self.size * probs) ** (-beta)
+            weights = weights / weights.max()  # normalized by the batch maximum, so weights <= 1
+            weights_t = torch.as_tensor(weights, dtype=torch.float32, device=self.device)
+        else:
+            idx = rng.integers(0, self.size, batch_size)
+            weights_t = torch.ones(batch_size, device=self.device)
+        it = torch.as_tensor(idx, device=self.device)
+        return (idx, self.obs[it], self.actions[it], self.rewards[it], self.next_obs[it],
+                self.terminated[it], weights_t)
+
+    def update_priorities(self, indices: np.ndarray, td_errors: np.ndarray) -> None:
+        if not self.prioritized:
+            return
+        priorities = np.abs(td_errors) + self.eps
+        self.max_priority = max(self.max_priority, float(priorities.max()))
+        self.tree.update(indices, priorities**self.alpha)
+
+    def state_dict(self) -> dict:
+        n = self.size
+        return {"obs": self.obs[:n].cpu(), "next_obs": self.next_obs[:n].cpu(), "actions": self.actions[:n].cpu(),
+                "rewards": self.rewards[:n].cpu(), "terminated": self.terminated[:n].cpu(),
+                "tree": torch.from_numpy(self.tree.tree.copy()), "max_priority": self.max_priority,
+                "pos": self.pos, "size": self.size, "capacity": self.capacity}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["capacity"] != self.capacity:
+            raise UserError(f"saved replay buffer has capacity {state['capacity']}, this run {self.capacity}")
+        n = state["size"]
+        for name in ("obs", "next_obs", "actions", "rewards", "terminated"):
+            getattr(self, name)[:n] = state[name].to(self.device)
+        self.tree.tree[:] = state["tree"].numpy()
+        self.max_priority, self.pos, self.size = state["max_priority"], state["pos"], n
+
+
+# ---------------------------------------------------------------------------------------------------
+# Networks
+# ---------------------------------------------------------------------------------------------------
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+def mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(fan_in, fan_out))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class Actor(nn.Module):
+    """Tanh-squashed diagonal Gaussian policy, rescaled to the action bounds."""
+
+    def __init__(self, obs_dim, act_dim, hidden_sizes, action_low, action_high):
+        super().__init__()
+        self.trunk = mlp([obs_dim, *hidden_sizes])
+        self.trunk.append(nn.ReLU())
+        self.mean = nn.Linear(hidden_sizes[-1], act_dim)
+        self.log_std = nn.Linear(hidden_sizes[-1], act_dim)
+        low, high = torch.as_tensor(action_low, dtype=torch.float32), torch.as_tensor(action_high, dtype=torch.float32)
+        self.register_buffer("action_scale", (high - low) / 2)
+        self.register_buffer("action_bias", (high + low) / 2)
+
+    def forward(self, obs):
+        h = self.trunk(obs)
+        log_std = torch.tanh(self.log_std(h))
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (log_std + 1)
+        return self.mean(h), log_std
+
+    def sample(self, obs):
+        """Reparameterized action and its log-density (tanh and scale Jacobians included)."""
+        mean, log_std = self(obs)
+        noise = torch.randn_like(mean)
+        pre_tanh = mean + log_std.exp() * noise
+        # log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)), stable for large |u|.
+        log_jacobian = 2 * (math.log(2) - pre_tanh - F.softplus(-2 * pre_tanh)) + torch.log(self.action_scale)
+        log_prob = (-0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi) - log_jacobian).sum(-1)
+        return torch.tanh(pre_tanh) * self.action_scale + self.action_bias, log_prob
+
+    def deterministic(self, obs):
+        mean, _ = self(obs)
+        return torch.tanh(mean) * self.action_scale + self.action_bias
+
+
+class TwinCritic(nn.Module):
+    """Both Q-networks in one module: weights stacked on a leading axis of size 2, so a single
+    batched matmul per layer evaluates the pair. forward returns Q of shape [2, batch]."""
+
+    def __init__(self, obs_dim, act_dim, hidden_sizes):
+        super().__init__()
+        sizes = [obs_dim + act_dim, *hidden_sizes, 1]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            bound = 1 / math.sqrt(fan_in)  # nn.Linear's default initialization, per critic
+            self.weights.append(nn.Parameter(torch.empty(2, fan_in, fan_out).uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(torch.empty(2, 1, fan_out).uniform_(-bound, bound)))
+
+    def forward(self, obs, action):
+        x = torch.cat([obs, action], -1).unsqueeze(0).expand(2, -1, -1)
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = torch.baddbmm(b, x, w)
+            if i < last:
+                x = F.relu(x)
+        return x.squeeze(-1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Method: Robust-SAC update
+# ---------------------------------------------------------------------------------------------------
+def linear_ramp(step: int, start: int, end: int) -> float:
+    """0 before `start`, 1 after `end`, linear in between."""
+    if end <= start:
+        return float(step >= end)
+    return min(max((step - start) / (end - start), 0.0), 1.0)
+
+
+class Learner:
+    """Networks, optimizers and the gradient update of the method."""
+
+    def __init__(self, args: Args, obs_dim, act_dim, action_low, action_high, device):
+        self.args, self.device = args, device
+        hidden = list(args.hidden_sizes)
+        self.actor = Actor(obs_dim, act_dim, hidden, action_low, action_high).to(device)
+        self.critic = TwinCritic(obs_dim, act_dim, hidden).to(device)
+        self.critic_target = TwinCritic(obs_dim, act_dim, hidden).to(device)
+        self.critic_target.load_state_dict(self.critic.state_dict())
+        self.critic_target.requires_grad_(False)
+        self.log_alpha = torch.tensor(math.log(args.alpha), device=device, requires_grad=args.autotune)
+        self.target_entropy = -float(act_dim) if args.target_entropy is None else args.target_entropy
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=args.policy_lr)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=args.q_lr)
+        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=args.alpha_lr) if args.autotune else None
+        self.eps = args.attack_eps
+
+    def reg_eps(self, global_step: int) -> float:
+        return self.eps * linear_ramp(global_step, self.args.reg_eps_start_step, self.args.reg_eps_end_step)
+
+    def sa_regularizer(self, obs: torch.Tensor, eps: float) -> torch.Tensor:
+        """max_{s~ in B_eps(s)} D(pi(.|s), pi(.|s~)) by SGLD (Zhang et al. 2020): signed noisy ascent from a
+        random-sign start, projected; D evaluated again with gradients at the detached maximiser."""
+        steps = self.args.reg_sgld_steps
+        step = eps / steps
+        with torch.no_grad():
+            reference = self.actor(obs)
+        delta = step * torch.randn_like(obs).sign()
+        for i in range(steps):
+            delta.requires_grad_(True)
+            distance = self.policy_distance(reference, obs + delta).sum()
+            (grad,) = torch.autograd.grad(distance, delta)
+            noise = math.sqrt(2 * step) / (i + 2) * torch.randn_like(obs)
+            delta = (delta.detach() + step * (grad + noise).sign()).clamp_(-eps, eps)
+        return self.policy_distance(self.actor(obs), (obs + delta).detach()).mean()
+
+    def policy_distance(self, reference, obs_tilde: torch.Tensor) -> torch.Tensor:
+        """Per-sample D(pi(.|s), pi(.|s~)); `reference` = actor(s) as (mean, log_std)."""
+        mean, log_std = self.actor(obs_tilde)
+        if self.args.reg_distance == "mse":
+            return ((torch.tanh(mean) - torch.tanh(reference[0])) * self.actor.action_scale).pow(2).sum(-1)
+        ref_mean, ref_log_std = reference  # KL(N_ref || N_tilde) of the pre-tanh diagonal Gaussians
+        return (log_std - ref_log_std + ((2 * ref_log_std).exp() + (ref_mean - mean).pow(2)) /
+                (2 * (2 * log_std).exp()) - 0.5).sum(-1)
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return self.log_alpha.detach().exp()
+
+    def soft_value(self, critic, obs_critic, obs_actor):
+        """V(s, s~) = min_j Q_j(s, a') - alpha log pi(a'|s~), a' ~ pi(.|s~): critic sees the true s."""
+        action, log_prob = self.actor.sample(obs_actor)
+        return critic(obs_critic, action).min(0).values - self.alpha * log_prob
+
+    def critic_target_value(self, rewards, next_obs, terminated):
+        """Bootstrapped target; `terminated` (not truncation) cuts the bootstrap."""
+        with torch.no_grad():
+            next_value = self.soft_value(self.critic_target, next_obs, next_obs)
+            return rewards + self.args.gamma * (1.0 - terminated) * next_value
+
+    def update(self, obs, actions, rewards, next_obs, terminated, weights, global_step) -> dict:
+        """One SAC step on a normalized batch. Returns scalar tensors for logging and per-sample TD errors."""
+        target = self.critic_target_value(rewards, next_obs, terminated)
+        q = self.critic(obs, actions)
+        td = q - target
+        critic_loss = (weights * F.huber_loss(q, target.expand_as(q), reduction="none", delta=self.args.huber_delta)).sum(0).mean()
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_optimizer.step()
+
+        # Actor: minimise alpha log pi(a|s) - min_j Q_j(s, a); critic parameters get no gradient.
+        self.critic.requires_grad_(False)
+        action, log_prob = self.actor.sample(obs)
+        actor_loss = (self.alpha * log_prob - self.critic(obs, action).min(0).values).mean()
+        reg_eps = self.reg_eps(global_step)
+        reg = torch.zeros((), device=obs.device)
+        if self.args.reg_coef > 0 and reg_eps > 0:
+            reg = self.sa_regularizer(obs, reg_eps)
+            actor_loss = actor_loss + self.args.reg_coef * reg
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor_optimizer.step()
+        self.critic.requires_grad_(True)
+
+        if self.alpha_optimizer is not None:
+            alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+            self.alpha_optimizer.zero_grad(set_to_none=True)
+            alpha_loss.backward()
+            self.alpha_optimizer.step()
+
+        with torch.no_grad():
+            torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), self.args.tau)
+        return {"td_errors": td.detach().abs().mean(0), "losses/critic_loss": critic_loss.detach(),
+                "losses/actor_loss": actor_loss.detach(), "losses/q_mean": q.detach().mean(),
+                "losses/alpha": self.alpha, "losses/entropy": -log_prob.detach().mean(),
+                "adversary/reg": reg.detach(), "adversary/reg_eps": torch.tensor(reg_eps)}
+
+    def state_dict(self) -> dict:
+        return {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+                "critic_target": self.critic_target.state_dict(), "log_alpha": self.log_alpha.detach().cpu(),
+                "actor_optimizer": self.actor_optimizer.state_dict(), "critic_optimizer": self.critic_optimizer.state_dict(),
+                "alpha_optimizer": self.alpha_optimizer.state_dict() if self.alpha_optimizer else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.critic_target.load_state_dict(state["critic_target"])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        if self.alpha_optimizer is not None and state["alpha_optimizer"] is not None:
+            self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Behaviour policy
+# ---------------------------------------------------------------------------------------------------
+def behaviour_action(learner: Learner, obs_n: torch.Tensor, episode_state: dict, rng: np.random.Generator,
+                     global_step: int) -> np.ndarray:
+    """SAC acts on the clean normalized observation."""
+    with torch.no_grad():
+        action, _ = learner.actor.sample(obs_n.unsqueeze(0))
+    return action[0].cpu().numpy()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------------
+def evaluate(actor: Actor, normalizer: RunningNormalizer, env: gym.Env, episodes: int, seed: int) -> list[float]:
+    """Clean returns of the deterministic policy; the normalizer is frozen (read only)."""
+    returns = []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        done, total = False, 0.0
+        while not done:
+            with torch.no_grad():
+                obs_n = normalizer.normalize(torch.as_tensor(obs, dtype=torch.float32, device=normalizer.device))
+                action = actor.deterministic(obs_n.unsqueeze(0))[0].cpu().numpy()
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    return returns
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checkpoint (the contract every attack reads; see README "Checkpoint contract")
+# ---------------------------------------------------------------------------------------------------
+def atomic_save(obj, path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # a reader never sees a half-written file
+
+
+def load_checkpoint(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip or unpickler-policy errors all mean "not a checkpoint"
+        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+    if not isinstance(ckpt, dict) or "checkpoint_format" not in ckpt or "actor" not in ckpt:
+        raise UserError(f"{path} is not a checkpoint of this project (no checkpoint_format / actor entries)")
+    return ckpt
+
+
+def build_checkpoint(args, learner, normalizer, env, obs_dim, act_dim, env_kwargs, eps, global_step, train_state,
+                     summary) -> dict:
+    return {
+        "checkpoint_format": CHECKPOINT_FORMAT,
+        "method": METHOD,
+        "env_id": args.env_id,
+        "env_kwargs": env_kwargs,
+        "obs_dim": obs_dim,
+        "act_dim": act_dim,
+        "action_low": torch.as_tensor(env.action_space.low, dtype=torch.float32),
+        "action_high": torch.as_tensor(env.action_space.high, dtype=torch.float32),
+        "arch": {"hidden_sizes": list(args.hidden_sizes), "activation": "relu", "actor": "tanh_gaussian",
+                 "log_std_min": LOG_STD_MIN, "log_std_max": LOG_STD_MAX, "critic": "twin_stacked"},
+        "eps": eps,
+        "global_step": global_step,
+        "args": dataclasses.asdict(args),
+        "normalizer": normalizer.state_dict(),
+        **learner.state_dict(),
+        "train_state": train_state,
+        "summary": summary,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training loop
+# ---------------------------------------------------------------------------------------------------
+def resolve_args(args: Args) -> Args:
+    task = task_name(args.env_id)
+    if args.total_timesteps is None:
+        args.total_timesteps = TOTAL_TIMESTEPS.get(task, 1_000_000)
+    if args.attack_eps is None:
+        args.attack_eps = ATTACK_EPS.get(task)
+    if args.attack_eps is not None and args.attack_eps <= 0:
+        raise UserError(f"--attack-eps must be > 0, got {args.attack_eps}")
+    if args.attack_eps is None:
+        raise UserError(f"no default attack radius for {args.env_id}: pass --attack-eps")
+    if task not in REG_COEF and args.reg_coef is None:
+        raise UserError(f"no paper defaults for {args.env_id}: pass --reg-coef")
+    if args.reg_coef is None:
+        args.reg_coef = REG_COEF[task]
+    ramp = REG_EPS_RAMP.get(task, (0, 0))
+    args.reg_eps_start_step = ramp[0] if args.reg_eps_start_step is None else args.reg_eps_start_step
+    args.reg_eps_end_step = ramp[1] if args.reg_eps_end_step is None else args.reg_eps_end_step
+    if args.reg_sgld_steps < 1:
+        raise UserError("--reg-sgld-steps must be >= 1")
+    if args.reg_distance not in ("mse", "kl"):
+        raise UserError(f"--reg-distance must be mse or kl, got {args.reg_distance!r}")
+    if args.total_timesteps <= 0 or args.batch_size <= 0 or args.buffer_size <= 0:
+        raise UserError("--total-timesteps, --batch-size and --buffer-size must be positive")
+    if args.run_name is None:
+        args.run_name = f"{args.env_id}__{METHOD}__{args.seed}__{int(time.time())}"
+    if args.save_path is None:
+        args.save_path = os.path.join("runs", args.run_name, "model.pt")
+    return args
+
+
+def train(args: Args) -> dict:
+    """Runs the whole experiment; returns a summary (final evaluation, checkpoint path)."""
+    args = resolve_args(args)
+    resume_ckpt = load_checkpoint(args.resume) if args.resume else None
+    if resume_ckpt is not None:
+        if resume_ckpt["method"] != METHOD or resume_ckpt["env_id"] != args.env_id:
+            raise UserError(f"--resume: checkpoint is {resume_ckpt['method']} on {resume_ckpt['env_id']}, "
+                            f"this run is {METHOD} on {args.env_id}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)  # replay sampling, exploration actions, episode-level coins
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    env_kwargs = parse_env_kwargs(args.env_id, args.env_kwargs)
+    env = make_env(args.env_id, env_kwargs)
+    eval_env = make_env(args.env_id, env_kwargs)
+    env.action_space.seed(args.seed)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    low, high = env.action_space.low, env.action_space.high
+    eps = args.attack_eps
+
+    learner = Learner(args, obs_dim, act_dim, low, high, device)
+    normalizer = RunningNormalizer(obs_dim, args.obs_clip, device)
+    buffer = PrioritizedReplayBuffer(args.buffer_size, obs_dim, act_dim, device,
+                                     prioritized=args.per, alpha=args.per_alpha, eps=args.per_eps)
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(os.path.join("runs", args.run_name))
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+
+    global_step, episode_return, episode_length = 0, 0.0, 0
+    episode_state: dict = {}
+    obs, _ = env.reset(seed=args.seed)
+    if resume_ckpt is not None:
+        learner.load_state_dict(resume_ckpt)
+        normalizer.load_state_dict(resume_ckpt["normalizer"])
+        ts = resume_ckpt["train_state"]
+        global_step, episode_return, episode_length = resume_ckpt["global_step"], ts["episode_return"], ts["episode_length"]
+        episode_state = ts["episode_state"]
+        random.setstate(ts["python_rng"])
+        np.random.set_state(tuple(ts["numpy_global_rng"]))  # stored as a list of plain values
+        rng.bit_generator.state = ts["numpy_rng"]
+        torch.set_rng_state(ts["torch_rng"])
+        buffer_path = os.path.join(os.path.dirname(args.resume), ts["buffer_file"]) if ts["buffer_file"] else None
+        buffer_state = torch.load(buffer_path, map_location="cpu", weights_only=True) if buffer_path and os.path.isfile(buffer_path) else None
+        if buffer_state is not None and buffer_state["global_step"] == global_step:
+            buffer.load_state_dict(buffer_state)
+        else:
+            print(f"[resume] no replay buffer of step {global_step} next to {args.resume} (train with --save-buffer "
+                  "for an exact resume): refilling from empty", flush=True)
+        if ts["env_state"] is not None:
+            set_env_state(env, ts["env_state"])
+            obs = ts["obs"].numpy()
+        else:
+            print("[resume] environment state not restorable: starting a new episode", flush=True)
+        print(f"[resume] continuing {args.resume} at step {global_step}", flush=True)
+
+    def save(step: int) -> None:
+        stem = os.path.splitext(args.save_path)[0]
+        paths = [args.save_path] + ([f"{stem}_step{step}.pt"] if args.keep_checkpoints else [])
+        np_state = np.random.get_state()
+        for path in paths:
+            buffer_file = None
+            if args.save_buffer:
+                buffer_file = os.path.basename(os.path.splitext(path)[0]) + "_buffer.pt"  # next to the checkpoint
+                atomic_save({**buffer.state_dict(), "global_step": step}, os.path.join(os.path.dirname(path), buffer_file))
+            train_state = {
+                "episode_return": episode_return, "episode_length": episode_length, "episode_state": episode_state,
+                "obs": torch.as_tensor(obs), "env_state": get_env_state(env),
+                "python_rng": random.getstate(), "numpy_rng": rng.bit_generator.state,
+                "numpy_global_rng": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+                "torch_rng": torch.get_rng_state(), "buffer_file": buffer_file,
+            }
+            atomic_save(build_checkpoint(args, learner, normalizer, env, obs_dim, act_dim, env_kwargs, eps, step,
+                                         train_state, summary), path)
+
+    recent_returns: deque[float] = deque(maxlen=10)
+    last_eval: list[float] = []
+    start_time, start_step = time.time(), global_step
+    # Last clean evaluation and throughput, stored in every checkpoint (read by benchmarks/).
+    summary: dict = {"eval_returns": [], "eval_mean": float("nan"), "eval_std": float("nan"), "sps": 0.0}
+
+    def record_eval(returns: list[float]) -> None:
+        writer.add_scalar("eval/return", np.mean(returns), global_step)
+        summary.update(eval_returns=[float(r) for r in returns], eval_mean=float(np.mean(returns)),
+                       eval_std=float(np.std(returns)), eval_step=global_step,
+                       sps=(global_step - start_step) / max(time.time() - start_time, 1e-9))
+    logs: dict = {}
+    while global_step < args.total_timesteps:
+        obs_n = normalizer.normalize(torch.as_tensor(obs, dtype=torch.float32, device=device))
+        if global_step < args.learning_starts:
+            action = rng.uniform(low, high).astype(np.float32)
+        else:
+            action = behaviour_action(learner, obs_n, episode_state, rng, global_step)
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        # The buffer stores the TRUE next state; a time-limit truncation keeps bootstrapping.
+        buffer.add(obs, action, reward, next_obs, terminated)
+        normalizer.update(next_obs)
+        global_step += 1
+        episode_return += float(reward)
+        episode_length += 1
+        obs = next_obs
+        if terminated or truncated:
+            recent_returns.append(episode_return)
+            writer.add_scalar("charts/episodic_return", episode_return, global_step)
+            writer.add_scalar("charts/episodic_length", episode_length, global_step)
+            obs, _ = env.reset()
+            episode_return, episode_length, episode_state = 0.0, 0, {}
+
+        if global_step > args.learning_starts and buffer.size >= args.batch_size:
+            beta = args.per_beta_start + (1.0 - args.per_beta_start) * min(1.0, global_step / args.total_timesteps)
+            idx, b_obs, b_act, b_rew, b_next, b_term, b_w = buffer.sample(args.batch_size, beta, rng)
+            logs = learner.update(normalizer.normalize(b_obs), b_act, b_rew, normalizer.normalize(b_next),
+                                  b_term, b_w, global_step)
+            buffer.update_priorities(idx, logs["td_errors"].cpu().numpy())
+
+        if global_step % args.log_every == 0 or global_step == args.total_timesteps:
+            sps = (global_step - start_step) / max(time.time() - start_time, 1e-9)
+            writer.add_scalar("charts/SPS", sps, global_step)
+            for key, value in logs.items():
+                if key.startswith(("losses/", "adversary/")):
+                    writer.add_scalar(key, float(value), global_step)
+            ret = f"{np.mean(recent_returns):9.1f}" if recent_returns else "      n/a"
+            eta = (args.total_timesteps - global_step) / max(sps, 1e-9)
+            print(f"[{METHOD}] step {global_step:>9d}/{args.total_timesteps} | sps {sps:6.1f} | return(10) {ret} | "
+                  f"alpha {float(learner.alpha):.3f} | eta {eta / 60:6.1f} min", flush=True)
+        if args.eval_every and global_step % args.eval_every == 0 and global_step < args.total_timesteps:
+            last_eval = evaluate(learner.actor, normalizer, eval_env, args.eval_episodes, args.seed + 10_000)
+            record_eval(last_eval)
+            print(f"[{METHOD}] eval at {global_step}: {np.mean(last_eval):.1f} +- {np.std(last_eval):.1f}", flush=True)
+        if args.save_every and global_step % args.save_every == 0:
+            save(global_step)
+
+    last_eval = evaluate(learner.actor, normalizer, eval_env, args.eval_episodes, args.seed + 10_000)
+    record_eval(last_eval)
+    print(f"[{METHOD}] final eval at {global_step}: {np.mean(last_eval):.1f} +- {np.std(last_eval):.1f}", flush=True)
+    save(global_step)
+    writer.close()
+    env.close()
+    eval_env.close()
+    print(f"[{METHOD}] checkpoint: {args.save_path}", flush=True)
+    return {"eval_returns": last_eval, "save_path": args.save_path, "global_step": global_step, "learner": learner,
+            "normalizer": normalizer, "buffer": buffer}
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = tyro.cli(Args, args=argv)
+    try:
+        train(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
