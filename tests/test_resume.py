@@ -9,7 +9,10 @@ import torch
 from test_sac import TINY_ARGS
 
 EXTRA = {"sac": {}, "sac_valt_eps": {"worst_rate_remain_steps": 300, "reg_eps_start_step": 200, "reg_eps_end_step": 400},
-         "sac_valt_soft": {"adv_reset_every": 250, "reg_eps_start_step": 200, "reg_eps_end_step": 400}}
+         "sac_valt_soft": {"adv_reset_every": 250, "reg_eps_start_step": 200, "reg_eps_end_step": 400},
+         "robust_sac": {"reg_eps_start_step": 200, "reg_eps_end_step": 400, "reg_sgld_steps": 2},
+         "sac_ppo": {"adv_iterations": 4, "adv_ppo_steps": 64, "adv_minibatch": 32, "reg_eps_start_step": 200,
+                     "reg_eps_end_step": 400}}
 
 
 @pytest.mark.parametrize("module_name", list(EXTRA))
