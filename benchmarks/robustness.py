@@ -1,0 +1,120 @@
+"""Train every method on one task with the same seed and budget, then attack each checkpoint with the
+cheap attacks (natural, uniform, MAD, PGD-minQ; add learned ones with --attacks) and print one table:
+clean and attacked returns, environment steps (agent + adversary) and whole-run steps/s.
+
+Per-task schedules (k_w ramp, regulariser ramp, SAC-PPO adversary iterations) are the paper's, scaled by
+budget / paper budget, so a 50k-step run has the same shape as the 1M-step one.
+
+    python benchmarks/robustness.py --env HalfCheetah-v4 --steps 50000 --jobs 2
+    python benchmarks/robustness.py --env HalfCheetah-v4 --steps 50000 --only-report   # re-tabulate
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import robust_sac  # noqa: E402
+import sac  # noqa: E402
+import sac_ppo  # noqa: E402
+import sac_valt_eps  # noqa: E402
+import sac_valt_soft  # noqa: E402
+
+METHODS = ["sac", "robust_sac", "sac_valt_eps", "sac_valt_soft", "sac_ppo"]
+
+
+def scaled_overrides(method: str, env_id: str, steps: int) -> list[str]:
+    """The paper's per-task step schedules, scaled to this budget."""
+    task = sac.task_name(env_id)
+    scale = steps / sac.TOTAL_TIMESTEPS[task]
+    s = lambda v: str(max(1, int(round(v * scale))))  # noqa: E731
+    out: list[str] = []
+    if method in ("robust_sac", "sac_valt_eps", "sac_valt_soft", "sac_ppo"):
+        ramp = {"robust_sac": robust_sac, "sac_valt_eps": sac_valt_eps, "sac_valt_soft": sac_valt_soft,
+                "sac_ppo": sac_ppo}[method].REG_EPS_RAMP[task]
+        out += ["--reg-eps-start-step", s(ramp[0]), "--reg-eps-end-step", s(ramp[1])]
+    if method == "sac_valt_eps":
+        out += ["--worst-rate-remain-steps", s(sac_valt_eps.WORST_RATE_REMAIN_STEPS[task])]
+    if method == "sac_ppo":
+        out += ["--adv-iterations", s(sac_ppo.ADV_ITERATIONS[task])]
+    return out
+
+
+def run_name(method: str, env_id: str, seed: int, steps: int) -> str:
+    return f"bench_{method}_{env_id}_{seed}_{steps}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--env", default="HalfCheetah-v4")
+    p.add_argument("--methods", nargs="+", default=METHODS)
+    p.add_argument("--steps", type=int, default=50_000)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--attacks", default="natural,uniform,mad,pgd")
+    p.add_argument("--extra-attack-args", default="", help="passed to attacks/eval_all.py")
+    p.add_argument("--only-report", action="store_true")
+    a = p.parse_args()
+    os.makedirs(os.path.join(ROOT, "runs"), exist_ok=True)
+
+    if not a.only_report:
+        pending, active = [], []
+        for m in a.methods:
+            name = run_name(m, a.env, a.seed, a.steps)
+            if os.path.isfile(os.path.join(ROOT, "runs", name, "model.pt")):
+                print(f"exists, skipped: runs/{name}", flush=True)
+                continue
+            cmd = [sys.executable, os.path.join(ROOT, f"{m}.py"), "--env-id", a.env, "--total-timesteps", str(a.steps),
+                   "--seed", str(a.seed), "--run-name", name, "--eval-every", str(max(a.steps // 10, 1000)),
+                   "--threads", "1", *scaled_overrides(m, a.env, a.steps)]
+            pending.append((m, name, cmd))
+        while pending or active:
+            while pending and len(active) < a.jobs:
+                m, name, cmd = pending.pop(0)
+                print("running:", " ".join(cmd[1:]), flush=True)
+                log = open(os.path.join(ROOT, "runs", f"{name}.log"), "w")
+                active.append((subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT), time.time(), m))
+            time.sleep(5)
+            for item in list(active):
+                if item[0].poll() is not None:
+                    active.remove(item)
+                    print(f"finished {item[2]} rc={item[0].returncode} in {time.time() - item[1]:.0f}s", flush=True)
+        ckpts = [os.path.join(ROOT, "runs", run_name(m, a.env, a.seed, a.steps), "model.pt") for m in a.methods]
+        cmd = [sys.executable, os.path.join(ROOT, "attacks", "eval_all.py"), "--ckpt", *ckpts, "--attacks", a.attacks,
+               "--episodes", str(a.episodes), *a.extra_attack_args.split()]
+        print("running:", " ".join(cmd[1:]), flush=True)
+        subprocess.run(cmd, cwd=ROOT, check=True, env={**os.environ, "OMP_NUM_THREADS": str(a.jobs)})
+
+    print(f"\n{a.env}, seed {a.seed}, {a.steps} agent steps, {a.episodes} evaluation episodes per column")
+    header = None
+    for m in a.methods:
+        stem = os.path.join(ROOT, "runs", run_name(m, a.env, a.seed, a.steps), "model")
+        if not os.path.isfile(f"{stem}_attacks.json"):
+            print(f"| {m} | missing: {stem}_attacks.json |")
+            continue
+        import torch
+
+        row = json.load(open(f"{stem}_attacks.json"))
+        ckpt = torch.load(f"{stem}.pt", map_location="cpu", weights_only=True)
+        adversary_steps = ckpt["train_state"].get("adversary_trainer", {}).get("env_steps", 0)
+        cols = list(row["attacks"])
+        if header is None:
+            header = cols
+            print("| method | " + " | ".join(row["attacks"][c]["column"] for c in cols) +
+                  " | worst | env steps (agent + adversary) | steps/s (whole run, 1 thread) |")
+            print("|---" * (len(cols) + 4) + "|")
+        cells = [f"{row['attacks'][c]['mean']:.0f} ± {row['attacks'][c]['std']:.0f}" for c in cols]
+        worst = row["worst"]
+        print(f"| {m} | " + " | ".join(cells) + f" | **{worst['mean']:.0f}** | {ckpt['global_step']} + {adversary_steps} "
+              f"| {ckpt['summary']['sps']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
