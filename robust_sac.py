@@ -263,6 +263,15 @@ class SumTree:
                 break
             pos = np.unique(pos >> 1)
 
+    def rebuild(self, priorities: np.ndarray) -> None:
+        """Set the first len(priorities) leaves (the rest 0) and recompute every internal node, level by level."""
+        self.tree[:] = 0.0
+        self.tree[self.leaves:self.leaves + len(priorities)] = priorities
+        level = self.leaves
+        while level > 1:
+            self.tree[level // 2:level] = self.tree[level:2 * level:2] + self.tree[level + 1:2 * level:2]
+            level //= 2
+
     def find(self, values: np.ndarray) -> np.ndarray:
         """Index i of each value v with prefix(i) <= v < prefix(i+1)."""
         idx = np.ones(len(values), np.int64)
@@ -334,7 +343,8 @@ class PrioritizedReplayBuffer:
         n = self.size
         return {"obs": self.obs[:n].cpu(), "next_obs": self.next_obs[:n].cpu(), "actions": self.actions[:n].cpu(),
                 "rewards": self.rewards[:n].cpu(), "terminated": self.terminated[:n].cpu(),
-                "tree": torch.from_numpy(self.tree.tree.copy()), "max_priority": self.max_priority,
+                "priorities": torch.from_numpy(self.tree.tree[self.tree.leaves:self.tree.leaves + n].copy()),
+                "max_priority": self.max_priority,
                 "pos": self.pos, "size": self.size, "capacity": self.capacity}
 
     def load_state_dict(self, state: dict) -> None:
@@ -343,7 +353,7 @@ class PrioritizedReplayBuffer:
         n = state["size"]
         for name in ("obs", "next_obs", "actions", "rewards", "terminated"):
             getattr(self, name)[:n] = state[name].to(self.device)
-        self.tree.tree[:] = state["tree"].numpy()
+        self.tree.rebuild(state["priorities"].numpy())
         self.max_priority, self.pos, self.size = state["max_priority"], state["pos"], n
 
 

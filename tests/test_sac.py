@@ -180,3 +180,14 @@ def test_resume_from_a_file_that_is_not_a_checkpoint(workdir):
     for path, message in [("junk.pt", "not a readable checkpoint"), ("other.pt", "not a checkpoint of this project")]:
         proc = run_script("sac.py", "--total-timesteps", "10", "--resume", path, cwd=str(workdir))
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_sum_tree_rebuild_equals_incremental_updates():
+    rng = np.random.default_rng(5)
+    incremental = sac.SumTree(100)
+    for i in range(37):
+        incremental.update(np.array([i]), np.array([rng.random()]))
+    incremental.update(rng.integers(0, 37, 20), rng.random(20))
+    rebuilt = sac.SumTree(100)
+    rebuilt.rebuild(incremental.tree[incremental.leaves:incremental.leaves + 37])
+    np.testing.assert_array_equal(rebuilt.tree, incremental.tree)

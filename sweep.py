@@ -1,0 +1,222 @@
+"""Reproduce the paper's Table 1 protocol on Ray: a grid of method x env x seed training runs, then the
+attack evaluation of each method/env's median seed (by final clean evaluation return), then the tables
+and figures (results.py).
+
+    python sweep.py --envs HalfCheetah-v4 --seeds 2 --budget-scale 0.02            # a laptop mini-grid
+    python sweep.py --address auto --seeds 8 --num-cpus 1 --num-gpus 0.25           # paper scale on a cluster
+
+Fault tolerance: each trial checkpoints every --save-every-frac of its budget (with its replay buffer);
+a trial whose worker dies is retried by Ray (--max-retries) and resumes from its last checkpoint. Running
+the same command again skips finished trials and finished attack evaluations.
+
+Layout of --out: trials/<method>__<env>__s<seed>/{model.pt, model_buffer.pt, done.json, attempts.jsonl,
+train.log, events.out.tfevents.*}, attacks/<method>__<env>.json, sweep.json (the grid and its settings).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+METHODS = ["sac", "robust_sac", "sac_valt_eps", "sac_valt_soft"]
+ENVS = ["HalfCheetah-v4", "Hopper-v4", "Walker2d-v4", "Ant-v4"]
+# per-task step schedules (method module attribute -> the flag that carries it), scaled with the budget
+SCHEDULES = {
+    "robust_sac": [("REG_EPS_RAMP", ("reg_eps_start_step", "reg_eps_end_step"))],
+    "sac_valt_eps": [("REG_EPS_RAMP", ("reg_eps_start_step", "reg_eps_end_step")),
+                     ("WORST_RATE_REMAIN_STEPS", ("worst_rate_remain_steps",))],
+    "sac_valt_soft": [("REG_EPS_RAMP", ("reg_eps_start_step", "reg_eps_end_step"))],
+    "sac_ppo": [("REG_EPS_RAMP", ("reg_eps_start_step", "reg_eps_end_step")), ("ADV_ITERATIONS", ("adv_iterations",))],
+}
+
+
+def trial_name(method: str, env_id: str, seed: int) -> str:
+    return f"{method}__{env_id}__s{seed}"
+
+
+def trial_overrides(method: str, env_id: str, seed: int, scale: float, out: str, save_every_frac: float,
+                    extra: dict, threads: int = 1) -> dict:
+    """The Args of one trial: the paper's budget and schedules times `scale`."""
+    import sac
+
+    mod = importlib.import_module(method)
+    task = sac.task_name(env_id)
+    steps = max(1, int(round(sac.TOTAL_TIMESTEPS[task] * scale)))
+    name = trial_name(method, env_id, seed)
+    over = {"env_id": env_id, "seed": seed, "total_timesteps": steps, "run_name": name,
+            "save_path": os.path.join(out, "trials", name, "model.pt"), "save_buffer": True,
+            "save_every": max(1, int(steps * save_every_frac)), "eval_every": max(1000, steps // 20),
+            "learning_starts": min(5000, max(1, steps // 10)),
+            "threads": threads}  # never more torch threads than the CPUs Ray gives the trial
+    for attr, flags in SCHEDULES.get(method, []):
+        value = getattr(mod, attr)[task]
+        values = value if isinstance(value, tuple) else (value,)
+        for flag, v in zip(flags, values):
+            over[flag] = max(1, int(round(v * scale)))
+    over.update(extra)
+    return over
+
+
+def run_trial(method: str, overrides: dict, trial_dir: str) -> dict:
+    """Train one trial in this process, resuming from its checkpoint if a previous attempt left one."""
+    import contextlib
+
+    sys.path.insert(0, ROOT)
+    mod = importlib.import_module(method)
+    os.makedirs(trial_dir, exist_ok=True)
+    ckpt = overrides["save_path"]  # absolute
+    args = mod.Args(**overrides)
+    start_step = 0
+    if os.path.isfile(ckpt):
+        import torch
+
+        args.resume = ckpt
+        start_step = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
+    with open(os.path.join(trial_dir, "attempts.jsonl"), "a") as f:
+        f.write(json.dumps({"pid": os.getpid(), "start_step": start_step, "time": time.time()}) + "\n")
+    # tensorboard writes to runs/<run_name> under the working directory: keep it inside the trial folder
+    cwd = os.getcwd()
+    os.chdir(trial_dir)
+    try:
+        with open("train.log", "a") as log, contextlib.redirect_stdout(log):
+            summary = mod.train(args)
+    finally:
+        os.chdir(cwd)
+    result = {"method": method, "env_id": overrides["env_id"], "seed": overrides["seed"],
+              "global_step": summary["global_step"], "eval_returns": summary["eval_returns"],
+              "eval_mean": sum(summary["eval_returns"]) / len(summary["eval_returns"]), "start_step": start_step}
+    with open(os.path.join(trial_dir, "done.json"), "w") as f:
+        json.dump(result, f)
+    return result
+
+
+def run_attacks(ckpt: str, out_json: str, attack_args: list[str]) -> dict:
+    import subprocess
+
+    cmd = [sys.executable, os.path.join(ROOT, "attacks", "eval_all.py"), "--ckpt", ckpt, *attack_args]
+    log_path = out_json.replace(".json", ".log")
+    with open(log_path, "w") as log:
+        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    row = json.load(open(os.path.splitext(ckpt)[0] + "_attacks.json"))
+    with open(out_json, "w") as f:
+        json.dump(row, f, indent=1)
+    return row
+
+
+def median_seed(results: list[dict]) -> dict:
+    """The run whose final clean return is the median (lower median for an even count)."""
+    ordered = sorted(results, key=lambda r: r["eval_mean"])
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", nargs="+", default=METHODS)
+    p.add_argument("--envs", nargs="+", default=["HalfCheetah-v4"])
+    p.add_argument("--seeds", type=int, default=8, help="seeds 1..N per method and env (paper: 8)")
+    p.add_argument("--budget-scale", type=float, default=1.0, help="fraction of the paper's budgets and schedules")
+    p.add_argument("--out", default="sweeps/default")
+    p.add_argument("--address", default=None, help="Ray cluster address ('auto' to join a running cluster)")
+    p.add_argument("--num-cpus", type=float, default=1, help="CPUs per trial")
+    p.add_argument("--num-gpus", type=float, default=0, help="GPUs per trial (fractions share a GPU)")
+    p.add_argument("--local-cpus", type=int, default=None, help="CPUs of the embedded local Ray (default: all)")
+    p.add_argument("--max-retries", type=int, default=3, help="retries of a trial whose worker died")
+    p.add_argument("--save-every-frac", type=float, default=0.05, help="checkpoint interval as a fraction of the budget")
+    p.add_argument("--attacks", default="all", help="attackers for the median seed (eval_all.py --attacks)")
+    p.add_argument("--attack-args", default="", help="extra eval_all.py arguments, e.g. '--attack-budget 50000'")
+    p.add_argument("--episodes", type=int, default=20)
+    p.add_argument("--train-args", default="{}", help="JSON of extra Args for every trial, e.g. '{\"hidden_sizes\": [64, 64]}'")
+    p.add_argument("--skip-attacks", action="store_true")
+    a = p.parse_args(argv)
+    if not 0 < a.budget_scale <= 10 or a.seeds < 1:
+        p.error("--budget-scale must be in (0, 10] and --seeds >= 1")
+    unknown = [m for m in a.methods if not os.path.isfile(os.path.join(ROOT, f"{m}.py"))]
+    if unknown:
+        p.error(f"unknown method(s) {unknown}")
+    import sac
+
+    bad_envs = [e for e in a.envs if sac.task_name(e) not in sac.TOTAL_TIMESTEPS]
+    if bad_envs:
+        p.error(f"no paper budget for {bad_envs}; use one of {ENVS}")
+    extra = json.loads(a.train_args)
+    if "hidden_sizes" in extra:
+        extra["hidden_sizes"] = tuple(extra["hidden_sizes"])
+    out = os.path.abspath(a.out)
+    os.makedirs(os.path.join(out, "attacks"), exist_ok=True)
+    with open(os.path.join(out, "sweep.json"), "w") as f:
+        json.dump({**vars(a), "argv": sys.argv}, f, indent=1)
+
+    import ray
+
+    if a.address:
+        ray.init(address=a.address, runtime_env={"working_dir": ROOT, "excludes": ["runs", "sweeps", ".git", "results"]})
+    else:
+        # Ray runs workers at nice 15 by default; a local sweep should get the machine like any other job.
+        os.environ.setdefault("RAY_worker_niceness", "0")
+        ray.init(num_cpus=a.local_cpus, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": ROOT, "OMP_NUM_THREADS": str(max(1, int(a.num_cpus)))}})
+    train_task = ray.remote(num_cpus=a.num_cpus, num_gpus=a.num_gpus, max_retries=a.max_retries)(run_trial)
+    attack_task = ray.remote(num_cpus=a.num_cpus, max_retries=a.max_retries)(run_attacks)
+
+    pending, done = {}, []
+    for env_id in a.envs:
+        for method in a.methods:
+            for seed in range(1, a.seeds + 1):
+                name = trial_name(method, env_id, seed)
+                trial_dir = os.path.join(out, "trials", name)
+                marker = os.path.join(trial_dir, "done.json")
+                if os.path.isfile(marker):
+                    done.append(json.load(open(marker)))
+                    print(f"[sweep] finished earlier, skipped: {name}", flush=True)
+                    continue
+                over = trial_overrides(method, env_id, seed, a.budget_scale, out, a.save_every_frac, extra,
+                                       max(1, int(a.num_cpus)))
+                pending[train_task.remote(method, over, trial_dir)] = name
+    total = len(pending) + len(done)
+    print(f"[sweep] {len(pending)} trials to run, {len(done)} already finished", flush=True)
+    start = time.time()
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        name = pending.pop(ready[0])
+        result = ray.get(ready[0])
+        done.append(result)
+        resumed = f" (resumed at step {result['start_step']})" if result["start_step"] else ""
+        print(f"[sweep] {len(done)}/{total} {name}: clean return {result['eval_mean']:.1f}{resumed} "
+              f"| {time.time() - start:.0f}s", flush=True)
+
+    if not a.skip_attacks:
+        attack_args = ["--attacks", a.attacks, "--episodes", str(a.episodes), *a.attack_args.split()]
+        jobs = {}
+        for env_id in a.envs:
+            for method in a.methods:
+                runs = [r for r in done if r["method"] == method and r["env_id"] == env_id]
+                chosen = median_seed(runs)
+                out_json = os.path.join(out, "attacks", f"{method}__{env_id}.json")
+                if os.path.isfile(out_json):
+                    print(f"[sweep] attacks finished earlier, skipped: {method} {env_id}", flush=True)
+                    continue
+                ckpt = os.path.join(out, "trials", trial_name(method, env_id, chosen["seed"]), "model.pt")
+                print(f"[sweep] attacking {method} {env_id}: median seed {chosen['seed']} "
+                      f"(clean {chosen['eval_mean']:.1f})", flush=True)
+                jobs[attack_task.remote(ckpt, out_json, attack_args)] = (method, env_id)
+        while jobs:
+            ready, _ = ray.wait(list(jobs), num_returns=1)
+            method, env_id = jobs.pop(ready[0])
+            row = ray.get(ready[0])
+            print(f"[sweep] attacked {method} {env_id}: worst {row['worst']['mean']:.1f} ({row['worst']['attack']})",
+                  flush=True)
+    ray.shutdown()
+    import results
+
+    results.main(["--sweep", out])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""sweep.py on Ray: a trial whose worker is killed (-9) is retried and resumes from its checkpoint;
+a re-run skips what is finished; results.py aggregates."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+import results
+import sweep
+
+
+def test_median_seed_and_scaled_schedules():
+    runs = [{"seed": s, "eval_mean": m} for s, m in [(1, 5.0), (2, 1.0), (3, 9.0), (4, 3.0)]]
+    assert sweep.median_seed(runs)["seed"] == 4  # lower median of 1, 3, 5, 9
+    over = sweep.trial_overrides("sac_valt_eps", "HalfCheetah-v4", 2, 0.05, "/tmp/x", 0.1, {})
+    assert over["total_timesteps"] == 50_000 and over["worst_rate_remain_steps"] == 40_000
+    assert (over["reg_eps_start_step"], over["reg_eps_end_step"]) == (5_000, 40_000)
+    assert over["save_every"] == 5_000 and over["save_buffer"]
+
+
+def test_killed_worker_resumes_from_checkpoint_and_rerun_skips(tmp_path):
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, os.path.join(ROOT, "sweep.py"), "--methods", "sac", "--envs", "Hopper-v4", "--seeds", "1",
+           "--budget-scale", "0.006", "--out", str(out), "--local-cpus", "1", "--save-every-frac", "0.1",
+           "--attacks", "natural,uniform", "--episodes", "1",
+           "--train-args", json.dumps({"hidden_sizes": [32, 32], "batch_size": 32, "eval_episodes": 1,
+                                       "buffer_size": 5000})]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen(cmd, cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    trial = out / "trials" / "sac__Hopper-v4__s1"
+    killed_at, deadline = None, time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        if not (trial / "model.pt").is_file() or not (trial / "attempts.jsonl").is_file():
+            continue
+        step = torch.load(trial / "model.pt", map_location="cpu", weights_only=True)["global_step"]
+        if step >= 600:
+            pid = json.loads((trial / "attempts.jsonl").read_text().splitlines()[0])["pid"]
+            os.kill(pid, signal.SIGKILL)
+            killed_at = step
+            break
+    assert killed_at is not None, "the trial never wrote a checkpoint"
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output[-3000:]
+    attempts = [json.loads(line) for line in (trial / "attempts.jsonl").read_text().splitlines()]
+    assert len(attempts) == 2 and attempts[0]["pid"] != attempts[1]["pid"]
+    assert attempts[0]["start_step"] == 0
+    assert attempts[1]["start_step"] >= killed_at, "the retry must resume from the checkpoint, not from scratch"
+    done = json.loads((trial / "done.json").read_text())
+    assert done["global_step"] == 3000 and done["start_step"] == attempts[1]["start_step"]
+    assert f"continuing {trial / 'model.pt'} at step {attempts[1]['start_step']}" in (trial / "train.log").read_text()
+    assert "resumed at step" in output
+    table = (out / "results" / "table.md").read_text()
+    assert "SAC" in table and "Uniform" in table and "-512 ± 67" not in table  # Hopper's paper number, not HC's
+    assert "2979 ± 1" in table
+
+    again = subprocess.run(cmd, cwd=str(tmp_path), capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "finished earlier, skipped" in again.stdout and "attacks finished earlier, skipped" in again.stdout
+    assert len((trial / "attempts.jsonl").read_text().splitlines()) == 2  # nothing re-trained
