@@ -877,13 +877,18 @@ def train(args: Args) -> dict:
     # Last clean evaluation and throughput, stored in every checkpoint (read by benchmarks/).
     summary: dict = {"eval_returns": [], "eval_mean": float("nan"), "eval_std": float("nan"), "sps": 0.0}
 
+    update_clock = {"step": 0, "seconds": 0.0}  # steps/s of the updating phase, evaluations excluded
+
     def record_eval(returns: list[float]) -> None:
         writer.add_scalar("eval/return", np.mean(returns), global_step)
         summary.update(eval_returns=[float(r) for r in returns], eval_mean=float(np.mean(returns)),
                        eval_std=float(np.std(returns)), eval_step=global_step,
-                       sps=(global_step - start_step) / max(time.time() - start_time, 1e-9))
+                       sps=(global_step - start_step) / max(time.time() - start_time, 1e-9),
+                       sps_updating=update_clock["step"] / max(update_clock["seconds"], 1e-9))
     logs: dict = {}
     while global_step < args.total_timesteps:
+        if global_step >= args.learning_starts:
+            tick = time.perf_counter()
         obs_n = normalizer.normalize(torch.as_tensor(obs, dtype=torch.float32, device=device))
         if global_step < args.learning_starts:
             action = rng.uniform(low, high).astype(np.float32)
@@ -910,6 +915,10 @@ def train(args: Args) -> dict:
             logs = learner.update(normalizer.normalize(b_obs), b_act, b_rew, normalizer.normalize(b_next),
                                   b_term, b_w, global_step)
             buffer.update_priorities(idx, logs["td_errors"].cpu().numpy())
+
+        if global_step > args.learning_starts:
+            update_clock["step"] += 1
+            update_clock["seconds"] += time.perf_counter() - tick
 
         if global_step % args.log_every == 0 or global_step == args.total_timesteps:
             sps = (global_step - start_step) / max(time.time() - start_time, 1e-9)
