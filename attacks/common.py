@@ -6,7 +6,6 @@ All perturbations live in the victim's normalized observation space, with its no
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -196,6 +195,18 @@ def run_cli(main: Callable[[], None]) -> None:
     except (AttackError, sac.UserError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def standalone(doc: str, add_args: Callable, evaluate: Callable, name: Callable[[argparse.Namespace], str]) -> None:
+    """The `python attacks/<attacker>.py --ckpt ...` entry point: parse, load the victim, evaluate, report."""
+
+    def main() -> None:
+        parser = base_parser(doc)
+        add_args(parser)
+        args = parser.parse_args()
+        report(name(args), evaluate(load_victim(args.ckpt, args.eps, args.device), args)["stats"])
+
+    run_cli(main)
 
 
 def report(name: str, stats: EpisodeStats) -> None:

@@ -14,7 +14,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from attacks.common import Victim, base_parser, load_victim, project, report, rollout, run_cli  # noqa: E402
+from attacks.common import Victim, project, rollout, standalone  # noqa: E402
 
 NAME, COLUMN = "mad", "MAD"
 
@@ -58,12 +58,5 @@ def evaluate(victim: Victim, args) -> dict:
     return {"stats": rollout(victim, MADAttacker(victim, args.mad_steps), args.episodes, args.seed, args.stochastic)}
 
 
-def main() -> None:
-    parser = base_parser(__doc__)
-    add_args(parser)
-    args = parser.parse_args()
-    report(NAME, evaluate(load_victim(args.ckpt, args.eps, args.device), args)["stats"])
-
-
 if __name__ == "__main__":
-    run_cli(main)
+    standalone(__doc__, add_args, evaluate, lambda args: NAME)

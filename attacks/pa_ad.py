@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from attacks.common import Victim, base_parser, load_victim, project, random_start, report, run_cli  # noqa: E402
+from attacks.common import Victim, project, random_start, standalone  # noqa: E402
 from attacks.rl import add_learned_args, run_learned_attack  # noqa: E402
 
 NAME = "pa_ad"
@@ -57,12 +57,5 @@ def evaluate(victim: Victim, args) -> dict:
     return run_learned_attack(victim, args, NAME, victim.act_dim, realizer(victim, args.pa_steps))
 
 
-def main() -> None:
-    parser = base_parser(__doc__)
-    add_args(parser)
-    args = parser.parse_args()
-    report(f"{NAME}_{args.algo}", evaluate(load_victim(args.ckpt, args.eps, args.device), args)["stats"])
-
-
 if __name__ == "__main__":
-    run_cli(main)
+    standalone(__doc__, add_args, evaluate, lambda args: f"{NAME}_{args.algo}")

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import sac  # noqa: E402
 from attacks.common import Victim, check_in_ball  # noqa: E402
+from sac_ppo import RunningScale, gae  # noqa: E402  (the same PPO pieces as the SAC-PPO baseline)
 
 
 class AttackEnv(gym.Env):
@@ -109,37 +110,6 @@ class GaussianPolicy(nn.Module):
 
     def deterministic(self, obs):
         return torch.tanh(self.pi(obs))
-
-
-def gae(rewards, values, next_values, terminated, episode_end, gamma: float, lam: float):
-    """Generalized advantage estimation over one rollout. `next_values[t]` is V(s_{t+1}) of the true next
-    state (also at a truncation); `terminated` cuts the bootstrap, `episode_end` (terminated or truncated)
-    cuts the recursion."""
-    advantages = np.zeros_like(rewards)
-    last = 0.0
-    for t in reversed(range(len(rewards))):
-        delta = rewards[t] + gamma * (1.0 - terminated[t]) * next_values[t] - values[t]
-        last = delta + gamma * lam * (1.0 - episode_end[t]) * last
-        advantages[t] = last
-    return advantages, advantages + values
-
-
-class RunningScale:
-    """Scales rewards by the running std of the discounted return (PPO's usual reward normalization)."""
-
-    def __init__(self, gamma: float):
-        self.gamma, self.ret, self.count, self.mean, self.m2 = gamma, 0.0, 0, 0.0, 0.0
-
-    def __call__(self, reward: float, done: bool) -> float:
-        self.ret = self.ret * self.gamma + reward
-        self.count += 1
-        delta = self.ret - self.mean
-        self.mean += delta / self.count
-        self.m2 += delta * (self.ret - self.mean)
-        if done:
-            self.ret = 0.0
-        std = np.sqrt(self.m2 / self.count) if self.count > 1 else 1.0
-        return reward / (std + 1e-8)
 
 
 def train_ppo(env: AttackEnv, steps: int, seed: int, hidden: tuple[int, ...] = (64, 64), n_steps: int = 2048,

@@ -17,13 +17,12 @@ import os
 import sys
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import sac  # noqa: E402
-from attacks.common import AttackError, Victim, base_parser, load_victim, report, rollout, run_cli  # noqa: E402
+from attacks.common import AttackError, Victim, rollout, standalone  # noqa: E402
 from attacks.pgd import PGDAttacker  # noqa: E402
 
 NAME, COLUMN = "rs", "RS"
@@ -137,12 +136,5 @@ def evaluate(victim: Victim, args) -> dict:
     return {"stats": best, "per_setting": per_setting}
 
 
-def main() -> None:
-    parser = base_parser(__doc__)
-    add_args(parser)
-    args = parser.parse_args()
-    report(NAME, evaluate(load_victim(args.ckpt, args.eps, args.device), args)["stats"])
-
-
 if __name__ == "__main__":
-    run_cli(main)
+    standalone(__doc__, add_args, evaluate, lambda args: NAME)

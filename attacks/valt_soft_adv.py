@@ -13,7 +13,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import sac  # noqa: E402
-from attacks.common import AttackError, Victim, base_parser, load_victim, report, rollout, run_cli  # noqa: E402
+from attacks.common import AttackError, Victim, rollout, standalone  # noqa: E402
 from attacks.pa_ad import pa_perturb  # noqa: E402
 
 KINDS = ("tanh_gaussian_obs", "ppo_gaussian_obs", "ppo_director_action")
@@ -68,12 +68,5 @@ def evaluate(victim: Victim, args) -> dict:
     return {"stats": rollout(victim, OwnAdversaryAttacker(victim), args.episodes, args.seed, args.stochastic)}
 
 
-def main() -> None:
-    parser = base_parser(__doc__)
-    add_args(parser)
-    args = parser.parse_args()
-    report(NAME, evaluate(load_victim(args.ckpt, args.eps, args.device), args)["stats"])
-
-
 if __name__ == "__main__":
-    run_cli(main)
+    standalone(__doc__, add_args, evaluate, lambda args: NAME)

@@ -57,7 +57,7 @@ def main() -> None:
                     active.remove(item)
                     print(f"finished {m} {e} rc={proc.returncode} in {time.time() - t0:.0f}s", flush=True)
 
-    print(f"\n| method | env | steps | final clean return (mean ± std) | SPS (whole run) |")
+    print("\n| method | env | steps | final clean return (mean ± std) | SPS (whole run) |")
     print("|---|---|---|---|---|")
     for m, e in runs:
         name = run_name(m, e, a.seed, a.steps)

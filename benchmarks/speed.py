@@ -107,7 +107,6 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=list(METHOD_ARGS))
     p.add_argument("--no-sb3", action="store_true")
     a = p.parse_args()
-    import gymnasium as gym
 
     sys.path.insert(0, ROOT)
     import sac

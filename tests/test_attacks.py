@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ import torch
 
 import sac
 from attacks import common, eval_all, mad, pa_ad, pgd, rl, robust_sarsa, sa_rl, uniform, valt_soft_adv
-from conftest import ROOT, TINY, run_script
+from conftest import TINY, run_script
 from test_sac import TINY_ARGS
 
 

@@ -1,7 +1,6 @@
 """sac.py: components (PER, normalizer, bootstrapping), checkpoint contract, resume, seeding, CLI errors."""
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest

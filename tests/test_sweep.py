@@ -9,12 +9,10 @@ import subprocess
 import sys
 import time
 
-import pytest
 import torch
 
 from conftest import ROOT
 
-import results
 import sweep
 
 
