@@ -586,6 +586,7 @@ class Learner:
         with torch.no_grad():
             next_obs_tilde, log_nu = self.adversary.sample(next_obs)
             next_value = self.soft_value(self.critic_target, next_obs, next_obs_tilde)
+            self.kl_to_prior = (log_nu - self.log_prior).mean()  # one-sample KL(nu || p), logged
             if self.args.target_kl_term:
                 next_value = next_value + kappa * (log_nu - self.log_prior)
             return rewards + self.args.gamma * (1.0 - terminated) * next_value
@@ -636,6 +637,7 @@ class Learner:
                 "losses/actor_loss": actor_loss.detach(), "losses/q_mean": q.detach().mean(),
                 "losses/alpha": self.alpha, "losses/entropy": -log_prob.detach().mean(),
                 "adversary/kappa": torch.tensor(kappa), "adversary/loss": adversary_loss, "adversary/reg": reg.detach(),
+                "adversary/kl_to_prior": self.kl_to_prior,
                 "adversary/reg_eps": torch.tensor(reg_eps)}
 
     def state_dict(self) -> dict:

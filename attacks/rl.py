@@ -123,11 +123,11 @@ def train_ppo(env: AttackEnv, steps: int, seed: int, hidden: tuple[int, ...] = (
     optimizer = torch.optim.Adam(policy.parameters(), lr=lr, eps=1e-5)
     scale = RunningScale(gamma)
     obs, _ = env.reset(seed=seed)
-    n_steps = min(n_steps, steps)
     episode_return, returns, start, done_steps = 0.0, [], time.time(), 0
     while done_steps < steps:
+        rollout_len = min(n_steps, steps - done_steps)  # the last rollout may be shorter: the budget is exact
         buf = {k: [] for k in ("obs", "u", "logp", "reward", "value", "next_value", "terminated", "end")}
-        for _ in range(n_steps):
+        for _ in range(rollout_len):
             o = torch.as_tensor(obs, device=device)
             with torch.no_grad():
                 dist = policy.dist(o)
@@ -147,14 +147,14 @@ def train_ppo(env: AttackEnv, steps: int, seed: int, hidden: tuple[int, ...] = (
                 returns.append(episode_return)
                 episode_return = 0.0
                 obs, _ = env.reset()
-        done_steps += n_steps
+        done_steps += rollout_len
         values = torch.stack(buf["value"]).cpu().numpy()
         adv, ret = gae(np.array(buf["reward"]), values, torch.stack(buf["next_value"]).cpu().numpy(),
                        np.array(buf["terminated"]), np.array(buf["end"]), gamma, lam)
         b_obs, b_u, b_logp = torch.stack(buf["obs"]), torch.stack(buf["u"]), torch.stack(buf["logp"])
         b_adv, b_ret = torch.as_tensor(adv, device=device), torch.as_tensor(ret, device=device)
         for _ in range(epochs):
-            for idx in torch.randperm(n_steps, device=device).split(minibatch):
+            for idx in torch.randperm(rollout_len, device=device).split(minibatch):
                 dist = policy.dist(b_obs[idx])
                 ratio = (dist.log_prob(b_u[idx]).sum(-1) - b_logp[idx]).exp()
                 a = b_adv[idx]
