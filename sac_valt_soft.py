@@ -449,6 +449,9 @@ class TwinCritic(nn.Module):
         return x.squeeze(-1)
 
 
+ADVERSARY_INIT_STD = 0.87
+
+
 class Adversary(nn.Module):
     """nu_phi(s~|s): s~ = s + eps tanh(u), u ~ N(mean(s), std(s)) over the observation dims; the actor's
     MLP shape with an observation-sized output (paper Appendix D)."""
@@ -460,6 +463,15 @@ class Adversary(nn.Module):
         self.mean = nn.Linear(hidden_sizes[-1], obs_dim)
         self.log_std = nn.Linear(hidden_sizes[-1], obs_dim)
         self.eps = eps
+        # Start at the prior: u ~ N(0, 0.87^2) makes tanh(u) nearly uniform on [-1, 1] (KL ~0.012 nats per
+        # dimension, the minimum over the std), so a fresh or reset adversary does not make the KL term of
+        # the critic target jump (with the default head init it starts ~0.8 nats per dimension away).
+        with torch.no_grad():
+            self.mean.weight.zero_()
+            self.mean.bias.zero_()
+            self.log_std.weight.zero_()
+            unit = (math.log(ADVERSARY_INIT_STD) - LOG_STD_MIN) / (0.5 * (LOG_STD_MAX - LOG_STD_MIN)) - 1
+            self.log_std.bias.fill_(math.atanh(unit))
 
     def forward(self, obs):
         h = self.trunk(obs)

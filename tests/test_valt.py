@@ -123,6 +123,20 @@ def test_adversary_log_density_is_a_normalized_density_matching_samples():
     np.testing.assert_allclose(hist, expected, atol=0.01)
 
 
+def test_fresh_adversary_starts_at_the_uniform_prior():
+    torch.manual_seed(0)
+    adv = sac_valt_soft.Adversary(17, [64, 64], eps=0.15)
+    obs = torch.randn(4096, 17)
+    with torch.no_grad():
+        samples, log_nu = adv.sample(obs)
+    kl = (log_nu - (-17 * math.log(0.3))).mean().item()  # one-sample estimate of KL(nu || uniform)
+    assert 0 <= kl < 17 * 0.02
+    # and its marginal per dimension is close to uniform on the ball
+    x = ((samples - obs) / 0.15).numpy().ravel()
+    hist = np.histogram(x, bins=10, range=(-1, 1))[0] / x.size
+    np.testing.assert_allclose(hist, 0.1, atol=0.02)
+
+
 def test_adversary_loss_converges_to_boltzmann_solution():
     """With V(s, s~) = a (s~ - s) on a 1-D ball of radius 1, nu* ∝ exp(-a x / kappa) on [-1, 1] (x = s~ - s):
     a truncated exponential with mean 1/lam - coth(lam), lam = a / kappa."""
