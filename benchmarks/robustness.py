@@ -93,28 +93,29 @@ def main() -> None:
         subprocess.run(cmd, cwd=ROOT, check=True, env={**os.environ, "OMP_NUM_THREADS": str(a.jobs)})
 
     print(f"\n{a.env}, seed {a.seed}, {a.steps} agent steps, {a.episodes} evaluation episodes per column")
-    header = None
+    rows = {}
     for m in a.methods:
         stem = os.path.join(ROOT, "runs", run_name(m, a.env, a.seed, a.steps), "model")
-        if not os.path.isfile(f"{stem}_attacks.json"):
-            print(f"| {m} | missing: {stem}_attacks.json |")
-            continue
-        import torch
+        if os.path.isfile(f"{stem}_attacks.json"):
+            rows[m] = (json.load(open(f"{stem}_attacks.json")), stem)
+        else:
+            print(f"missing: {stem}_attacks.json")
+    import torch
 
-        row = json.load(open(f"{stem}_attacks.json"))
+    from attacks.eval_all import ATTACKS
+
+    cols = [n for n in ATTACKS if any(n in row["attacks"] for row, _ in rows.values())]
+    print("| method | " + " | ".join(ATTACKS[c][0] for c in cols) +
+          " | worst | env steps (agent + adversary) | steps/s (updating phase, 1 thread, shared machine) |")
+    print("|---" * (len(cols) + 4) + "|")
+    for m, (row, stem) in rows.items():
         ckpt = torch.load(f"{stem}.pt", map_location="cpu", weights_only=True)
         adversary_steps = ckpt["train_state"].get("adversary_trainer", {}).get("env_steps", 0)
-        cols = list(row["attacks"])
-        if header is None:
-            header = cols
-            print("| method | " + " | ".join(row["attacks"][c]["column"] for c in cols) +
-                  " | worst | env steps (agent + adversary) | steps/s (whole run, 1 thread) |")
-            print("|---" * (len(cols) + 4) + "|")
-        cells = [f"{row['attacks'][c]['mean']:.0f} ± {row['attacks'][c]['std']:.0f}" for c in cols]
-        worst = row["worst"]
-        print(f"| {m} | " + " | ".join(cells) + f" | **{worst['mean']:.0f}** | {ckpt['global_step']} + {adversary_steps} "
-              f"| {ckpt['summary']['sps']:.1f} |")
-
+        cells = [f"{row['attacks'][c]['mean']:.0f} ± {row['attacks'][c]['std']:.0f}" if c in row["attacks"] else "–"
+                 for c in cols]
+        sps = ckpt["summary"].get("sps_updating", ckpt["summary"]["sps"])
+        print(f"| {m} | " + " | ".join(cells) + f" | **{row['worst']['mean']:.0f}** | {ckpt['global_step']} + "
+              f"{adversary_steps} | {sps:.1f} |")
 
 if __name__ == "__main__":
     main()
