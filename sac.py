@@ -635,7 +635,11 @@ def train(args: Args) -> dict:
     episode_state: dict = {}
     obs, _ = env.reset(seed=args.seed)
     if resume_ckpt is not None:
-        learner.load_state_dict(resume_ckpt)
+        try:
+            learner.load_state_dict(resume_ckpt)
+        except (RuntimeError, KeyError, ValueError) as e:  # e.g. other --hidden-sizes than the saved run
+            raise UserError(f"--resume: {args.resume} does not fit this run's networks/options "
+                            f"({str(e).splitlines()[0][:160]})")
         normalizer.load_state_dict(resume_ckpt["normalizer"])
         ts = resume_ckpt["train_state"]
         global_step, episode_return, episode_length = resume_ckpt["global_step"], ts["episode_return"], ts["episode_length"]

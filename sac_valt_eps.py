@@ -514,8 +514,8 @@ class Learner:
         random-sign start, projected; D evaluated again with gradients at the detached maximiser."""
         steps = self.args.reg_sgld_steps
         step = eps / steps
-        with torch.no_grad():
-            reference = self.actor(obs)
+        clean = self.actor(obs)  # one forward at s: detached for the search, with gradients for the loss
+        reference = tuple(t.detach() for t in clean)
         delta = step * torch.randn_like(obs).sign()
         for i in range(steps):
             delta.requires_grad_(True)
@@ -523,7 +523,7 @@ class Learner:
             (grad,) = torch.autograd.grad(distance, delta)
             noise = math.sqrt(2 * step) / (i + 2) * torch.randn_like(obs)
             delta = (delta.detach() + step * (grad + noise).sign()).clamp_(-eps, eps)
-        return self.policy_distance(self.actor(obs), (obs + delta).detach()).mean()
+        return self.policy_distance(clean, (obs + delta).detach()).mean()
 
     def policy_distance(self, reference, obs_tilde: torch.Tensor) -> torch.Tensor:
         """Per-sample D(pi(.|s), pi(.|s~)); `reference` = actor(s) as (mean, log_std)."""
@@ -772,7 +772,11 @@ def train(args: Args) -> dict:
     episode_state: dict = {}
     obs, _ = env.reset(seed=args.seed)
     if resume_ckpt is not None:
-        learner.load_state_dict(resume_ckpt)
+        try:
+            learner.load_state_dict(resume_ckpt)
+        except (RuntimeError, KeyError, ValueError) as e:  # e.g. other --hidden-sizes than the saved run
+            raise UserError(f"--resume: {args.resume} does not fit this run's networks/options "
+                            f"({str(e).splitlines()[0][:160]})")
         normalizer.load_state_dict(resume_ckpt["normalizer"])
         ts = resume_ckpt["train_state"]
         global_step, episode_return, episode_length = resume_ckpt["global_step"], ts["episode_return"], ts["episode_length"]

@@ -145,7 +145,12 @@ def main(argv=None) -> None:
     bad_envs = [e for e in a.envs if sac.task_name(e) not in sac.TOTAL_TIMESTEPS]
     if bad_envs:
         p.error(f"no paper budget for {bad_envs}; use one of {ENVS}")
-    extra = json.loads(a.train_args)
+    try:
+        extra = json.loads(a.train_args)
+    except json.JSONDecodeError as e:
+        p.error(f"--train-args is not valid JSON ({e})")
+    if not isinstance(extra, dict):
+        p.error("--train-args must be a JSON object")
     if "hidden_sizes" in extra:
         extra["hidden_sizes"] = tuple(extra["hidden_sizes"])
     out = os.path.abspath(a.out)

@@ -204,6 +204,8 @@ def standalone(doc: str, add_args: Callable, evaluate: Callable, name: Callable[
         parser = base_parser(doc)
         add_args(parser)
         args = parser.parse_args()
+        if args.episodes <= 0:
+            raise AttackError("--episodes must be positive")
         report(name(args), evaluate(load_victim(args.ckpt, args.eps, args.device), args)["stats"])
 
     run_cli(main)

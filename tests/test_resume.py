@@ -37,3 +37,15 @@ def test_resume_rejects_a_checkpoint_of_another_method(workdir):
     out = sac.train(sac.Args(env_id="Hopper-v4", total_timesteps=250, run_name="s", save_every=0, **TINY_ARGS))
     with pytest.raises(sac_valt_eps.UserError, match="checkpoint is sac"):
         sac_valt_eps.train(sac_valt_eps.Args(env_id="Hopper-v4", total_timesteps=300, resume=out["save_path"], **TINY_ARGS))
+
+
+def test_resume_with_other_network_sizes_is_one_clear_error(workdir):
+    from conftest import TINY, run_script
+
+    first = run_script("sac.py", "--env-id", "Hopper-v4", "--total-timesteps", "250", "--run-name", "a", *TINY,
+                       cwd=str(workdir))
+    assert first.returncode == 0, first.stderr[-2000:]
+    proc = run_script("sac.py", "--env-id", "Hopper-v4", "--total-timesteps", "300", "--run-name", "b",
+                      "--hidden-sizes", "16", "16", "--buffer-size", "5000", "--threads", "1",
+                      "--resume", "runs/a/model.pt", cwd=str(workdir))
+    assert proc.returncode == 2 and "does not fit" in proc.stderr and "Traceback" not in proc.stderr
