@@ -105,6 +105,8 @@ class Args:
     """default {env_id}__{method}__{seed}__{unix time}"""
     cuda: bool = True
     """use CUDA when available"""
+    compile: bool = False
+    """torch.compile the actor and critics (for GPUs; on CPU it is slower). Same math up to float rounding"""
     threads: Optional[int] = None
     """torch intra-op threads (default: torch's choice)"""
     # --- Robust-SAC ---
@@ -243,43 +245,56 @@ class RunningNormalizer:
 # Prioritized replay
 # ---------------------------------------------------------------------------------------------------
 class SumTree:
-    """Binary sum-tree over `capacity` priorities; batched (numpy) update and prefix-sum search."""
+    """Binary sum-tree over `capacity` priorities, one float64 tensor on the buffer's device, so that sampling
+    and priority updates never leave it (no host sync per update, on a GPU too). Leaf writes are immediate;
+    the sums above written leaves are recomputed level by level before the next search."""
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, device: torch.device):
         self.leaves = 1 << max(0, (capacity - 1).bit_length())
-        self.tree = np.zeros(2 * self.leaves, np.float64)
+        self.depth = self.leaves.bit_length() - 1
+        self.tree = torch.zeros(2 * self.leaves, dtype=torch.float64, device=device)
+        self.pairs = self.tree.view(-1, 2)  # pairs[p] = (tree[2p], tree[2p+1]): the children of node p
+        self.stale: list[torch.Tensor] = []  # leaf positions written since the last propagation
 
     @property
-    def total(self) -> float:
-        return float(self.tree[1])
+    def total(self) -> torch.Tensor:
+        self.propagate()
+        return self.tree[1]
 
-    def update(self, indices: np.ndarray, priorities: np.ndarray) -> None:
-        pos = np.asarray(indices, np.int64) + self.leaves
-        self.tree[pos] = priorities
-        pos = np.unique(pos >> 1)
-        while pos[0] >= 1:
-            self.tree[pos] = self.tree[2 * pos] + self.tree[2 * pos + 1]
-            if pos[0] == 1:
-                break
-            pos = np.unique(pos >> 1)
+    def update(self, indices: torch.Tensor, priorities: torch.Tensor) -> None:
+        """Sets leaves; an index given twice keeps its larger priority (order-free, so deterministic on GPUs)."""
+        pos = torch.as_tensor(indices, device=self.tree.device) + self.leaves
+        priorities = torch.as_tensor(priorities, dtype=torch.float64, device=self.tree.device)
+        self.tree.scatter_reduce_(0, pos, priorities, "amax", include_self=False)
+        self.stale.append(pos)
 
-    def rebuild(self, priorities: np.ndarray) -> None:
-        """Set the first len(priorities) leaves (the rest 0) and recompute every internal node, level by level."""
-        self.tree[:] = 0.0
-        self.tree[self.leaves:self.leaves + len(priorities)] = priorities
+    def propagate(self) -> None:
+        if not self.stale:
+            return
+        pos = torch.cat(self.stale)
+        self.stale = []
+        for _ in range(self.depth):  # repeated parents get the same sum: no need to deduplicate
+            pos = pos >> 1
+            self.tree[pos] = self.pairs[pos].sum(1)
+
+    def rebuild(self, priorities: torch.Tensor) -> None:
+        """Sets the first len(priorities) leaves (the rest 0) and recomputes every internal node."""
+        self.tree.zero_()
+        self.tree[self.leaves:self.leaves + len(priorities)] = priorities.to(self.tree)
         level = self.leaves
         while level > 1:
-            self.tree[level // 2:level] = self.tree[level:2 * level:2] + self.tree[level + 1:2 * level:2]
+            self.tree[level // 2:level] = self.pairs[level // 2:level].sum(1)
             level //= 2
+        self.stale = []
 
-    def find(self, values: np.ndarray) -> np.ndarray:
+    def find(self, values: torch.Tensor) -> torch.Tensor:
         """Index i of each value v with prefix(i) <= v < prefix(i+1)."""
-        idx = np.ones(len(values), np.int64)
-        values = values.astype(np.float64).copy()
-        while idx[0] < self.leaves:
-            left = self.tree[2 * idx]
+        self.propagate()
+        idx = torch.ones(len(values), dtype=torch.long, device=self.tree.device)
+        for _ in range(self.depth):
+            left = self.pairs[idx, 0]
             go_right = values >= left
-            values -= left * go_right
+            values = torch.where(go_right, values - left, values)
             idx = 2 * idx + go_right
         return idx - self.leaves
 
@@ -287,10 +302,10 @@ class SumTree:
 class PrioritizedReplayBuffer:
     """Proportional PER (Schaul et al. 2016) over raw transitions; uniform when `prioritized=False`.
 
-    Tensors are preallocated on `device`; the sum-tree stays in numpy on the host.
+    Storage, sum-tree and the sampling generator all live on `device`.
     """
 
-    def __init__(self, capacity, obs_dim, act_dim, device, prioritized=True, alpha=0.6, eps=1e-6):
+    def __init__(self, capacity, obs_dim, act_dim, device, prioritized=True, alpha=0.6, eps=1e-6, seed=0):
         self.capacity, self.device, self.prioritized = capacity, device, prioritized
         self.alpha, self.eps = alpha, eps
         self.obs = torch.zeros(capacity, obs_dim, device=device)
@@ -298,8 +313,9 @@ class PrioritizedReplayBuffer:
         self.actions = torch.zeros(capacity, act_dim, device=device)
         self.rewards = torch.zeros(capacity, device=device)
         self.terminated = torch.zeros(capacity, device=device)
-        self.tree = SumTree(capacity)
-        self.max_priority = 1.0
+        self.tree = SumTree(capacity, device)
+        self.max_priority = torch.ones((), dtype=torch.float64, device=device)
+        self.generator = torch.Generator(device).manual_seed(seed)  # replay sampling only
         self.pos, self.size = 0, 0
 
     def add(self, obs, action, reward, next_obs, terminated) -> None:
@@ -310,41 +326,40 @@ class PrioritizedReplayBuffer:
         self.rewards[i] = float(reward)
         self.terminated[i] = float(terminated)
         # New transitions get the highest priority seen so far, so each is replayed at least once soon.
-        self.tree.update(np.array([i]), np.array([self.max_priority**self.alpha]))
+        self.tree.update(torch.tensor([i]), (self.max_priority**self.alpha).reshape(1))
         self.pos = (self.pos + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 
-    def sample(self, batch_size: int, beta: float, rng: np.random.Generator):
-        """Returns (indices, obs, actions, rewards, next_obs, terminated, importance weights)."""
+    def sample(self, batch_size: int, beta: float):
+        """Returns (indices, obs, actions, rewards, next_obs, terminated, importance weights), all on the device."""
         if self.prioritized:
             total = self.tree.total
             # Stratified sampling: one draw per equal-mass segment of the priority line.
-            values = (np.arange(batch_size) + rng.random(batch_size)) * (total / batch_size)
-            idx = np.minimum(self.tree.find(np.minimum(values, total * (1 - 1e-12))), self.size - 1)
+            u = torch.rand(batch_size, dtype=torch.float64, device=self.device, generator=self.generator)
+            values = (torch.arange(batch_size, device=self.device) + u) * (total / batch_size)
+            idx = self.tree.find(torch.minimum(values, total * (1 - 1e-12))).clamp_(max=self.size - 1)
             probs = self.tree.tree[idx + self.tree.leaves] / total
             weights = (self.size * probs) ** (-beta)
-            weights = weights / weights.max()  # normalized by the batch maximum, so weights <= 1
-            weights_t = torch.as_tensor(weights, dtype=torch.float32, device=self.device)
+            weights = (weights / weights.max()).float()  # normalized by the batch maximum, so weights <= 1
         else:
-            idx = rng.integers(0, self.size, batch_size)
-            weights_t = torch.ones(batch_size, device=self.device)
-        it = torch.as_tensor(idx, device=self.device)
-        return (idx, self.obs[it], self.actions[it], self.rewards[it], self.next_obs[it],
-                self.terminated[it], weights_t)
+            idx = torch.randint(0, self.size, (batch_size,), device=self.device, generator=self.generator)
+            weights = torch.ones(batch_size, device=self.device)
+        return (idx, self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx],
+                self.terminated[idx], weights)
 
-    def update_priorities(self, indices: np.ndarray, td_errors: np.ndarray) -> None:
+    def update_priorities(self, indices: torch.Tensor, td_errors: torch.Tensor) -> None:
         if not self.prioritized:
             return
-        priorities = np.abs(td_errors) + self.eps
-        self.max_priority = max(self.max_priority, float(priorities.max()))
+        priorities = td_errors.detach().abs().double() + self.eps
+        self.max_priority = torch.maximum(self.max_priority, priorities.max())
         self.tree.update(indices, priorities**self.alpha)
 
     def state_dict(self) -> dict:
         n = self.size
         return {"obs": self.obs[:n].cpu(), "next_obs": self.next_obs[:n].cpu(), "actions": self.actions[:n].cpu(),
                 "rewards": self.rewards[:n].cpu(), "terminated": self.terminated[:n].cpu(),
-                "priorities": torch.from_numpy(self.tree.tree[self.tree.leaves:self.tree.leaves + n].copy()),
-                "max_priority": self.max_priority,
+                "priorities": self.tree.tree[self.tree.leaves:self.tree.leaves + n].cpu(),
+                "max_priority": float(self.max_priority), "generator": self.generator.get_state(),
                 "pos": self.pos, "size": self.size, "capacity": self.capacity}
 
     def load_state_dict(self, state: dict) -> None:
@@ -353,8 +368,10 @@ class PrioritizedReplayBuffer:
         n = state["size"]
         for name in ("obs", "next_obs", "actions", "rewards", "terminated"):
             getattr(self, name)[:n] = state[name].to(self.device)
-        self.tree.rebuild(state["priorities"].numpy())
-        self.max_priority, self.pos, self.size = state["max_priority"], state["pos"], n
+        self.tree.rebuild(state["priorities"])
+        self.max_priority = torch.tensor(state["max_priority"], dtype=torch.float64, device=self.device)
+        self.generator.set_state(state["generator"])
+        self.pos, self.size = state["pos"], n
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -451,11 +468,14 @@ class Learner:
         self.critic_target = TwinCritic(obs_dim, act_dim, hidden).to(device)
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.critic_target.requires_grad_(False)
+        if args.compile:
+            for net in (self.actor, self.critic, self.critic_target):
+                net.compile()  # in place: parameter names, hence checkpoints, are unchanged
         self.log_alpha = torch.tensor(math.log(args.alpha), device=device, requires_grad=args.autotune)
         self.target_entropy = -float(act_dim) if args.target_entropy is None else args.target_entropy
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=args.policy_lr)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=args.q_lr)
-        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=args.alpha_lr) if args.autotune else None
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=args.policy_lr, fused=True)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=args.q_lr, fused=True)
+        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=args.alpha_lr, fused=True) if args.autotune else None
         self.eps = args.attack_eps
 
     def reg_eps(self, global_step: int) -> float:
@@ -678,7 +698,7 @@ def train(args: Args) -> dict:
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)  # replay sampling, exploration actions, episode-level coins
+    rng = np.random.default_rng(args.seed)  # exploration actions, episode-level coins (replay has its own)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
     env_kwargs = parse_env_kwargs(args.env_id, args.env_kwargs)
@@ -691,8 +711,8 @@ def train(args: Args) -> dict:
 
     learner = Learner(args, obs_dim, act_dim, low, high, device)
     normalizer = RunningNormalizer(obs_dim, args.obs_clip, device)
-    buffer = PrioritizedReplayBuffer(args.buffer_size, obs_dim, act_dim, device,
-                                     prioritized=args.per, alpha=args.per_alpha, eps=args.per_eps)
+    buffer = PrioritizedReplayBuffer(args.buffer_size, obs_dim, act_dim, device, prioritized=args.per,
+                                     alpha=args.per_alpha, eps=args.per_eps, seed=args.seed)
 
     from torch.utils.tensorboard import SummaryWriter
 
@@ -789,10 +809,10 @@ def train(args: Args) -> dict:
 
         if global_step > args.learning_starts and buffer.size >= args.batch_size:
             beta = args.per_beta_start + (1.0 - args.per_beta_start) * min(1.0, global_step / args.total_timesteps)
-            idx, b_obs, b_act, b_rew, b_next, b_term, b_w = buffer.sample(args.batch_size, beta, rng)
+            idx, b_obs, b_act, b_rew, b_next, b_term, b_w = buffer.sample(args.batch_size, beta)
             logs = learner.update(normalizer.normalize(b_obs), b_act, b_rew, normalizer.normalize(b_next),
                                   b_term, b_w, global_step)
-            buffer.update_priorities(idx, logs["td_errors"].cpu().numpy())
+            buffer.update_priorities(idx, logs["td_errors"])  # stays on the device
 
         if global_step > args.learning_starts:
             update_clock["step"] += 1

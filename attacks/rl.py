@@ -61,7 +61,8 @@ def train_sac(env: AttackEnv, steps: int, seed: int, hidden: tuple[int, ...] = (
     args = sac.Args(hidden_sizes=hidden, batch_size=batch_size, per=False)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     learner = sac.Learner(args, obs_dim, act_dim, -np.ones(act_dim), np.ones(act_dim), env.victim.device)
-    buffer = sac.PrioritizedReplayBuffer(max(steps, 1), obs_dim, act_dim, env.victim.device, prioritized=False)
+    buffer = sac.PrioritizedReplayBuffer(max(steps, 1), obs_dim, act_dim, env.victim.device, prioritized=False,
+                                         seed=seed)
     obs, _ = env.reset(seed=seed)
     episode_return, returns, start = 0.0, [], time.time()
     for step in range(1, steps + 1):
@@ -79,7 +80,7 @@ def train_sac(env: AttackEnv, steps: int, seed: int, hidden: tuple[int, ...] = (
             episode_return = 0.0
             obs, _ = env.reset()
         if step > learning_starts and buffer.size >= batch_size:
-            _, b_obs, b_act, b_rew, b_next, b_term, b_w = buffer.sample(batch_size, 1.0, rng)
+            _, b_obs, b_act, b_rew, b_next, b_term, b_w = buffer.sample(batch_size, 1.0)
             learner.update(b_obs, b_act, b_rew, b_next, b_term, b_w, step)
         if log and step % max(steps // 10, 1) == 0:
             recent = f"{np.mean(returns[-10:]):.1f}" if returns else "n/a"

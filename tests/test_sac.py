@@ -9,6 +9,8 @@ import torch
 import sac
 from conftest import TINY, run_script
 
+CPU = torch.device("cpu")
+
 TINY_ARGS = dict(learning_starts=200, batch_size=32, hidden_sizes=(32, 32), buffer_size=5000, eval_every=0,
                  eval_episodes=1, log_every=200, threads=1)
 
@@ -16,47 +18,66 @@ TINY_ARGS = dict(learning_starts=200, batch_size=32, hidden_sizes=(32, 32), buff
 # --- prioritized replay -----------------------------------------------------------------------------
 def test_sum_tree_find_matches_cumulative_sum():
     rng = np.random.default_rng(0)
-    tree = sac.SumTree(13)  # not a power of two on purpose
+    tree = sac.SumTree(13, CPU)  # not a power of two on purpose
     prios = rng.random(13)
-    tree.update(np.arange(13), prios)
-    assert tree.total == pytest.approx(prios.sum())
+    tree.update(torch.arange(13), torch.from_numpy(prios))
+    assert float(tree.total) == pytest.approx(prios.sum())
     values = rng.random(1000) * prios.sum()
     expected = np.searchsorted(np.cumsum(prios), values, side="right")
-    np.testing.assert_array_equal(tree.find(values), expected)
-    # a later partial update keeps every internal node consistent
-    tree.update(np.array([2, 7, 7]), np.array([5.0, 0.5, 0.25]))
-    prios[2], prios[7] = 5.0, 0.25
-    assert tree.total == pytest.approx(prios.sum())
+    np.testing.assert_array_equal(tree.find(torch.from_numpy(values)).numpy(), expected)
+    # a later partial update keeps every internal node consistent; an index given twice keeps the larger priority
+    tree.update(torch.tensor([2, 7, 7]), torch.tensor([5.0, 0.5, 0.25]))
+    prios[2], prios[7] = 5.0, 0.5
+    assert float(tree.total) == pytest.approx(prios.sum())
+    np.testing.assert_array_equal(tree.find(torch.from_numpy(values)).numpy(),
+                                  np.searchsorted(np.cumsum(prios), values, side="right"))
 
 
 def test_per_samples_proportionally_and_weights_follow_formula():
-    rng = np.random.default_rng(1)
-    buf = sac.PrioritizedReplayBuffer(8, 1, 1, torch.device("cpu"), prioritized=True, alpha=1.0, eps=0.0)
+    buf = sac.PrioritizedReplayBuffer(8, 1, 1, CPU, prioritized=True, alpha=1.0, eps=0.0, seed=1)
     for i in range(8):
         buf.add([i], [0.0], 0.0, [i], False)
-    td = np.array([1, 1, 1, 1, 2, 2, 4, 8], np.float64)
-    buf.update_priorities(np.arange(8), td)
-    counts = np.zeros(8)
+    td = torch.tensor([1, 1, 1, 1, 2, 2, 4, 8], dtype=torch.float64)
+    buf.update_priorities(torch.arange(8), td)
+    counts = torch.zeros(8)
     for _ in range(400):
-        idx, *_, w = buf.sample(64, beta=0.5, rng=rng)
-        counts += np.bincount(idx, minlength=8)
+        idx, *_, w = buf.sample(64, beta=0.5)
+        counts += torch.bincount(idx, minlength=8)
     freq = counts / counts.sum()
-    np.testing.assert_allclose(freq, td / td.sum(), atol=0.01)
+    torch.testing.assert_close(freq, (td / td.sum()).float(), atol=0.01, rtol=0)
     # importance weights: (N P(i))^-beta normalized by the batch max
-    idx, *_, w = buf.sample(64, beta=0.5, rng=rng)
+    idx, obs, *_, w = buf.sample(64, beta=0.5)
+    assert torch.equal(obs[:, 0], idx.float())  # rows are the sampled transitions
     raw = (8 * td[idx] / td.sum()) ** -0.5
-    np.testing.assert_allclose(w.numpy(), raw / raw.max(), rtol=1e-5)
+    torch.testing.assert_close(w, (raw / raw.max()).float(), rtol=1e-5, atol=0)
     # new transitions enter with the max priority seen
     buf.add([9], [0.0], 0.0, [9], False)
-    assert buf.tree.tree[buf.tree.leaves + 0] == pytest.approx(8.0)
+    assert float(buf.tree.tree[buf.tree.leaves + 0]) == pytest.approx(8.0)
 
 
 def test_uniform_replay_has_unit_weights():
-    buf = sac.PrioritizedReplayBuffer(16, 1, 1, torch.device("cpu"), prioritized=False)
+    buf = sac.PrioritizedReplayBuffer(16, 1, 1, CPU, prioritized=False)
     for i in range(16):
         buf.add([i], [0.0], 0.0, [i], False)
-    *_, w = buf.sample(32, beta=0.4, rng=np.random.default_rng(0))
+    *_, w = buf.sample(32, beta=0.4)
     assert torch.all(w == 1)
+
+
+def test_replay_sampling_is_seeded_and_its_state_round_trips():
+    def filled(seed):
+        buf = sac.PrioritizedReplayBuffer(64, 1, 1, CPU, seed=seed)
+        for i in range(50):
+            buf.add([i], [0.0], 0.0, [i], False)
+        buf.update_priorities(torch.arange(50), torch.linspace(0.1, 5.0, 50))
+        return buf
+    a, b = filled(3), filled(3)
+    assert torch.equal(a.sample(32, 0.4)[0], b.sample(32, 0.4)[0])
+    assert not torch.equal(a.sample(32, 0.4)[0], filled(4).sample(32, 0.4)[0])
+    restored = sac.PrioritizedReplayBuffer(64, 1, 1, CPU, seed=99)
+    restored.load_state_dict(a.state_dict())
+    for _ in range(3):
+        x, y = a.sample(32, 0.4), restored.sample(32, 0.4)
+        assert all(torch.equal(u, v) for u, v in zip(x, y))
 
 
 # --- normalizer -------------------------------------------------------------------------------------
@@ -183,10 +204,11 @@ def test_resume_from_a_file_that_is_not_a_checkpoint(workdir):
 
 def test_sum_tree_rebuild_equals_incremental_updates():
     rng = np.random.default_rng(5)
-    incremental = sac.SumTree(100)
+    incremental = sac.SumTree(100, CPU)
     for i in range(37):
-        incremental.update(np.array([i]), np.array([rng.random()]))
-    incremental.update(rng.integers(0, 37, 20), rng.random(20))
-    rebuilt = sac.SumTree(100)
+        incremental.update(torch.tensor([i]), torch.tensor([rng.random()]))
+    incremental.update(torch.from_numpy(rng.integers(0, 37, 20)), torch.from_numpy(rng.random(20)))
+    incremental.propagate()
+    rebuilt = sac.SumTree(100, CPU)
     rebuilt.rebuild(incremental.tree[incremental.leaves:incremental.leaves + 37])
-    np.testing.assert_array_equal(rebuilt.tree, incremental.tree)
+    assert torch.equal(rebuilt.tree, incremental.tree)
