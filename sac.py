@@ -395,9 +395,10 @@ class Actor(nn.Module):
         log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (log_std + 1)
         return self.mean(h), log_std
 
-    def sample(self, obs):
-        """Reparameterized action and its log-density (tanh and scale Jacobians included)."""
-        mean, log_std = self(obs)
+    def sample(self, obs, dist=None):
+        """Reparameterized action and its log-density (tanh and scale Jacobians included); `dist` = self(obs)
+        when the caller already has it."""
+        mean, log_std = self(obs) if dist is None else dist
         noise = torch.randn_like(mean)
         pre_tanh = mean + log_std.exp() * noise
         # log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)), stable for large |u|.

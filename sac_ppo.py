@@ -430,9 +430,10 @@ class Actor(nn.Module):
         log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (log_std + 1)
         return self.mean(h), log_std
 
-    def sample(self, obs):
-        """Reparameterized action and its log-density (tanh and scale Jacobians included)."""
-        mean, log_std = self(obs)
+    def sample(self, obs, dist=None):
+        """Reparameterized action and its log-density (tanh and scale Jacobians included); `dist` = self(obs)
+        when the caller already has it."""
+        mean, log_std = self(obs) if dist is None else dist
         noise = torch.randn_like(mean)
         pre_tanh = mean + log_std.exp() * noise
         # log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)), stable for large |u|.
@@ -593,12 +594,13 @@ class Learner:
             u = self.adversary.dist(obs).sample()
         return self.realize(obs, u)
 
-    def sa_regularizer(self, obs: torch.Tensor, eps: float) -> torch.Tensor:
+    def sa_regularizer(self, obs: torch.Tensor, eps: float, clean=None) -> torch.Tensor:
         """max_{s~ in B_eps(s)} D(pi(.|s), pi(.|s~)) by SGLD (Zhang et al. 2020): signed noisy ascent from a
-        random-sign start, projected; D evaluated again with gradients at the detached maximiser."""
+        random-sign start, projected; D evaluated again with gradients at the detached maximiser.
+        `clean` = actor(s) with gradients, when the caller already has it."""
         steps = self.args.reg_sgld_steps
         step = eps / steps
-        clean = self.actor(obs)  # one forward at s: detached for the search, with gradients for the loss
+        clean = self.actor(obs) if clean is None else clean  # detached for the search, with gradients for the loss
         reference = tuple(t.detach() for t in clean)
         delta = step * torch.randn_like(obs).sign()
         for i in range(steps):
