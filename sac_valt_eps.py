@@ -123,6 +123,9 @@ class Args:
     """final weight k_w of the PGD-worst observation in the adversary mixture"""
     worst_rate_remain_steps: Optional[int] = None
     """k_w ramps linearly from 0 to --worst-rate over this many steps; default per task (Table 5)"""
+    mixture: str = "exact"
+    """"exact": both mixture components for every state (SPEC §4's weighted sum); "sampled": one draw per state,
+    worst with probability k_w: an unbiased estimate that runs PGD on a k_w share of the batch (faster, noisier)"""
     adv_ratio: Optional[float] = None
     """fraction of data collected on uniformly perturbed observations; default per task (Table 5)"""
     adv_ratio_per_step: bool = False
@@ -518,9 +521,16 @@ class Learner:
         return (obs + delta).detach()
 
     def adversary_obs(self, critic: TwinCritic, obs: torch.Tensor, k_w: float):
-        """Samples of the eps-worst adversary nu_eps = (1-k_w) Uniform(B_eps) + k_w delta(s~_worst), as the
-        two components stacked along the batch ([uniform; worst]) with their mixture weights, so that the
-        mixture expectation is an exact weighted sum (one component is skipped when its weight is 0)."""
+        """Samples of the eps-worst adversary nu_eps = (1-k_w) Uniform(B_eps) + k_w delta(s~_worst) and their
+        mixture weights. exact: the two components stacked along the batch ([uniform; worst]), so that the
+        mixture expectation is an exact weighted sum (one component is skipped when its weight is 0).
+        sampled: one draw per state; the data-dependent PGD batch costs a host sync (keep exact on GPUs)."""
+        if self.args.mixture == "sampled":
+            obs_tilde = self.uniform_obs(obs)
+            worst = torch.rand(len(obs), device=obs.device) < k_w
+            if worst.any():
+                obs_tilde[worst] = self.pgd_worst_obs(critic, obs[worst])
+            return obs_tilde, [1.0]
         parts, mix = [], []
         if k_w < 1.0:
             parts.append(self.uniform_obs(obs))
@@ -743,6 +753,8 @@ def resolve_args(args: Args) -> Args:
     args.reg_eps_end_step = ramp[1] if args.reg_eps_end_step is None else args.reg_eps_end_step
     if args.pgd_steps < 1 or args.reg_sgld_steps < 1:
         raise UserError("--pgd-steps and --reg-sgld-steps must be >= 1")
+    if args.mixture not in ("exact", "sampled"):
+        raise UserError(f"--mixture must be exact or sampled, got {args.mixture!r}")
     if not 0.0 <= args.adv_ratio <= 1.0 or not 0.0 <= args.worst_rate <= 1.0:
         raise UserError("--adv-ratio and --worst-rate must lie in [0, 1]")
     if args.reg_distance not in ("mse", "kl"):

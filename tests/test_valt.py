@@ -95,6 +95,28 @@ def test_worst_rate_schedule_and_regulariser():
     assert learner.sa_regularizer(obs, 1e-12).item() < 1e-12
 
 
+def test_sampled_mixture_is_an_unbiased_draw_of_the_exact_mixture():
+    learner = eps_learner()
+    marker = lambda critic, obs: obs + learner.eps  # stands in for PGD: a point no uniform draw hits
+    learner.pgd_worst_obs = marker
+    obs, k_w = torch.randn(20000, 5), 0.3
+    exact, mix = learner.adversary_obs(learner.critic, obs, k_w)
+    assert mix == [0.7, 0.3] and torch.equal(exact[20000:], marker(None, obs))
+    learner.args.mixture = "sampled"
+    torch.manual_seed(3)
+    sampled, mix = learner.adversary_obs(learner.critic, obs, k_w)
+    assert mix == [1.0] and sampled.shape == obs.shape
+    is_worst = (sampled == marker(None, obs)).all(1)
+    assert is_worst.float().mean().item() == pytest.approx(k_w, abs=0.01)
+    assert ((sampled - obs).abs() <= learner.eps + 1e-6).all()
+    # any statistic of s~ has the exact mixture's expectation: here the mean perturbation (0 for the uniform
+    # component, eps for the marker), per coordinate
+    expected = sum(m * part.sub(obs).mean(0) for m, part in zip([0.7, 0.3], exact.chunk(2)))
+    torch.testing.assert_close(sampled.sub(obs).mean(0), expected, atol=0.01, rtol=0)
+    for k in (0.0, 1.0):  # the pure cases draw one component only
+        assert (learner.adversary_obs(learner.critic, obs[:100], k)[0] == marker(None, obs[:100])).all(1).sum() == 100 * k
+
+
 # --- VALT-SOFT --------------------------------------------------------------------------------------
 def adversary_density(adv, obs, obs_tilde):
     """nu(s~|s) from its definition, by inverting s~ = s + eps tanh(u)."""
@@ -239,15 +261,15 @@ def test_soft_worst_symmetry_on_tabular_mdp():
 
 
 # --- end to end -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("env_id", ["Hopper-v4", "Ant-v4"])
-def test_valt_eps_smoke(workdir, env_id):
+@pytest.mark.parametrize("env_id,mixture", [("Hopper-v4", "exact"), ("Ant-v4", "sampled")])
+def test_valt_eps_smoke(workdir, env_id, mixture):
     proc = run_script("sac_valt_eps.py", "--env-id", env_id, "--total-timesteps", "500", "--run-name", "e", *TINY,
                       "--worst-rate-remain-steps", "300", "--reg-eps-start-step", "200", "--reg-eps-end-step", "400",
-                      "--reg-coef", "3", cwd=str(workdir))
+                      "--reg-coef", "3", "--mixture", mixture, cwd=str(workdir))
     assert proc.returncode == 0, proc.stderr[-2000:]
     ckpt = torch.load(workdir / "runs/e/model.pt", map_location="cpu", weights_only=True)
     assert ckpt["method"] == "valt_eps" and ckpt["global_step"] == 500 and ckpt["actor_optimizer"]["state"]
-    assert ckpt["args"]["worst_rate_remain_steps"] == 300
+    assert ckpt["args"]["worst_rate_remain_steps"] == 300 and ckpt["args"]["mixture"] == mixture
 
 
 @pytest.mark.parametrize("env_id", ["Hopper-v4", "Ant-v4"])
@@ -265,3 +287,5 @@ def test_valt_soft_smoke(workdir, env_id):
 def test_valt_rejects_bad_eps(workdir):
     proc = run_script("sac_valt_eps.py", "--attack-eps", "0", "--total-timesteps", "10", cwd=str(workdir))
     assert proc.returncode == 2 and "must be > 0" in proc.stderr
+    proc = run_script("sac_valt_eps.py", "--mixture", "mean", "--total-timesteps", "10", cwd=str(workdir))
+    assert proc.returncode == 2 and "--mixture must be exact or sampled" in proc.stderr
