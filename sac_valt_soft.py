@@ -344,8 +344,8 @@ class PrioritizedReplayBuffer:
         self.actions[i] = torch.as_tensor(action, device=self.device)
         self.rewards[i] = float(reward)
         self.terminated[i] = float(terminated)
-        # New transitions get the highest priority seen so far, so each is replayed at least once soon.
-        self.tree.update(torch.tensor([i]), (self.max_priority**self.alpha).reshape(1))
+        if self.prioritized:  # new transitions get the highest priority seen so far: each is replayed soon
+            self.tree.update(torch.tensor([i]), (self.max_priority**self.alpha).reshape(1))
         self.pos = (self.pos + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 

@@ -61,6 +61,7 @@ def test_uniform_replay_has_unit_weights():
         buf.add([i], [0.0], 0.0, [i], False)
     *_, w = buf.sample(32, beta=0.4)
     assert torch.all(w == 1)
+    assert not buf.tree.stale  # no sum-tree bookkeeping piles up when it is never read
 
 
 def test_replay_sampling_is_seeded_and_its_state_round_trips():
