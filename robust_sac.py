@@ -49,75 +49,50 @@ REG_EPS_RAMP = {"Hopper": (100_000, 400_000), "Walker2d": (100_000, 1_300_000), 
 
 @dataclass
 class Args:
-    env_id: str = "Hopper-v4"
-    """Gymnasium environment id (MuJoCo -v4 tasks for the paper's settings)"""
-    env_kwargs: str = ""
-    """extra gym.make kwargs as JSON, merged over the defaults (Ant-v4: {"use_contact_forces": true})"""
-    seed: int = 1
-    """seed of python, numpy, torch and the environment"""
+    env_id: str = "Hopper-v4"  # Gymnasium environment id (MuJoCo -v4 tasks for the paper's settings)
+    env_kwargs: str = ""  # extra gym.make kwargs as JSON, merged over the defaults (Ant-v4: {"use_contact_forces": true})
+    seed: int = 1  # seed of python, numpy, torch and the environment
     total_timesteps: Optional[int] = None
     """environment steps; default per task (SPEC §6: Hopper 0.5M, HalfCheetah 1M, Walker2d 1.5M, Ant 3M)"""
-    learning_starts: int = 5000
-    """uniform random actions (and no updates) before this step"""
+    learning_starts: int = 5000  # uniform random actions (and no updates) before this step
     buffer_size: int = 1_000_000
     batch_size: int = 256
     gamma: float = 0.99
-    tau: float = 0.005
-    """target critic Polyak rate"""
+    tau: float = 0.005  # target critic Polyak rate
     policy_lr: float = 3e-4
     q_lr: float = 3e-4
     alpha_lr: float = 3e-4
     hidden_sizes: tuple[int, ...] = (256, 256)
-    autotune: bool = True
-    """learn the temperature alpha (otherwise alpha stays at --alpha)"""
-    alpha: float = 1.0
-    """initial (or, with --no-autotune, fixed) temperature"""
+    autotune: bool = True  # learn the temperature alpha (otherwise alpha stays at --alpha)
+    alpha: float = 1.0  # initial (or, with --no-autotune, fixed) temperature
     target_entropy: Optional[float] = None
     """entropy target of the temperature; default -dim(A) (the paper raises it for Hopper)"""
-    huber_delta: float = 1.0
-    """Huber (smooth L1) threshold of the critic loss"""
-    per: bool = True
-    """proportional prioritized replay (off: uniform replay, unit weights)"""
+    huber_delta: float = 1.0  # Huber (smooth L1) threshold of the critic loss
+    per: bool = True  # proportional prioritized replay (off: uniform replay, unit weights)
     per_alpha: float = 0.6
-    per_beta_start: float = 0.4
-    """importance-sampling exponent, annealed linearly to 1.0 over training"""
+    per_beta_start: float = 0.4  # importance-sampling exponent, annealed linearly to 1.0 over training
     per_eps: float = 1e-6
-    obs_clip: float = 10.0
-    """normalized observations are clipped to [-obs_clip, obs_clip]"""
+    obs_clip: float = 10.0  # normalized observations are clipped to [-obs_clip, obs_clip]
     attack_eps: Optional[float] = None
     """l_inf attack radius in normalized units stored in the checkpoint; default per task (SPEC §1)"""
-    eval_every: int = 10_000
-    """steps between clean deterministic evaluations (0: only at the end)"""
+    eval_every: int = 10_000  # steps between clean deterministic evaluations (0: only at the end)
     eval_episodes: int = 10
-    log_every: int = 1000
-    """steps between console progress lines and scalar logs"""
-    save_every: int = 50_000
-    """steps between checkpoints (the final one is always written)"""
-    save_path: Optional[str] = None
-    """checkpoint file; default runs/{run_name}/model.pt"""
-    save_buffer: bool = False
-    """also write the replay buffer next to each checkpoint (needed for an exact --resume)"""
-    keep_checkpoints: bool = False
-    """also keep every periodic checkpoint as {save_path stem}_step{N}.pt"""
-    resume: Optional[str] = None
-    """continue the run stored in this checkpoint (optimizers, normalizer, RNGs, step counter)"""
-    run_name: Optional[str] = None
-    """default {env_id}__{method}__{seed}__{unix time}"""
-    cuda: bool = True
-    """use CUDA when available"""
-    compile: bool = False
-    """torch.compile the actor and critics (for GPUs; on CPU it is slower). Same math up to float rounding"""
-    threads: Optional[int] = None
-    """torch intra-op threads (default: torch's choice)"""
+    log_every: int = 1000  # steps between console progress lines and scalar logs
+    save_every: int = 50_000  # steps between checkpoints (the final one is always written)
+    save_path: Optional[str] = None  # checkpoint file; default runs/{run_name}/model.pt
+    save_buffer: bool = False  # also write the replay buffer next to each checkpoint (needed for an exact --resume)
+    keep_checkpoints: bool = False  # also keep every periodic checkpoint as {save_path stem}_step{N}.pt
+    resume: Optional[str] = None  # continue the run stored in this checkpoint (optimizers, normalizer, RNGs, step counter)
+    run_name: Optional[str] = None  # default {env_id}__{method}__{seed}__{unix time}
+    cuda: bool = True  # use CUDA when available
+    compile: bool = False  # torch.compile the actor and critics (for GPUs; on CPU it is slower). Same math up to float rounding
+    threads: Optional[int] = None  # torch intra-op threads (default: torch's choice)
     # --- Robust-SAC ---
-    reg_coef: Optional[float] = None
-    """coefficient c_reg of the SA regulariser; default per task (Table 3: 300 / 300 / 10 / 30)"""
-    reg_sgld_steps: int = 5
-    """SGLD steps of the inner maximisation (paper: 5, as Robust-DDPG)"""
+    reg_coef: Optional[float] = None  # coefficient c_reg of the SA regulariser; default per task (Table 3: 300 / 300 / 10 / 30)
+    reg_sgld_steps: int = 5  # SGLD steps of the inner maximisation (paper: 5, as Robust-DDPG)
     reg_distance: str = "mse"
     """regulariser distance: "mse" of deterministic actions (SA-DDPG) or "kl" of the Gaussians (SA-PPO)"""
-    reg_eps_start_step: Optional[int] = None
-    """the regulariser's radius ramps 0 -> eps between these steps; default per task"""
+    reg_eps_start_step: Optional[int] = None  # the regulariser's radius ramps 0 -> eps between these steps; default per task
     reg_eps_end_step: Optional[int] = None
 
 
@@ -172,12 +147,7 @@ def get_env_state(env: gym.Env) -> Optional[dict]:
     spec = mujoco.mjtState.mjSTATE_INTEGRATION
     physics = np.empty(mujoco.mj_stateSize(unwrapped.model, spec))
     mujoco.mj_getState(unwrapped.model, unwrapped.data, physics, spec)
-    elapsed, wrapper = None, env
-    while isinstance(wrapper, gym.Wrapper):
-        if isinstance(wrapper, gym.wrappers.TimeLimit):
-            elapsed = wrapper._elapsed_steps
-        wrapper = wrapper.env
-    return {"physics": torch.from_numpy(physics), "elapsed_steps": elapsed,
+    return {"physics": torch.from_numpy(physics), "elapsed_steps": env.get_wrapper_attr("_elapsed_steps"),  # TimeLimit
             "np_random": unwrapped.np_random.bit_generator.state}
 
 
@@ -186,11 +156,7 @@ def set_env_state(env: gym.Env, state: dict) -> None:
 
     unwrapped = env.unwrapped
     mujoco.mj_setState(unwrapped.model, unwrapped.data, state["physics"].numpy(), mujoco.mjtState.mjSTATE_INTEGRATION)
-    wrapper = env
-    while isinstance(wrapper, gym.Wrapper):
-        if isinstance(wrapper, gym.wrappers.TimeLimit):
-            wrapper._elapsed_steps = state["elapsed_steps"]
-        wrapper = wrapper.env
+    env.set_wrapper_attr("_elapsed_steps", state["elapsed_steps"])
     unwrapped.np_random.bit_generator.state = state["np_random"]
 
 
@@ -635,23 +601,14 @@ def load_checkpoint(path: str) -> dict:
 def build_checkpoint(args, learner, normalizer, env, obs_dim, act_dim, env_kwargs, eps, global_step, train_state,
                      summary) -> dict:
     return {
-        "checkpoint_format": CHECKPOINT_FORMAT,
-        "method": METHOD,
-        "env_id": args.env_id,
-        "env_kwargs": env_kwargs,
-        "obs_dim": obs_dim,
-        "act_dim": act_dim,
+        "checkpoint_format": CHECKPOINT_FORMAT, "method": METHOD, "env_id": args.env_id, "env_kwargs": env_kwargs,
+        "obs_dim": obs_dim, "act_dim": act_dim,
         "action_low": torch.as_tensor(env.action_space.low, dtype=torch.float32),
         "action_high": torch.as_tensor(env.action_space.high, dtype=torch.float32),
         "arch": {"hidden_sizes": list(args.hidden_sizes), "activation": "relu", "actor": "tanh_gaussian",
                  "log_std_min": LOG_STD_MIN, "log_std_max": LOG_STD_MAX, "critic": "twin_stacked"},
-        "eps": eps,
-        "global_step": global_step,
-        "args": dataclasses.asdict(args),
-        "normalizer": normalizer.state_dict(),
-        **learner.state_dict(),
-        "train_state": train_state,
-        "summary": summary,
+        "eps": eps, "global_step": global_step, "args": dataclasses.asdict(args), "normalizer": normalizer.state_dict(),
+        **learner.state_dict(), "train_state": train_state, "summary": summary,
     }
 
 
