@@ -34,9 +34,7 @@ import tyro
 METHOD = "sac"
 CHECKPOINT_FORMAT = 1
 
-# ---------------------------------------------------------------------------------------------------
-# Configuration
-# ---------------------------------------------------------------------------------------------------
+# --- Configuration ---------------------------------------------------------------------------------
 # Per-task defaults, keyed by the env id's prefix ("Hopper-v4" -> "Hopper").
 ATTACK_EPS = {"Hopper": 0.075, "Walker2d": 0.05, "HalfCheetah": 0.15, "Ant": 0.15}  # SPEC §1
 TOTAL_TIMESTEPS = {"Hopper": 500_000, "Walker2d": 1_500_000, "HalfCheetah": 1_000_000, "Ant": 3_000_000}
@@ -86,9 +84,7 @@ class Args:
     threads: Optional[int] = None  # torch intra-op threads (default: torch's choice)
 
 
-# ---------------------------------------------------------------------------------------------------
-# Environment
-# ---------------------------------------------------------------------------------------------------
+# --- Environment -----------------------------------------------------------------------------------
 class UserError(Exception):
     """Bad input: reported as one line, exit code 2."""
 
@@ -150,9 +146,7 @@ def set_env_state(env: gym.Env, state: dict) -> None:
     unwrapped.np_random.bit_generator.state = state["np_random"]
 
 
-# ---------------------------------------------------------------------------------------------------
-# Observation normalizer
-# ---------------------------------------------------------------------------------------------------
+# --- Observation normalizer ------------------------------------------------------------------------
 class RunningNormalizer:
     """Running mean/variance of raw observations (parallel Welford update in float64).
 
@@ -197,9 +191,7 @@ class RunningNormalizer:
         self._sync()
 
 
-# ---------------------------------------------------------------------------------------------------
-# Prioritized replay
-# ---------------------------------------------------------------------------------------------------
+# --- Prioritized replay ----------------------------------------------------------------------------
 class SumTree:
     """Binary sum-tree over `capacity` priorities, one float64 tensor on the buffer's device, so that sampling
     and priority updates never leave it (no host sync per update, on a GPU too). Leaf writes are immediate;
@@ -330,9 +322,7 @@ class PrioritizedReplayBuffer:
         self.pos, self.size = state["pos"], n
 
 
-# ---------------------------------------------------------------------------------------------------
-# Networks
-# ---------------------------------------------------------------------------------------------------
+# --- Networks --------------------------------------------------------------------------------------
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 
@@ -404,9 +394,7 @@ class TwinCritic(nn.Module):
         return x.squeeze(-1)
 
 
-# ---------------------------------------------------------------------------------------------------
-# Method: SAC update
-# ---------------------------------------------------------------------------------------------------
+# --- Method: SAC update ----------------------------------------------------------------------------
 class Learner:
     """Networks, optimizers and the gradient update of the method."""
 
@@ -491,9 +479,7 @@ class Learner:
             self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
 
 
-# ---------------------------------------------------------------------------------------------------
-# Behaviour policy
-# ---------------------------------------------------------------------------------------------------
+# --- Behaviour policy ------------------------------------------------------------------------------
 def behaviour_action(learner: Learner, obs_n: torch.Tensor, episode_state: dict, rng: np.random.Generator,
                      global_step: int) -> np.ndarray:
     """SAC acts on the clean normalized observation."""
@@ -502,9 +488,7 @@ def behaviour_action(learner: Learner, obs_n: torch.Tensor, episode_state: dict,
     return action[0].cpu().numpy()
 
 
-# ---------------------------------------------------------------------------------------------------
-# Evaluation
-# ---------------------------------------------------------------------------------------------------
+# --- Evaluation ------------------------------------------------------------------------------------
 def evaluate(actor: Actor, normalizer: RunningNormalizer, env: gym.Env, episodes: int, seed: int) -> list[float]:
     """Clean returns of the deterministic policy; the normalizer is frozen (read only)."""
     returns = []
@@ -522,9 +506,7 @@ def evaluate(actor: Actor, normalizer: RunningNormalizer, env: gym.Env, episodes
     return returns
 
 
-# ---------------------------------------------------------------------------------------------------
-# Checkpoint (the contract every attack reads; see README "Checkpoint contract")
-# ---------------------------------------------------------------------------------------------------
+# --- Checkpoint (the contract every attack reads; see README "Checkpoint contract") ----------------
 def atomic_save(obj, path: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"
@@ -558,9 +540,7 @@ def build_checkpoint(args, learner, normalizer, env, obs_dim, act_dim, env_kwarg
     }
 
 
-# ---------------------------------------------------------------------------------------------------
-# Training loop
-# ---------------------------------------------------------------------------------------------------
+# --- Training loop ---------------------------------------------------------------------------------
 def resolve_args(args: Args) -> Args:
     task = task_name(args.env_id)
     if args.total_timesteps is None:

@@ -49,6 +49,8 @@ def test_fast_path_matches_plain_path(module_name, fast):
     torch.manual_seed(0)
     quick = module.Learner(fast_args, OBS_DIM, ACT_DIM, -np.ones(ACT_DIM), np.ones(ACT_DIM), CPU)
     plain_optimizers(plain)
+    for net in ("actor", "critic", "critic_target"):  # the fast learner really runs compiled modules
+        assert (getattr(quick, net)._compiled_call_impl is not None) == (fast == "compile")
     assert all(torch.equal(p, q) for p, q in zip(plain.actor.parameters(), quick.actor.parameters()))
 
     g = torch.Generator().manual_seed(1)
