@@ -55,7 +55,6 @@ def matmul_gflops(threads: int, seconds: float = 2.0) -> float:
 def update_gflop(variant: str, env: str, learning_starts: int, updates: int = 5) -> float:
     """Matmul GFLOP of one gradient update of `variant` (forward and backward, counted by torch's
     FlopCounterMode on a random batch, averaged over a few updates since the sampled mixture varies)."""
-    import numpy as np
     import torch
     import tyro
     from torch.utils.flop_counter import FlopCounterMode
@@ -134,6 +133,10 @@ def main() -> None:
     a = p.parse_args()
     if a.steps <= 0 or a.rounds <= 0 or a.threads <= 0:
         p.error("--steps, --rounds and --threads must be positive")
+    import gymnasium as gym
+
+    if a.env not in gym.registry:
+        p.error(f"unknown environment id {a.env!r}")
 
     sys.path.insert(0, ROOT)
     gflops = matmul_gflops(a.threads)
