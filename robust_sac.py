@@ -88,6 +88,7 @@ class Args:
     # --- Robust-SAC ---
     reg_coef: Optional[float] = None  # coefficient c_reg of the SA regulariser; default per task (Table 3: 300 / 300 / 10 / 30)
     reg_sgld_steps: int = 5  # SGLD steps of the inner maximisation (paper: 5, as Robust-DDPG)
+    reg_sgld_beta: float = 1e-5  # SGLD inverse temperature of the regulariser's search: noise sqrt(2*step*beta)/(i+2) (SA-PPO: 1e-5)
     reg_distance: str = "mse"
     """regulariser distance: "mse" of deterministic actions (SA-DDPG) or "kl" of the Gaussians (SA-PPO)"""
     reg_eps_start_step: Optional[int] = None  # the regulariser's radius ramps 0 -> eps between these steps; default per task
@@ -437,21 +438,23 @@ class Learner:
         return self.eps * linear_ramp(global_step, self.args.reg_eps_start_step, self.args.reg_eps_end_step)
 
     def sa_regularizer(self, obs: torch.Tensor, eps: float, clean=None) -> torch.Tensor:
-        """max_{s~ in B_eps(s)} D(pi(.|s), pi(.|s~)) by SGLD (Zhang et al. 2020): signed noisy ascent from a
-        random-sign start, projected; D evaluated again with gradients at the detached maximiser.
-        `clean` = actor(s) with gradients, when the caller already has it."""
+        """max_{s~ in B_eps(s)} D(pi(.|s), pi(.|s~)) by SGLD, as SA-PPO's get_state_kl_bound_sgld
+        (huanzhang12/SA_PPO, src/policy_gradients/steps.py): start s + step*sign(noise), step eps/steps, signed ascent
+        of grad + sqrt(2*step*beta)/(i+2)*N(0,1) with beta = --reg-sgld-beta (reference 1e-5: the noise breaks ties,
+        it does not flip the ascent), projected each step. The clean side pi(.|s) is a constant (detached, as in the
+        reference): only pi(.|s~) at the detached maximiser carries gradient. `clean` = actor(s), if already computed."""
         steps = self.args.reg_sgld_steps
         step = eps / steps
-        clean = self.actor(obs) if clean is None else clean  # detached for the search, with gradients for the loss
-        reference = tuple(t.detach() for t in clean)
+        reference = tuple(t.detach() for t in (self.actor(obs) if clean is None else clean))
+        noise_scale = math.sqrt(2 * step * self.args.reg_sgld_beta)
         delta = step * torch.randn_like(obs).sign()
         for i in range(steps):
             delta.requires_grad_(True)
             distance = self.policy_distance(reference, obs + delta).sum()
             (grad,) = torch.autograd.grad(distance, delta)
-            noise = math.sqrt(2 * step) / (i + 2) * torch.randn_like(obs)
+            noise = noise_scale / (i + 2) * torch.randn_like(obs)
             delta = (delta.detach() + step * (grad + noise).sign()).clamp_(-eps, eps)
-        return self.policy_distance(clean, (obs + delta).detach()).mean()
+        return self.policy_distance(reference, (obs + delta).detach()).mean()
 
     def policy_distance(self, reference, obs_tilde: torch.Tensor) -> torch.Tensor:
         """Per-sample D(pi(.|s), pi(.|s~)); `reference` = actor(s) as (mean, log_std)."""
@@ -614,6 +617,8 @@ def resolve_args(args: Args) -> Args:
     args.reg_eps_end_step = ramp[1] if args.reg_eps_end_step is None else args.reg_eps_end_step
     if args.reg_sgld_steps < 1:
         raise UserError("--reg-sgld-steps must be >= 1")
+    if not args.reg_sgld_beta >= 0:
+        raise UserError(f"--reg-sgld-beta must be >= 0, got {args.reg_sgld_beta}")
     if args.reg_distance not in ("mse", "kl"):
         raise UserError(f"--reg-distance must be mse or kl, got {args.reg_distance!r}")
     if args.total_timesteps <= 0 or args.batch_size <= 0 or args.buffer_size <= 0:
@@ -662,6 +667,7 @@ def train(args: Args) -> dict:
     global_step, episode_return, episode_length = 0, 0.0, 0
     episode_state: dict = {}
     obs, _ = env.reset(seed=args.seed)
+    normalizer.update(obs)  # the normalizer sees every observation the agent acts on, reset ones included
     if resume_ckpt is not None:
         try:
             learner.load_state_dict(resume_ckpt)
@@ -745,6 +751,7 @@ def train(args: Args) -> dict:
             writer.add_scalar("charts/episodic_return", episode_return, global_step)
             writer.add_scalar("charts/episodic_length", episode_length, global_step)
             obs, _ = env.reset()
+            normalizer.update(obs)
             episode_return, episode_length, episode_state = 0.0, 0, {}
 
         if global_step > args.learning_starts and buffer.size >= args.batch_size:

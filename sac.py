@@ -595,6 +595,7 @@ def train(args: Args) -> dict:
     global_step, episode_return, episode_length = 0, 0.0, 0
     episode_state: dict = {}
     obs, _ = env.reset(seed=args.seed)
+    normalizer.update(obs)  # the normalizer sees every observation the agent acts on, reset ones included
     if resume_ckpt is not None:
         try:
             learner.load_state_dict(resume_ckpt)
@@ -678,6 +679,7 @@ def train(args: Args) -> dict:
             writer.add_scalar("charts/episodic_return", episode_return, global_step)
             writer.add_scalar("charts/episodic_length", episode_length, global_step)
             obs, _ = env.reset()
+            normalizer.update(obs)
             episode_return, episode_length, episode_state = 0.0, 0, {}
 
         if global_step > args.learning_starts and buffer.size >= args.batch_size:

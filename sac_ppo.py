@@ -42,6 +42,11 @@ DEFAULT_ENV_KWARGS = {"Ant-v4": {"use_contact_forces": True}}
 # SAC-PPO, paper Table 4: PPO adversary iterations over the whole run, behaviour adversary ratio, "+reg."
 # coefficient and the linear ramp of the regulariser's radius (start, end step).
 ADV_ITERATIONS = {"Hopper": 2441, "Walker2d": 2441, "HalfCheetah": 2441, "Ant": 4882}
+# The PPO adversary's own settings, paper Table 4 (SPEC §6): policy and value learning rates (separate Adam
+# optimizers, as in the ATLA/SA-RL reference PPO) and the entropy coefficient.
+ADV_POLICY_LR = {"Hopper": 3e-5, "Walker2d": 3e-3, "HalfCheetah": 3e-5, "Ant": 1e-4}
+ADV_VALUE_LR = {"Hopper": 3e-6, "Walker2d": 1e-3, "HalfCheetah": 1e-5, "Ant": 1e-5}
+ADV_ENT_COEF = {"Hopper": 1e-3, "Walker2d": 3e-3, "HalfCheetah": 1e-3, "Ant": 1e-3}
 ADV_RATIO = {"Hopper": 0.5, "Walker2d": 0.5, "HalfCheetah": 0.5, "Ant": 0.5}
 REG_COEF = {"Hopper": 300.0, "Walker2d": 10.0, "HalfCheetah": 30.0, "Ant": 30.0}
 REG_EPS_RAMP = {"Hopper": (100_000, 400_000), "Walker2d": (100_000, 1_300_000), "HalfCheetah": (100_000, 800_000),
@@ -93,19 +98,21 @@ class Args:
     adv_iterations: Optional[int] = None
     """PPO iterations over the run, interleaved evenly with the agent's steps; default per task (2441, Ant 4882)"""
     adv_ppo_steps: int = 2048  # adversary environment steps per PPO iteration (its own rollouts, counted separately)
-    adv_lr: float = 3e-4
+    adv_policy_lr: Optional[float] = None  # Adam lr of the adversary's policy; default per task (Table 4)
+    adv_value_lr: Optional[float] = None  # Adam lr of the adversary's value network (its own optimizer); default per task
     adv_hidden_sizes: tuple[int, ...] = (64, 64)
     adv_epochs: int = 10
     adv_minibatch: int = 64
     adv_gae_lambda: float = 0.95
     adv_clip: float = 0.2
-    adv_ent_coef: float = 0.0
+    adv_ent_coef: Optional[float] = None  # entropy bonus of the adversary's PPO loss; default per task (Table 4)
     adv_vf_coef: float = 0.5
     adv_max_grad_norm: float = 0.5
     adv_ratio: Optional[float] = None  # fraction of the agent's data collected under the adversary; default per task (0.5)
     adv_ratio_per_step: bool = False  # draw perturbed/clean per environment step instead of per episode (default: per episode)
     reg_coef: Optional[float] = None  # coefficient of the SA regulariser ("+reg."); default per task (Table 5); 0 turns it off
     reg_sgld_steps: int = 2
+    reg_sgld_beta: float = 1e-5  # SGLD inverse temperature of the regulariser's search: noise sqrt(2*step*beta)/(i+2) (SA-PPO: 1e-5)
     reg_distance: str = "mse"
     """regulariser distance: "mse" of deterministic actions (SA-DDPG) or "kl" of the Gaussians (SA-PPO)"""
     reg_eps_start_step: Optional[int] = None  # the regulariser's radius ramps 0 -> eps between these steps; default per task
@@ -445,6 +452,9 @@ class PPOAdversary(nn.Module):
     def value(self, obs):
         return self.value_net(obs).squeeze(-1)
 
+    def policy_parameters(self) -> list:
+        return [*self.trunk.parameters(), *self.mean.parameters(), self.log_std]
+
 
 class RunningScale:
     """Scales rewards by the running std of the discounted return (PPO's usual reward normalization)."""
@@ -482,7 +492,7 @@ def gae(rewards, values, next_values, terminated, episode_end, gamma: float, lam
     return advantages, advantages + values
 
 
-# --- Method: VALT-SOFT update ----------------------------------------------------------------------
+# --- Method: SAC-PPO update -----------------------------------------------------------------------
 def linear_ramp(step: int, start: int, end: int) -> float:
     """0 before `start`, 1 after `end`, linear in between."""
     if end <= start:
@@ -512,17 +522,21 @@ class Learner:
         self.eps = args.attack_eps
         self.adversary = PPOAdversary(obs_dim, act_dim if args.pa else obs_dim, list(args.adv_hidden_sizes),
                                       self.eps).to(device)
-        self.adversary_optimizer = torch.optim.Adam(self.adversary.parameters(), lr=args.adv_lr, eps=1e-5, fused=True)
+        self.adversary_optimizer = torch.optim.Adam(self.adversary.policy_parameters(), lr=args.adv_policy_lr, eps=1e-5,
+                                                    fused=True)
+        self.adversary_value_optimizer = torch.optim.Adam(self.adversary.value_net.parameters(), lr=args.adv_value_lr,
+                                                          eps=1e-5, fused=True)
 
     def reg_eps(self, global_step: int) -> float:
         return self.eps * linear_ramp(global_step, self.args.reg_eps_start_step, self.args.reg_eps_end_step)
 
     def pa_perturb(self, obs: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
-        """PA-AD: PGD from a uniform random start ASCENDING cos(mu(s~) - mu(s), d) + |mu(s~) - mu(s)|."""
+        """PA-AD: PGD ASCENDING cos(mu(s~) - mu(s), d) + |mu(s~) - mu(s)|, signed steps of eps/steps from a random
+        start in the step box s + U(-eps/steps, eps/steps) (the references' PGD start, SPEC §7)."""
         steps = self.args.pa_steps
         with torch.no_grad():
             clean_action = self.actor.deterministic(obs)
-        x = obs + (2 * torch.rand_like(obs) - 1) * self.eps
+        x = obs + (2 * torch.rand_like(obs) - 1) * (self.eps / steps)
         for _ in range(steps):
             x = x.detach().requires_grad_(True)
             change = self.actor.deterministic(x) - clean_action
@@ -545,21 +559,23 @@ class Learner:
         return self.realize(obs, u)
 
     def sa_regularizer(self, obs: torch.Tensor, eps: float, clean=None) -> torch.Tensor:
-        """max_{s~ in B_eps(s)} D(pi(.|s), pi(.|s~)) by SGLD (Zhang et al. 2020): signed noisy ascent from a
-        random-sign start, projected; D evaluated again with gradients at the detached maximiser.
-        `clean` = actor(s) with gradients, when the caller already has it."""
+        """max_{s~ in B_eps(s)} D(pi(.|s), pi(.|s~)) by SGLD, as SA-PPO's get_state_kl_bound_sgld
+        (huanzhang12/SA_PPO, src/policy_gradients/steps.py): start s + step*sign(noise), step eps/steps, signed ascent
+        of grad + sqrt(2*step*beta)/(i+2)*N(0,1) with beta = --reg-sgld-beta (reference 1e-5: the noise breaks ties,
+        it does not flip the ascent), projected each step. The clean side pi(.|s) is a constant (detached, as in the
+        reference): only pi(.|s~) at the detached maximiser carries gradient. `clean` = actor(s), if already computed."""
         steps = self.args.reg_sgld_steps
         step = eps / steps
-        clean = self.actor(obs) if clean is None else clean  # detached for the search, with gradients for the loss
-        reference = tuple(t.detach() for t in clean)
+        reference = tuple(t.detach() for t in (self.actor(obs) if clean is None else clean))
+        noise_scale = math.sqrt(2 * step * self.args.reg_sgld_beta)
         delta = step * torch.randn_like(obs).sign()
         for i in range(steps):
             delta.requires_grad_(True)
             distance = self.policy_distance(reference, obs + delta).sum()
             (grad,) = torch.autograd.grad(distance, delta)
-            noise = math.sqrt(2 * step) / (i + 2) * torch.randn_like(obs)
+            noise = noise_scale / (i + 2) * torch.randn_like(obs)
             delta = (delta.detach() + step * (grad + noise).sign()).clamp_(-eps, eps)
-        return self.policy_distance(clean, (obs + delta).detach()).mean()
+        return self.policy_distance(reference, (obs + delta).detach()).mean()
 
     def policy_distance(self, reference, obs_tilde: torch.Tensor) -> torch.Tensor:
         """Per-sample D(pi(.|s), pi(.|s~)); `reference` = actor(s) as (mean, log_std)."""
@@ -633,7 +649,8 @@ class Learner:
                 "critic_target": self.critic_target.state_dict(), "log_alpha": self.log_alpha.detach().cpu(),
                 "actor_optimizer": self.actor_optimizer.state_dict(), "critic_optimizer": self.critic_optimizer.state_dict(),
                 "alpha_optimizer": self.alpha_optimizer.state_dict() if self.alpha_optimizer else None,
-                "adversary": self.adversary.state_dict(), "adversary_optimizer": self.adversary_optimizer.state_dict()}
+                "adversary": self.adversary.state_dict(), "adversary_optimizer": self.adversary_optimizer.state_dict(),
+                "adversary_value_optimizer": self.adversary_value_optimizer.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.actor.load_state_dict(state["actor"])
@@ -647,6 +664,7 @@ class Learner:
             self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
         self.adversary.load_state_dict(state["adversary"])
         self.adversary_optimizer.load_state_dict(state["adversary_optimizer"])
+        self.adversary_value_optimizer.load_state_dict(state["adversary_value_optimizer"])
 
 
 # --- Behaviour policy ------------------------------------------------------------------------------
@@ -665,6 +683,10 @@ def behaviour_action(learner: Learner, obs_n: torch.Tensor, episode_state: dict,
 
 
 # --- Adversary training: PPO on its own rollouts against the current agent -------------------------
+def adversary_iterations_due(step: int, total_steps: int, iterations: int) -> int:
+    """PPO iterations to run after agent step `step` (1-based) so that steps 1..total_steps run exactly `iterations`."""
+    return iterations * step // total_steps - iterations * (step - 1) // total_steps
+
 class AdversaryTrainer:
     """Runs the PPO adversary's iterations in an environment of its own (these steps are the extra sample
     cost of alternating training). The agent acts with its behaviour (sampled) policy on s~; the adversary
@@ -718,11 +740,15 @@ class AdversaryTrainer:
                 policy_loss = -torch.min(ratio * a, ratio.clamp(1 - args.adv_clip, 1 + args.adv_clip) * a).mean()
                 value_loss = F.mse_loss(adversary.value(obs_t[idx]), ret_t[idx])
                 entropy = dist.entropy().sum(-1).mean()
+                # Policy and value nets share no parameter, so one backward serves both optimizers.
                 loss = policy_loss + args.adv_vf_coef * value_loss - args.adv_ent_coef * entropy
                 learner.adversary_optimizer.zero_grad(set_to_none=True)
+                learner.adversary_value_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                nn.utils.clip_grad_norm_(adversary.parameters(), args.adv_max_grad_norm)
+                nn.utils.clip_grad_norm_(adversary.policy_parameters(), args.adv_max_grad_norm)
+                nn.utils.clip_grad_norm_(adversary.value_net.parameters(), args.adv_max_grad_norm)
                 learner.adversary_optimizer.step()
+                learner.adversary_value_optimizer.step()
         return {"adversary/policy_loss": policy_loss.detach(), "adversary/value_loss": value_loss.detach(),
                 "adversary/agent_return": torch.tensor(np.mean(self.returns) if self.returns else float("nan"))}
 
@@ -809,8 +835,15 @@ def resolve_args(args: Args) -> Args:
         raise UserError(f"no default attack radius for {args.env_id}: pass --attack-eps")
     if task not in ADV_ITERATIONS and None in (args.adv_iterations, args.adv_ratio, args.reg_coef):
         raise UserError(f"no paper defaults for {args.env_id}: pass --adv-iterations, --adv-ratio, --reg-coef")
+    if task not in ADV_POLICY_LR and None in (args.adv_policy_lr, args.adv_value_lr, args.adv_ent_coef):
+        raise UserError(f"no paper defaults for {args.env_id}: pass --adv-policy-lr, --adv-value-lr, --adv-ent-coef")
     if args.adv_iterations is None:
         args.adv_iterations = ADV_ITERATIONS[task]
+    args.adv_policy_lr = ADV_POLICY_LR[task] if args.adv_policy_lr is None else args.adv_policy_lr
+    args.adv_value_lr = ADV_VALUE_LR[task] if args.adv_value_lr is None else args.adv_value_lr
+    args.adv_ent_coef = ADV_ENT_COEF[task] if args.adv_ent_coef is None else args.adv_ent_coef
+    if not (args.adv_policy_lr > 0 and args.adv_value_lr > 0 and args.adv_ent_coef >= 0):
+        raise UserError("--adv-policy-lr and --adv-value-lr must be > 0, --adv-ent-coef >= 0")
     if args.adv_ratio is None:
         args.adv_ratio = ADV_RATIO[task]
     if args.adv_iterations < 0 or args.adv_ppo_steps < 1 or args.pa_steps < 1 or args.adv_minibatch < 1:
@@ -822,6 +855,8 @@ def resolve_args(args: Args) -> Args:
     args.reg_eps_end_step = ramp[1] if args.reg_eps_end_step is None else args.reg_eps_end_step
     if args.reg_sgld_steps < 1:
         raise UserError("--reg-sgld-steps must be >= 1")
+    if not args.reg_sgld_beta >= 0:
+        raise UserError(f"--reg-sgld-beta must be >= 0, got {args.reg_sgld_beta}")
     if not 0.0 <= args.adv_ratio <= 1.0:
         raise UserError("--adv-ratio must lie in [0, 1]")
     if args.reg_distance not in ("mse", "kl"):
@@ -861,7 +896,6 @@ def train(args: Args) -> dict:
 
     learner = Learner(args, obs_dim, act_dim, low, high, device)
     adversary_trainer = AdversaryTrainer(args, make_env(args.env_id, env_kwargs), args.seed + 1)
-    adv_interval = max(1, args.total_timesteps // args.adv_iterations) if args.adv_iterations else 0
     normalizer = RunningNormalizer(obs_dim, args.obs_clip, device)
     buffer = PrioritizedReplayBuffer(args.buffer_size, obs_dim, act_dim, device, prioritized=args.per,
                                      alpha=args.per_alpha, eps=args.per_eps, seed=args.seed)
@@ -874,6 +908,7 @@ def train(args: Args) -> dict:
     global_step, episode_return, episode_length = 0, 0.0, 0
     episode_state: dict = {}
     obs, _ = env.reset(seed=args.seed)
+    normalizer.update(obs)  # the normalizer sees every observation the agent acts on, reset ones included
     if resume_ckpt is not None:
         try:
             learner.load_state_dict(resume_ckpt)
@@ -959,6 +994,7 @@ def train(args: Args) -> dict:
             writer.add_scalar("charts/episodic_return", episode_return, global_step)
             writer.add_scalar("charts/episodic_length", episode_length, global_step)
             obs, _ = env.reset()
+            normalizer.update(obs)
             episode_return, episode_length, episode_state = 0.0, 0, {}
 
         if global_step > args.learning_starts and buffer.size >= args.batch_size:
@@ -967,7 +1003,9 @@ def train(args: Args) -> dict:
             logs = learner.update(normalizer.normalize(b_obs), b_act, b_rew, normalizer.normalize(b_next),
                                   b_term, b_w, global_step)
             buffer.update_priorities(idx, logs["td_errors"])  # stays on the device
-        if adv_interval and global_step % adv_interval == 0:
+        # Exactly --adv-iterations over the run, spread evenly: iteration k runs at step ceil(k T / N). A function of
+        # the step alone, so a resumed run keeps the schedule (with N > T several run in one step).
+        for _ in range(adversary_iterations_due(global_step, args.total_timesteps, args.adv_iterations)):
             adversary_logs = adversary_trainer.iteration(learner, normalizer)
             for key, value in adversary_logs.items():
                 writer.add_scalar(key, float(value), global_step)

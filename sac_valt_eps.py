@@ -91,8 +91,10 @@ class Args:
     compile: bool = False  # torch.compile the actor and critics (for GPUs; on CPU it is slower). Same math up to float rounding
     threads: Optional[int] = None  # torch intra-op threads (default: torch's choice)
     # --- VALT-EPS ---
-    pgd_steps: int = 2  # signed-gradient steps of the PGD that finds the worst observation (paper: 2, random start)
+    pgd_steps: int = 2  # signed-gradient steps of the PGD that finds the worst observation (paper: 2, randomized initial step)
     pgd_step_scale: float = 1.0  # PGD step size = pgd_step_scale * eps / pgd_steps
+    pgd_start: str = "step"
+    """PGD random start: "step" = uniform in the step box s + U(-step, step) (the references'); "ball" = U(-eps, eps)"""
     worst_rate: float = 1.0  # final weight k_w of the PGD-worst observation in the adversary mixture
     worst_rate_remain_steps: Optional[int] = None
     """k_w ramps linearly from 0 to --worst-rate over this many steps; default per task (Table 5)"""
@@ -104,6 +106,7 @@ class Args:
     adv_ratio_per_step: bool = False  # draw perturbed/clean per environment step instead of per episode (default: per episode)
     reg_coef: Optional[float] = None  # coefficient of the SA regulariser ("+reg."); default per task (Table 5); 0 turns it off
     reg_sgld_steps: int = 2
+    reg_sgld_beta: float = 1e-5  # SGLD inverse temperature of the regulariser's search: noise sqrt(2*step*beta)/(i+2) (SA-PPO: 1e-5)
     reg_distance: str = "mse"
     """regulariser distance: "mse" of deterministic actions (SA-DDPG) or "kl" of the Gaussians (SA-PPO)"""
     reg_eps_start_step: Optional[int] = None  # the regulariser's radius ramps 0 -> eps between these steps; default per task
@@ -460,10 +463,14 @@ class Learner:
         return obs + (2 * torch.rand_like(obs) - 1) * self.eps
 
     def pgd_worst_obs(self, critic: TwinCritic, obs: torch.Tensor) -> torch.Tensor:
-        """argmin over the eps-ball of mean_j Q_j(s, mu(s~)): PGD from a uniform random start with signed
-        steps, projected after each. The entropy term is ignored (SPEC §4); s is the true state."""
+        """argmin over the eps-ball of mean_j Q_j(s, mu(s~)): signed-gradient PGD, projected after each step. The
+        random start (paper C.1: "a randomized initial step") is uniform in the step box s + U(-step, step), as the
+        reference PGD attacks start (SA-PPO src/policy_gradients/agent.py apply_attack, "critic": uniform in
+        +-eps/steps); from a whole-ball start 2 steps of eps/2 cannot reach the far face for half the coordinates.
+        The entropy term is ignored (SPEC §4); s is the true state."""
         step = self.args.pgd_step_scale * self.eps / self.args.pgd_steps
-        delta = (2 * torch.rand_like(obs) - 1) * self.eps
+        start = step if self.args.pgd_start == "step" else self.eps
+        delta = (2 * torch.rand_like(obs) - 1) * min(start, self.eps)
         for _ in range(self.args.pgd_steps):
             delta.requires_grad_(True)
             objective = critic(obs, self.actor.deterministic(obs + delta)).mean(0).sum()
@@ -492,21 +499,23 @@ class Learner:
         return torch.cat(parts), mix
 
     def sa_regularizer(self, obs: torch.Tensor, eps: float, clean=None) -> torch.Tensor:
-        """max_{s~ in B_eps(s)} D(pi(.|s), pi(.|s~)) by SGLD (Zhang et al. 2020): signed noisy ascent from a
-        random-sign start, projected; D evaluated again with gradients at the detached maximiser.
-        `clean` = actor(s) with gradients, when the caller already has it."""
+        """max_{s~ in B_eps(s)} D(pi(.|s), pi(.|s~)) by SGLD, as SA-PPO's get_state_kl_bound_sgld
+        (huanzhang12/SA_PPO, src/policy_gradients/steps.py): start s + step*sign(noise), step eps/steps, signed ascent
+        of grad + sqrt(2*step*beta)/(i+2)*N(0,1) with beta = --reg-sgld-beta (reference 1e-5: the noise breaks ties,
+        it does not flip the ascent), projected each step. The clean side pi(.|s) is a constant (detached, as in the
+        reference): only pi(.|s~) at the detached maximiser carries gradient. `clean` = actor(s), if already computed."""
         steps = self.args.reg_sgld_steps
         step = eps / steps
-        clean = self.actor(obs) if clean is None else clean  # detached for the search, with gradients for the loss
-        reference = tuple(t.detach() for t in clean)
+        reference = tuple(t.detach() for t in (self.actor(obs) if clean is None else clean))
+        noise_scale = math.sqrt(2 * step * self.args.reg_sgld_beta)
         delta = step * torch.randn_like(obs).sign()
         for i in range(steps):
             delta.requires_grad_(True)
             distance = self.policy_distance(reference, obs + delta).sum()
             (grad,) = torch.autograd.grad(distance, delta)
-            noise = math.sqrt(2 * step) / (i + 2) * torch.randn_like(obs)
+            noise = noise_scale / (i + 2) * torch.randn_like(obs)
             delta = (delta.detach() + step * (grad + noise).sign()).clamp_(-eps, eps)
-        return self.policy_distance(clean, (obs + delta).detach()).mean()
+        return self.policy_distance(reference, (obs + delta).detach()).mean()
 
     def policy_distance(self, reference, obs_tilde: torch.Tensor) -> torch.Tensor:
         """Per-sample D(pi(.|s), pi(.|s~)); `reference` = actor(s) as (mean, log_std)."""
@@ -687,6 +696,10 @@ def resolve_args(args: Args) -> Args:
     args.reg_eps_end_step = ramp[1] if args.reg_eps_end_step is None else args.reg_eps_end_step
     if args.pgd_steps < 1 or args.reg_sgld_steps < 1:
         raise UserError("--pgd-steps and --reg-sgld-steps must be >= 1")
+    if not args.reg_sgld_beta >= 0:
+        raise UserError(f"--reg-sgld-beta must be >= 0, got {args.reg_sgld_beta}")
+    if args.pgd_start not in ("step", "ball"):
+        raise UserError(f"--pgd-start must be step or ball, got {args.pgd_start!r}")
     if args.mixture not in ("exact", "sampled"):
         raise UserError(f"--mixture must be exact or sampled, got {args.mixture!r}")
     if not 0.0 <= args.adv_ratio <= 1.0 or not 0.0 <= args.worst_rate <= 1.0:
@@ -739,6 +752,7 @@ def train(args: Args) -> dict:
     global_step, episode_return, episode_length = 0, 0.0, 0
     episode_state: dict = {}
     obs, _ = env.reset(seed=args.seed)
+    normalizer.update(obs)  # the normalizer sees every observation the agent acts on, reset ones included
     if resume_ckpt is not None:
         try:
             learner.load_state_dict(resume_ckpt)
@@ -822,6 +836,7 @@ def train(args: Args) -> dict:
             writer.add_scalar("charts/episodic_return", episode_return, global_step)
             writer.add_scalar("charts/episodic_length", episode_length, global_step)
             obs, _ = env.reset()
+            normalizer.update(obs)
             episode_return, episode_length, episode_state = 0.0, 0, {}
 
         if global_step > args.learning_starts and buffer.size >= args.batch_size:

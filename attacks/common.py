@@ -214,3 +214,22 @@ def standalone(doc: str, add_args: Callable, evaluate: Callable, name: Callable[
 def report(name: str, stats: EpisodeStats) -> None:
     print(f"{name}: {stats.mean:.1f} ± {stats.std:.1f} over {len(stats.returns)} episodes ({stats.seconds:.1f}s)",
           flush=True)
+
+
+# --- slim checkpoints (what an attacker needs, for committing trained agents) ----------------------------
+# Everything an attack or an evaluation reads; optimizers, target critics, RNG states and the simulator state
+# (what only --resume needs) are dropped. Adversaries stay: the own-adversary column reads them.
+SLIM_KEYS = ("checkpoint_format", "method", "env_id", "env_kwargs", "obs_dim", "act_dim", "action_low", "action_high",
+             "arch", "actor", "critic", "log_alpha", "normalizer", "eps", "global_step", "args", "summary", "adversary")
+
+
+def slim_checkpoint(src: str, dst: str) -> dict:
+    """Writes the attack-relevant part of checkpoint `src` to `dst` (atomically); returns it."""
+    try:
+        ckpt = sac.load_checkpoint(src)
+    except sac.UserError as e:
+        raise AttackError(str(e))
+    slim = {k: ckpt[k] for k in SLIM_KEYS if k in ckpt}
+    slim["slim"] = True  # marks a file that cannot --resume
+    sac.atomic_save(slim, dst)
+    return slim

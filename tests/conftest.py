@@ -53,3 +53,33 @@ def workdir(tmp_path, monkeypatch):
     """Runs write runs/ into a temp folder."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+FIXTURE = os.path.join(ROOT, "tests", "data", "sac_halfcheetah_30k.pt")  # see tests/data/README.md
+
+
+def fixture_states(n: int, seed: int = 0):
+    """(victim, normalized true states visited by the fixture's deterministic policy on HalfCheetah) - n states,
+    consecutive from seeded episodes: the states an attacker meets."""
+    key = (n, seed)
+    if key not in _STATES:
+        import torch
+        from attacks.common import load_victim
+
+        victim = load_victim(FIXTURE)
+        env, states, episode = victim.make_env(), [], 0
+        while len(states) < n:
+            obs, _ = env.reset(seed=seed + episode)
+            done = False
+            while not done and len(states) < n:
+                obs_n = victim.normalize(obs)
+                states.append(obs_n)
+                obs, _, terminated, truncated, _ = env.step(victim.act(obs_n.unsqueeze(0))[0].numpy())
+                done = terminated or truncated
+            episode += 1
+        env.close()
+        _STATES[key] = (victim, torch.stack(states))
+    return _STATES[key]
+
+
+_STATES: dict = {}

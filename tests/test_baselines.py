@@ -80,7 +80,8 @@ def test_ppo_gae_matches_hand_computation():
 
 def test_pa_director_perturbation_moves_action_along_direction():
     args = sac_ppo.Args(hidden_sizes=(32, 32), attack_eps=0.3, adv_iterations=1, adv_ratio=0.5, reg_coef=0.0,
-                        reg_eps_start_step=0, reg_eps_end_step=0, pa=True, pa_steps=10)
+                        reg_eps_start_step=0, reg_eps_end_step=0, pa=True, pa_steps=10, adv_policy_lr=3e-5,
+                        adv_value_lr=1e-5, adv_ent_coef=1e-3)
     torch.manual_seed(0)
     learner = sac_ppo.Learner(args, 6, 3, -np.ones(3), np.ones(3), CPU)
     obs = torch.randn(128, 6)

@@ -63,7 +63,7 @@ def test_valt_eps_target_equals_hand_computation(k_w):
     if k_w < 1:
         components.append((1 - k_w, next_obs + eps * (2 * torch.rand(3, 5) - 1)))
     if k_w > 0:
-        x = next_obs + eps * (2 * torch.rand(3, 5) - 1)
+        x = next_obs + eps / 2 * (2 * torch.rand(3, 5) - 1)  # the reference start: the step box, step eps/2
         for _ in range(2):
             x = x.detach().requires_grad_(True)
             q = 0.5 * (critic(next_obs, actor.deterministic(x))[0] + critic(next_obs, actor.deterministic(x))[1])
@@ -189,8 +189,9 @@ def test_adversary_loss_converges_to_boltzmann_solution():
 def test_valt_soft_target_contains_kl_term_only_when_asked():
     base = dict(hidden_sizes=(16, 16), attack_eps=0.2, kappa=3.0, adv_ratio=0.5, adv_reset_every=0, reg_coef=0.0,
                 reg_eps_start_step=0, reg_eps_end_step=0)
+    assert sac_valt_soft.Args(**base).target_kl_term is False  # off by default (SPEC §3)
     torch.manual_seed(0)
-    learner = sac_valt_soft.Learner(sac_valt_soft.Args(**base), 4, 2, -np.ones(2), np.ones(2), CPU)
+    learner = sac_valt_soft.Learner(sac_valt_soft.Args(**base, target_kl_term=True), 4, 2, -np.ones(2), np.ones(2), CPU)
     r, s2, term = torch.tensor([1.0, 2.0]), torch.randn(2, 4), torch.tensor([0.0, 0.0])
     torch.manual_seed(7)
     y_kl = learner.critic_target_value(r, s2, term, 3.0)
