@@ -2,10 +2,12 @@
 
     python results.py --sweep sweeps/default            # writes sweeps/default/results/{table.md,table.csv,*.png}
 
-Table: one row per method and env, the median seed's returns under every attack (mean ± std over the
-evaluation episodes) and the worst, next to the paper's worst-case score (SPEC §8). Figures: clean-return
-training curves per env, mean ± std over seeds (paper Fig. 2), and a bar chart of worst-case scores.
-matplotlib is needed only for the figures.
+Table (table.md/.csv): one row per method and env, the median seed's returns under every attack (mean ± std over
+the evaluation episodes) and its worst, the worst case across seeds (mean ± 95 % t-interval of each seed's worst
+under the per-seed attacks), next to the paper's worst-case score (SPEC §8). per_seed.csv: every seed's clean
+evaluation and its per-seed attack columns. Figures: clean-return training curves per env, mean ± std over seeds
+(paper Fig. 2); worst_case.png, the median seed's worst and natural; natural_vs_worst.png, one dot per seed and
+method (natural return against worst-case return), so a separation or its absence is visible at a glance.
 """
 from __future__ import annotations
 
@@ -35,6 +37,9 @@ LABELS = {"sac": "SAC", "robust_sac": "Robust-SAC", "sac_ppo": "SAC-PPO", "sac_v
 
 def load_sweep(sweep: str):
     trials = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(sweep, "trials", "*", "done.json")))]
+    for t in trials:  # the per-seed attacks of sweep.py --seed-attacks, when present
+        path = os.path.join(sweep, "models", f"{t['method']}__{t['env_id']}__s{t['seed']}_attacks.json")
+        t["attacks"] = json.load(open(path)) if os.path.isfile(path) else None
     rows = {}
     for p in sorted(glob.glob(os.path.join(sweep, "attacks", "*.json"))):
         row = json.load(open(p))
@@ -57,10 +62,45 @@ def eval_curve(trial_dir: str):
     return sorted(points.items())
 
 
+def seed_worst(trial) -> float | None:
+    """The seed's worst mean across its per-seed attack columns (natural is not an attack)."""
+    attacks = (trial.get("attacks") or {}).get("attacks", {})
+    values = [a["mean"] for name, a in attacks.items() if name != "natural"]
+    return min(values) if values else None
+
+
+def mean_ci95(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95 % Student-t interval (0 for one value)."""
+    import math
+
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, 0.0
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    t = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}.get(n, 1.96)
+    return mean, t * sd / math.sqrt(n)
+
+
+def write_per_seed(trials, out_dir: str) -> None:
+    names = [k for k, _ in COLUMNS if any(k in ((t.get("attacks") or {}).get("attacks", {})) for t in trials)]
+    header = ["method", "env_id", "seed", "steps", "clean_eval_mean"] + names + ["worst", "worst_attack"]
+    rows = [header]
+    for t in sorted(trials, key=lambda t: (t["env_id"], t["method"], t["seed"])):
+        attacks = (t.get("attacks") or {}).get("attacks", {})
+        worst = seed_worst(t)
+        worst_attack = min((n for n in attacks if n != "natural"), key=lambda n: attacks[n]["mean"]) if worst is not None else ""
+        rows.append([t["method"], t["env_id"], t["seed"], t["global_step"], f"{t['eval_mean']:.1f}"] +
+                    [f"{attacks[n]['mean']:.1f}" if n in attacks else "" for n in names] +
+                    [f"{worst:.1f}" if worst is not None else "", worst_attack])
+    with open(os.path.join(out_dir, "per_seed.csv"), "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+
+
 def write_table(trials, rows, out_dir: str) -> str:
     used = [(k, label) for k, label in COLUMNS if any(k in r["attacks"] for r in rows.values())]
     header = ["Env", "Method", "Seeds", "Median seed", "Steps"] + [label for _, label in used] + \
-             ["Worst (ours)", "Worst (paper)"]
+             ["Worst (median seed)", "Worst across seeds (mean ± 95 % CI)", "Worst (paper)"]
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     csv_rows = [header]
     for (method, env_id), row in sorted(rows.items(), key=lambda kv: (kv[0][1], list(LABELS).index(kv[0][0])
@@ -71,7 +111,14 @@ def write_table(trials, rows, out_dir: str) -> str:
         for key, _ in used:
             a = row["attacks"].get(key)
             cells.append(f"{a['mean']:.0f} ± {a['std']:.0f}" if a else "–")
-        cells.append(f"{row['worst']['mean']:.0f} ± {row['worst']['std']:.0f}")
+        worst = row.get("worst")
+        cells.append(f"{worst['mean']:.0f} ± {worst['std']:.0f}" if worst else "–")
+        per_seed = [w for w in (seed_worst(t) for t in seeds) if w is not None]
+        if per_seed:
+            mean, half = mean_ci95(per_seed)
+            cells.append(f"{mean:.0f} ± {half:.0f} (n={len(per_seed)})")
+        else:
+            cells.append("–")
         cells.append(PAPER_WORST.get(env_id, {}).get(method, "–"))
         md.append("| " + " | ".join(cells) + " |")
         csv_rows.append(cells)
@@ -113,6 +160,29 @@ def write_figures(sweep: str, trials, rows, out_dir: str) -> list[str]:
         fig.savefig(path, dpi=120)
         plt.close(fig)
         written.append(path)
+    seeded = [t for t in trials if seed_worst(t) is not None]
+    if seeded:
+        envs = sorted({t["env_id"] for t in seeded})
+        fig, axes = plt.subplots(1, len(envs), figsize=(5.5 * len(envs), 4.5), squeeze=False)
+        for ax, env_id in zip(axes[0], envs):
+            for i, method in enumerate(m for m in LABELS if any(t["method"] == m and t["env_id"] == env_id for t in seeded)):
+                pts = [(t["attacks"]["attacks"]["natural"]["mean"] if "natural" in t["attacks"]["attacks"]
+                        else t["eval_mean"], seed_worst(t)) for t in seeded
+                       if t["method"] == method and t["env_id"] == env_id]
+                ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=f"{LABELS[method]} ({len(pts)})",
+                           color=f"C{i}", s=40, alpha=0.8)
+            lims = [min(ax.get_xlim()[0], ax.get_ylim()[0]), max(ax.get_xlim()[1], ax.get_ylim()[1])]
+            ax.plot(lims, lims, "k:", lw=0.8, label="worst = natural")
+            ax.set_xlabel("natural return (per seed)")
+            ax.set_ylabel("worst return across attacks (per seed)")
+            ax.set_title(f"{env_id}: one dot per seed")
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = os.path.join(out_dir, "natural_vs_worst.png")
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    rows = {k: r for k, r in rows.items() if r.get("worst")}
     if rows:
         envs = sorted({env for _, env in rows})
         fig, axes = plt.subplots(1, len(envs), figsize=(5 * len(envs), 4), squeeze=False)
@@ -146,13 +216,14 @@ def main(argv=None) -> None:
         p.error(f"no finished trials under {a.sweep}/trials")
     out_dir = a.out or os.path.join(a.sweep, "results")
     os.makedirs(out_dir, exist_ok=True)
-    print(write_table(trials, rows, out_dir) if rows else "(no attack evaluations yet)")
+    write_per_seed(trials, out_dir)
+    print(write_table(trials, rows, out_dir) if rows else "(no median-seed attack evaluations yet)")
     if not a.no_figures:
         try:
             for path in write_figures(a.sweep, trials, rows, out_dir):
                 print("wrote", path)
         except ImportError:
-            print("matplotlib is not installed: figures skipped (pip install -r benchmarks/requirements.txt)")
+            print("matplotlib is not installed: figures skipped (pip install -r requirements.txt)")
 
 
 if __name__ == "__main__":

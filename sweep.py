@@ -9,8 +9,17 @@ Fault tolerance: each trial checkpoints every --save-every-frac of its budget (w
 a trial whose worker dies is retried by Ray (--max-retries) and resumes from its last checkpoint. Running
 the same command again skips finished trials and finished attack evaluations.
 
+Every seed is also attacked with the cheap attacks (`--seed-attacks`, default natural,uniform,mad,pgd) on its
+slim checkpoint, so the worst case has a spread over seeds, not only the median seed's value.
+
 Layout of --out: trials/<method>__<env>__s<seed>/{model.pt, model_buffer.pt, done.json, attempts.jsonl,
-train.log, events.out.tfevents.*}, attacks/<method>__<env>.json, sweep.json (the grid and its settings).
+train.log, runs/ (tensorboard)}; models/<trial>.pt (slim: actor, critics, normalizer, adversary; what an attacker
+needs) with models/<trial>_attacks.{json,md} (the per-seed attacks); attacks/<method>__<env>.json (the median
+seed's full suite, attacked on attacks/<trial>.pt); sweep.json (the grid and its settings).
+
+A study meant to survive the machine: `--git-commit` commits each finished piece as it lands (a trial's
+done-marker, log, tensorboard events and slim model; each attack JSON), never the full checkpoints or buffers
+(.gitignore), so a later run on a fresh clone skips everything finished.
 """
 from __future__ import annotations
 
@@ -20,6 +29,7 @@ import json
 import os
 import sys
 import time
+from typing import Optional
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 if ROOT not in sys.path:
@@ -110,6 +120,43 @@ def run_attacks(ckpt: str, out_json: str, attack_args: list[str]) -> dict:
     return row
 
 
+def slim_model(out: str, name: str) -> Optional[str]:
+    """models/<name>.pt from the trial's final checkpoint (once); None if neither exists."""
+    from attacks.common import slim_checkpoint
+
+    slim = os.path.join(out, "models", f"{name}.pt")
+    full = os.path.join(out, "trials", name, "model.pt")
+    if not os.path.isfile(slim):
+        if not os.path.isfile(full):
+            return None
+        slim_checkpoint(full, slim)
+    return slim
+
+
+def git_commit(paths: list[str], message: str) -> None:
+    """Commits exactly these paths (other changes in the work tree stay as they are); a failure is reported, the
+    study goes on."""
+    import subprocess
+
+    paths = [p for p in paths if os.path.exists(p)]
+    if not paths:
+        return
+    try:
+        subprocess.run(["git", "add", "--", *paths], cwd=ROOT, check=True, capture_output=True, text=True)
+        proc = subprocess.run(["git", "commit", "-q", "-m", message, "--", *paths], cwd=ROOT, capture_output=True,
+                              text=True)
+        if proc.returncode != 0 and "nothing to commit" not in proc.stdout + proc.stderr:
+            print(f"[sweep] git commit failed ({proc.stderr.strip()[:200]}); the files stay in the work tree", flush=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        print(f"[sweep] git commit failed ({e}); the files stay in the work tree", flush=True)
+
+
+def trial_files(out: str, name: str) -> list[str]:
+    trial_dir = os.path.join(out, "trials", name)
+    return [os.path.join(trial_dir, f) for f in ("done.json", "attempts.jsonl", "train.log", "runs")] + \
+        [os.path.join(out, "models", f"{name}.pt")]
+
+
 def median_seed(results: list[dict]) -> dict:
     """The run whose final clean return is the median (lower median for an even count)."""
     ordered = sorted(results, key=lambda r: r["eval_mean"])
@@ -133,7 +180,12 @@ def main(argv=None) -> None:
     p.add_argument("--attack-args", default="", help="extra eval_all.py arguments, e.g. '--attack-budget 50000'")
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--train-args", default="{}", help="JSON of extra Args for every trial, e.g. '{\"hidden_sizes\": [64, 64]}'")
-    p.add_argument("--skip-attacks", action="store_true")
+    p.add_argument("--seed-attacks", default="natural,uniform,mad,pgd",
+                   help="attacks run on EVERY seed's slim model ('' to skip); the median seed also gets --attacks")
+    p.add_argument("--seed-attack-args", default="", help="extra eval_all.py arguments for the per-seed attacks")
+    p.add_argument("--skip-attacks", action="store_true", help="train only (no per-seed, no median-seed attacks)")
+    p.add_argument("--git-commit", action="store_true",
+                   help="commit each finished trial (marker, log, events, slim model) and attack JSON as it lands")
     a = p.parse_args(argv)
     if not 0 < a.budget_scale <= 10 or a.seeds < 1:
         p.error("--budget-scale must be in (0, 10] and --seeds >= 1")
@@ -169,6 +221,18 @@ def main(argv=None) -> None:
                  runtime_env={"env_vars": {"PYTHONPATH": ROOT, "OMP_NUM_THREADS": str(max(1, int(a.num_cpus)))}})
     train_task = ray.remote(num_cpus=a.num_cpus, num_gpus=a.num_gpus, max_retries=a.max_retries)(run_trial)
     attack_task = ray.remote(num_cpus=a.num_cpus, max_retries=a.max_retries)(run_attacks)
+    seed_attack_args = ["--attacks", a.seed_attacks, "--episodes", str(a.episodes), *a.seed_attack_args.split()]
+    seed_jobs: dict = {}
+
+    def finished(name: str, announce: bool) -> None:
+        """A trial is done: its slim model, its commit, its per-seed attacks (each once)."""
+        slim = slim_model(out, name)
+        if a.git_commit and announce:
+            git_commit(trial_files(out, name), f"study {os.path.basename(out)}: trial {name} finished")
+        if a.skip_attacks or not a.seed_attacks or slim is None:
+            return
+        if not os.path.isfile(slim[:-3] + "_attacks.json"):
+            seed_jobs[attack_task.remote(slim, slim[:-3] + "_attacks.json", seed_attack_args)] = name
 
     pending, done = {}, []
     for env_id in a.envs:
@@ -180,6 +244,7 @@ def main(argv=None) -> None:
                 if os.path.isfile(marker):
                     done.append(json.load(open(marker)))
                     print(f"[sweep] finished earlier, skipped: {name}", flush=True)
+                    finished(name, announce=not os.path.isfile(os.path.join(out, "models", f"{name}.pt")))
                     continue
                 over = trial_overrides(method, env_id, seed, a.budget_scale, out, a.save_every_frac, extra,
                                        max(1, int(a.num_cpus)))
@@ -195,6 +260,16 @@ def main(argv=None) -> None:
         resumed = f" (resumed at step {result['start_step']})" if result["start_step"] else ""
         print(f"[sweep] {len(done)}/{total} {name}: clean return {result['eval_mean']:.1f}{resumed} "
               f"| {time.time() - start:.0f}s", flush=True)
+        finished(name, announce=True)
+    while seed_jobs:
+        ready, _ = ray.wait(list(seed_jobs), num_returns=1)
+        name = seed_jobs.pop(ready[0])
+        row = ray.get(ready[0])
+        print(f"[sweep] per-seed attacks {name}: worst {row['worst']['mean']:.1f} ({row['worst']['attack']})", flush=True)
+        if a.git_commit:
+            stem = os.path.join(out, "models", name)
+            git_commit([f"{stem}_attacks.json", f"{stem}_attacks.md", f"{stem}_attacks.log"],
+                       f"study {os.path.basename(out)}: {name} attacked")
 
     if not a.skip_attacks:
         attack_args = ["--attacks", a.attacks, "--episodes", str(a.episodes), *a.attack_args.split()]
@@ -207,7 +282,16 @@ def main(argv=None) -> None:
                 if os.path.isfile(out_json):
                     print(f"[sweep] attacks finished earlier, skipped: {method} {env_id}", flush=True)
                     continue
-                ckpt = os.path.join(out, "trials", trial_name(method, env_id, chosen["seed"]), "model.pt")
+                name = trial_name(method, env_id, chosen["seed"])
+                ckpt = os.path.join(out, "attacks", f"{name}.pt")  # its own copy: its _attacks.json lands beside it
+                if not os.path.isfile(ckpt):
+                    import shutil
+
+                    slim = slim_model(out, name)
+                    if slim is None:
+                        print(f"[sweep] no model for {name}: its attacks are skipped", flush=True)
+                        continue
+                    shutil.copyfile(slim, ckpt)
                 print(f"[sweep] attacking {method} {env_id}: median seed {chosen['seed']} "
                       f"(clean {chosen['eval_mean']:.1f})", flush=True)
                 jobs[attack_task.remote(ckpt, out_json, attack_args)] = (method, env_id)
@@ -217,6 +301,9 @@ def main(argv=None) -> None:
             row = ray.get(ready[0])
             print(f"[sweep] attacked {method} {env_id}: worst {row['worst']['mean']:.1f} ({row['worst']['attack']})",
                   flush=True)
+            if a.git_commit:
+                git_commit([os.path.join(out, "attacks", f"{method}__{env_id}{ext}") for ext in (".json", ".log")],
+                           f"study {os.path.basename(out)}: {method} {env_id} median seed attacked")
     ray.shutdown()
     import results
 

@@ -157,24 +157,44 @@ def rollout(victim: Victim, attacker: Optional[Attacker], episodes: int, seed: i
 
 
 # --- gradient helpers shared by PGD, MAD, PA-AD and Robust Sarsa ------------------------------------------
-def random_start(obs_n: torch.Tensor, eps: float) -> torch.Tensor:
-    return obs_n + eps * (2 * torch.rand_like(obs_n) - 1)
+def uniform_in_ball(obs_n: torch.Tensor, radius: float) -> torch.Tensor:
+    return obs_n + radius * (2 * torch.rand_like(obs_n) - 1)
 
 
 def project(obs_tilde: torch.Tensor, obs_n: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.max(torch.min(obs_tilde, obs_n + eps), obs_n - eps)
 
 
-def pgd_minimize(objective: Callable[[torch.Tensor], torch.Tensor], obs_n: torch.Tensor, eps: float, steps: int,
-                 step_size: float) -> torch.Tensor:
-    """Signed-gradient descent of objective(s~) (per sample, summed) from a uniform random start, projected
-    onto the eps-ball after every step."""
-    x = random_start(obs_n, eps)
+PGD_STARTS = ("step", "ball", "mixed")
+
+
+def pgd_minimize(objective: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], obs_n: torch.Tensor, eps: float,
+                 steps: int, step_size: float, restarts: int = 1, start: str = "step") -> torch.Tensor:
+    """Signed-gradient descent of objective(s, s~) (per sample, s the true states) projected onto the eps-ball
+    around obs_n after every step, from a random start uniform in the step box s + U(-step, step) (the
+    references' start: SA-PPO src/policy_gradients/agent.py apply_attack, "critic"; `start="ball"`: uniform in
+    the whole ball; "mixed": restarts alternate between the two). `restarts` independent starts run as one batch (at batch size 1, as in an attack, they cost
+    about one search) and each sample keeps its lowest objective."""
+    if start not in PGD_STARTS:
+        raise AttackError(f"PGD start must be one of {PGD_STARTS}, got {start!r}")
+    n, restarts = len(obs_n), max(1, restarts)
+    obs = obs_n.repeat(restarts, *[1] * (obs_n.dim() - 1))
+    radius = torch.full((restarts,) + (1,) * obs_n.dim(), min(step_size, eps) if start == "step" else eps,
+                        device=obs_n.device)
+    if start == "mixed":  # restarts alternate between the step box and the whole ball
+        radius[1::2] = eps
+        radius[0::2] = min(step_size, eps)
+    x = obs + (radius * (2 * torch.rand((restarts,) + obs_n.shape, device=obs_n.device) - 1)).reshape(obs.shape)
     for _ in range(steps):
         x = x.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(objective(x).sum(), x)
-        x = project(x.detach() - step_size * grad.sign(), obs_n, eps)
-    return x.detach()
+        (grad,) = torch.autograd.grad(objective(obs, x).sum(), x)
+        x = project(x.detach() - step_size * grad.sign(), obs, eps)
+    x = x.detach()
+    if restarts == 1:
+        return x
+    with torch.no_grad():
+        best = objective(obs, x).reshape(restarts, n).argmin(0)  # per sample, the restart with the lowest objective
+    return x.reshape(restarts, n, *x.shape[1:])[best, torch.arange(n)]
 
 
 # --- CLI plumbing ---------------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
 """Attack checkpoints with every attacker and print a row per checkpoint in the paper's Table 1 layout:
 natural, uniform, MAD, PGD (minQ), RS, SA-RL (SAC), PA-AD (SAC), SA-RL (PPO), PA-AD (PPO), [own adversary],
-worst (the minimum over the evaluated columns). Writes <ckpt stem>_attacks.json and .md next to each checkpoint.
+worst (the minimum over the evaluated ATTACK columns: Natural is shown, not counted). Writes <ckpt stem>_attacks.json
+(every attacker's settings, budget and search size included) and .md next to each checkpoint.
 
     python attacks/eval_all.py --ckpt runs/a/model.pt runs/b/model.pt --episodes 20
     python attacks/eval_all.py --ckpt runs/a/model.pt --attacks natural,uniform,mad,pgd
-    python attacks/eval_all.py --ckpt runs/a/model.pt --attack-budget 50000 --seeds 2 --rs-updates 20000   # CPU-sized
+    python attacks/eval_all.py --ckpt runs/a/model.pt --search quick --rs-grid quick          # CPU-sized searches
 
 Every attacker sees the same episode seeds, so the columns of a row are comparable.
 """
@@ -16,6 +17,7 @@ import json
 import os
 import sys
 import time
+from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from attacks import mad, natural, pa_ad, pgd, robust_sarsa, sa_rl, uniform, valt_soft_adv  # noqa: E402
@@ -52,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     mad.add_args(p)
     robust_sarsa.add_args(p, with_pgd=False)
     add_learned_args(p)
-    p.add_argument("--pa-steps", type=int, default=10)
+    p.add_argument("--pa-steps", type=int, default=10, help="PA-AD: PGD steps that realise the director's direction")
+    p.add_argument("--pa-restarts", type=int, default=5, help="PA-AD: batched PGD restarts of the realisation")
     return p
 
 
@@ -71,7 +74,8 @@ def evaluate_checkpoint(path: str, names: list[str], args) -> dict:
     if args.attacks == "all" and valt_soft_adv.has_adversary(victim):
         names = names + ["valt_soft_adv"]
     row = {"ckpt": path, "method": victim.method, "env_id": victim.env_id, "eps": victim.eps,
-           "global_step": victim.ckpt["global_step"], "episodes": args.episodes, "attacks": {}}
+           "global_step": victim.ckpt["global_step"], "episodes": args.episodes, "search": search_label(args, names),
+           "attacks": {}}
     for i, name in enumerate(names):
         label, module, overrides = ATTACKS[name]
         print(f"[{victim.method} {victim.env_id}] attack {i + 1}/{len(names)}: {label} ...", flush=True)
@@ -83,18 +87,55 @@ def evaluate_checkpoint(path: str, names: list[str], args) -> dict:
         stats = result["stats"]
         row["attacks"][name] = {"column": label, "mean": stats.mean, "std": stats.std, "returns": stats.returns,
                                 "seconds": round(time.time() - start, 2),  # training (learned attackers) + evaluation
+                                "settings": attack_settings(name, attack_args),
                                 **{k: v for k, v in result.items() if k != "stats"}}
         print(f"[{victim.method} {victim.env_id}] {label}: {stats.mean:.1f} ± {stats.std:.1f} "
               f"({time.time() - start:.1f}s)", flush=True)
-    worst_name = min(row["attacks"], key=lambda n: row["attacks"][n]["mean"])
-    row["worst"] = {"attack": worst_name, "mean": row["attacks"][worst_name]["mean"],
-                    "std": row["attacks"][worst_name]["std"]}
+    row["worst"] = worst_of(row["attacks"])
     return row
+
+
+def attack_settings(name: str, args) -> dict:
+    """What produced a column, so a reader can tell a CPU-quick row from a paper-scale one."""
+    if name == "mad":
+        return {"steps": args.mad_steps, "step": "eps/steps", "noise": "sqrt(2 step)/(i+2)"}
+    if name == "pgd":
+        return {"steps": args.pgd_steps, "restarts": args.pgd_restarts, "start": args.pgd_start, "step": "eps/steps"}
+    if name == "rs":
+        return {"grid": "explicit" if args.rs_settings else args.rs_grid, "data_steps": args.rs_steps,
+                "updates": args.rs_updates, "explore": args.rs_explore, "mad_ratio": args.rs_mad_ratio}
+    if name in ("sa_rl_sac", "pa_ad_sac", "sa_rl_ppo", "pa_ad_ppo"):
+        out = {"search": args.search, "algo": args.algo, "budget": args.attack_budget or "preset default",
+               "seeds": args.seeds or "preset default"}
+        if name.startswith("pa_ad"):
+            out.update(pa_steps=args.pa_steps, pa_restarts=args.pa_restarts)
+        return out
+    return {}
+
+
+def search_label(args, names: list[str]) -> str:
+    """One line for the table: the search preset of the searched columns (RS grid, learned attackers)."""
+    parts = []
+    if "rs" in names:
+        parts.append(f"RS {'explicit' if args.rs_settings else args.rs_grid}")
+    if any(n in names for n in ("sa_rl_sac", "pa_ad_sac", "sa_rl_ppo", "pa_ad_ppo")):
+        budget = f", {args.attack_budget} steps" if args.attack_budget else ""
+        parts.append(f"learned {args.search}{budget}")
+    return "; ".join(parts) or "no search"
+
+
+def worst_of(attacks: dict) -> Optional[dict]:
+    """The paper's headline: the lowest mean return across the ATTACK columns (natural is not an attack)."""
+    attacked = [n for n in attacks if n != "natural"]
+    if not attacked:
+        return None
+    name = min(attacked, key=lambda n: attacks[n]["mean"])
+    return {"attack": name, "mean": attacks[name]["mean"], "std": attacks[name]["std"]}
 
 
 def markdown_table(rows: list[dict]) -> str:
     names = [n for n in ATTACKS if any(n in r["attacks"] for r in rows)]
-    header = ["Checkpoint", "Method", "Env", "eps"] + [ATTACKS[n][0] for n in names] + ["Worst"]
+    header = ["Checkpoint", "Method", "Env", "eps"] + [ATTACKS[n][0] for n in names] + ["Worst", "Search"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         cells = [os.path.basename(os.path.dirname(os.path.abspath(r["ckpt"]))) or r["ckpt"], r["method"], r["env_id"],
@@ -102,7 +143,9 @@ def markdown_table(rows: list[dict]) -> str:
         for n in names:
             a = r["attacks"].get(n)
             cells.append(f"{a['mean']:.0f} ± {a['std']:.0f}" if a else "–")
-        cells.append(f"**{r['worst']['mean']:.0f} ± {r['worst']['std']:.0f}** ({ATTACKS[r['worst']['attack']][0]})")
+        w = r["worst"]
+        cells.append(f"**{w['mean']:.0f} ± {w['std']:.0f}** ({ATTACKS[w['attack']][0]})" if w else "– (no attack)")
+        cells.append(r.get("search", "–"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from attacks.common import Victim, project, random_start, standalone  # noqa: E402
+from attacks.common import PGD_STARTS, Victim, pgd_minimize, standalone  # noqa: E402
 from attacks.rl import add_learned_args, run_learned_attack  # noqa: E402
 
 NAME = "pa_ad"
@@ -28,22 +28,22 @@ def pa_objective(victim: Victim, obs: torch.Tensor, obs_tilde: torch.Tensor, dir
     return F.cosine_similarity(change, direction, dim=-1, eps=1e-8) + change.norm(dim=-1)
 
 
-def pa_perturb(victim: Victim, obs_n: torch.Tensor, direction: torch.Tensor, steps: int = 10) -> torch.Tensor:
-    """PGD ascent of pa_objective from a uniform random start, step eps/steps, projected each step."""
+def pa_perturb(victim: Victim, obs_n: torch.Tensor, direction: torch.Tensor, steps: int = 10, restarts: int = 5,
+               start: str = "mixed") -> torch.Tensor:
+    """PGD ASCENT of pa_objective, step eps/steps, projected each step; `restarts` batched random starts alternating
+    between the step box (the references' start) and the whole ball, the highest objective kept (one start from the
+    step box reached 90 % of a 100-step 5-restart ascent on the trained fixture, 5 mixed ones 98 %)."""
     obs, direction = obs_n.unsqueeze(0), direction.unsqueeze(0)
-    eps, step = victim.eps, victim.eps / steps
-    x = random_start(obs, eps)
-    for _ in range(steps):
-        x = x.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(pa_objective(victim, obs, x, direction).sum(), x)
-        x = project(x.detach() + step * grad.sign(), obs, eps)  # ascend
-    return x.detach()[0]
+    eps = victim.eps
+    x = pgd_minimize(lambda o, x: -pa_objective(victim, o, x, direction.expand(len(o), -1)), obs, eps, steps,
+                     eps / steps, restarts, start)
+    return x[0]
 
 
-def realizer(victim: Victim, steps: int):
+def realizer(victim: Victim, steps: int, restarts: int = 5, start: str = "mixed"):
     def realize(obs_n: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         direction = action / (action.norm() + 1e-8)
-        return pa_perturb(victim, obs_n, direction, steps)
+        return pa_perturb(victim, obs_n, direction, steps, restarts, start)
 
     return realize
 
@@ -51,10 +51,12 @@ def realizer(victim: Victim, steps: int):
 def add_args(parser, default_algo: str = "sac") -> None:
     add_learned_args(parser, default_algo)
     parser.add_argument("--pa-steps", type=int, default=10, help="PGD steps that realise the director's direction")
+    parser.add_argument("--pa-restarts", type=int, default=5, help="batched PGD restarts of the realisation (highest kept)")
 
 
 def evaluate(victim: Victim, args) -> dict:
-    return run_learned_attack(victim, args, NAME, victim.act_dim, realizer(victim, args.pa_steps))
+    return run_learned_attack(victim, args, NAME, victim.act_dim,
+                              realizer(victim, args.pa_steps, args.pa_restarts))
 
 
 if __name__ == "__main__":

@@ -7,9 +7,11 @@ space (PA-AD: the victim's actor then turns it into a perturbation, see pa_ad.py
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import gymnasium as gym
@@ -90,10 +92,10 @@ def train_sac(env: AttackEnv, steps: int, seed: int, hidden: tuple[int, ...] = (
 
 # --- PPO adversary --------------------------------------------------------------------------------------
 class GaussianPolicy(nn.Module):
-    """PPO actor-critic: Gaussian over pre-squash actions (state-independent log std); the environment
-    action is tanh(u)."""
+    """PPO actor-critic: Gaussian over pre-squash actions (state-independent log std, initialised at
+    log(initial_std)); the environment action is tanh(u)."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = (64, 64)):
+    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = (64, 64), initial_std: float = 1.0):
         super().__init__()
         self.pi = sac.mlp([obs_dim, *hidden, act_dim])
         self.v = sac.mlp([obs_dim, *hidden, 1])
@@ -101,7 +103,7 @@ class GaussianPolicy(nn.Module):
             for i, layer in enumerate(net):
                 if isinstance(layer, nn.ReLU):
                     net[i] = nn.Tanh()
-        self.log_std = nn.Parameter(torch.zeros(act_dim))
+        self.log_std = nn.Parameter(torch.full((act_dim,), math.log(initial_std)))
 
     def dist(self, obs):
         return torch.distributions.Normal(self.pi(obs), self.log_std.exp())
@@ -109,24 +111,54 @@ class GaussianPolicy(nn.Module):
     def value(self, obs):
         return self.v(obs).squeeze(-1)
 
+    def policy_parameters(self) -> list:
+        return [*self.pi.parameters(), self.log_std]
+
     def deterministic(self, obs):
         return torch.tanh(self.pi(obs))
 
 
-def train_ppo(env: AttackEnv, steps: int, seed: int, hidden: tuple[int, ...] = (64, 64), n_steps: int = 2048,
-              epochs: int = 10, minibatch: int = 64, lr: float = 3e-4, gamma: float = 0.99, lam: float = 0.95,
-              clip: float = 0.2, ent_coef: float = 0.0, vf_coef: float = 0.5, max_grad_norm: float = 0.5,
-              log: Optional[str] = None) -> GaussianPolicy:
+@dataclass(frozen=True)
+class PPOSettings:
+    """The adversary PPO of the ATLA reference (huanzhang12/ATLA_robust_RL src/MuJoCo.json and the attack scans in
+    configs/attack_ppo_*_scan.py): 2048 steps per iteration, 10 epochs of 32 minibatches for the policy and, with
+    its own Adam, for the value net; GAE 0.95, gamma 0.99; returns-scaled rewards clipped to +-10; clipped value
+    loss (0.2); no gradient clipping; Adam eps 1e-5. The scanned knobs: lr, value_lr, clip, ent_coef, anneal_lr,
+    initial_std."""
+
+    lr: float = 3e-4
+    value_lr: float = 1e-4
+    clip: float = 0.2
+    ent_coef: float = 0.0
+    anneal_lr: bool = False
+    initial_std: float = 0.5
+    n_steps: int = 2048
+    epochs: int = 10
+    minibatches: int = 32
+    gamma: float = 0.99
+    lam: float = 0.95
+    value_clip: float = 0.2
+    reward_clip: float = 10.0
+
+
+def train_ppo(env: AttackEnv, steps: int, seed: int, hidden: tuple[int, ...] = (64, 64),
+              settings: PPOSettings = PPOSettings(), log: Optional[str] = None) -> GaussianPolicy:
     torch.manual_seed(seed)
-    device = env.victim.device
+    device, cfg = env.victim.device, settings
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    policy = GaussianPolicy(obs_dim, act_dim, hidden).to(device)
-    optimizer = torch.optim.Adam(policy.parameters(), lr=lr, eps=1e-5)
-    scale = RunningScale(gamma)
+    policy = GaussianPolicy(obs_dim, act_dim, hidden, cfg.initial_std).to(device)
+    policy_opt = torch.optim.Adam(policy.policy_parameters(), lr=cfg.lr, eps=1e-5)
+    value_opt = torch.optim.Adam(policy.v.parameters(), lr=cfg.value_lr, eps=1e-5)
+    iterations = max(1, math.ceil(steps / cfg.n_steps))
+    scale = RunningScale(cfg.gamma)
     obs, _ = env.reset(seed=seed)
-    episode_return, returns, start, done_steps = 0.0, [], time.time(), 0
+    episode_return, returns, start, done_steps, iteration = 0.0, [], time.time(), 0, 0
     while done_steps < steps:
-        rollout_len = min(n_steps, steps - done_steps)  # the last rollout may be shorter: the budget is exact
+        if cfg.anneal_lr:  # linearly to 0 over the iterations, as the reference's anneal_lr
+            frac = 1.0 - iteration / iterations
+            policy_opt.param_groups[0]["lr"], value_opt.param_groups[0]["lr"] = cfg.lr * frac, cfg.value_lr * frac
+        iteration += 1
+        rollout_len = min(cfg.n_steps, steps - done_steps)  # the last rollout may be shorter: the budget is exact
         buf = {k: [] for k in ("obs", "u", "logp", "reward", "value", "next_value", "terminated", "end")}
         for _ in range(rollout_len):
             o = torch.as_tensor(obs, device=device)
@@ -139,7 +171,8 @@ def train_ppo(env: AttackEnv, steps: int, seed: int, hidden: tuple[int, ...] = (
                 next_value = policy.value(torch.as_tensor(next_obs, device=device))
             for k, v in (("obs", o), ("u", u), ("logp", logp), ("value", value), ("next_value", next_value)):
                 buf[k].append(v)
-            buf["reward"].append(scale(reward, terminated or truncated))
+            scaled = scale(reward, terminated or truncated)
+            buf["reward"].append(float(np.clip(scaled, -cfg.reward_clip, cfg.reward_clip)))
             buf["terminated"].append(float(terminated))
             buf["end"].append(float(terminated or truncated))
             episode_return += info["victim_reward"]
@@ -151,22 +184,29 @@ def train_ppo(env: AttackEnv, steps: int, seed: int, hidden: tuple[int, ...] = (
         done_steps += rollout_len
         values = torch.stack(buf["value"]).cpu().numpy()
         adv, ret = gae(np.array(buf["reward"]), values, torch.stack(buf["next_value"]).cpu().numpy(),
-                       np.array(buf["terminated"]), np.array(buf["end"]), gamma, lam)
+                       np.array(buf["terminated"]), np.array(buf["end"]), cfg.gamma, cfg.lam)
         b_obs, b_u, b_logp = torch.stack(buf["obs"]), torch.stack(buf["u"]), torch.stack(buf["logp"])
-        b_adv, b_ret = torch.as_tensor(adv, device=device), torch.as_tensor(ret, device=device)
-        for _ in range(epochs):
+        b_adv = torch.as_tensor(adv, dtype=torch.float32, device=device)
+        b_ret = torch.as_tensor(ret, dtype=torch.float32, device=device)
+        b_old_v = torch.as_tensor(values, dtype=torch.float32, device=device)
+        minibatch = max(1, rollout_len // cfg.minibatches)
+        for _ in range(cfg.epochs):
             for idx in torch.randperm(rollout_len, device=device).split(minibatch):
                 dist = policy.dist(b_obs[idx])
                 ratio = (dist.log_prob(b_u[idx]).sum(-1) - b_logp[idx]).exp()
                 a = b_adv[idx]
                 a = (a - a.mean()) / (a.std() + 1e-8) if len(idx) > 1 else a
-                policy_loss = -torch.min(ratio * a, ratio.clamp(1 - clip, 1 + clip) * a).mean()
-                value_loss = F.mse_loss(policy.value(b_obs[idx]), b_ret[idx])
-                loss = policy_loss + vf_coef * value_loss - ent_coef * dist.entropy().sum(-1).mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(policy.parameters(), max_grad_norm)
-                optimizer.step()
+                policy_loss = -torch.min(ratio * a, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * a).mean()
+                policy_loss = policy_loss - cfg.ent_coef * dist.entropy().sum(-1).mean()
+                policy_opt.zero_grad(set_to_none=True)
+                policy_loss.backward()
+                policy_opt.step()
+                v = policy.value(b_obs[idx])
+                v_clipped = b_old_v[idx] + (v - b_old_v[idx]).clamp(-cfg.value_clip, cfg.value_clip)
+                value_loss = torch.max((v - b_ret[idx]).pow(2), (v_clipped - b_ret[idx]).pow(2)).mean()
+                value_opt.zero_grad(set_to_none=True)
+                value_loss.backward()
+                value_opt.step()
         if log:
             recent = f"{np.mean(returns[-10:]):.1f}" if returns else "n/a"
             print(f"  [{log}] step {done_steps}/{steps} | victim return(10) {recent} | {time.time() - start:.0f}s",
@@ -221,57 +261,34 @@ def load_attacker(path: str, victim: Victim, expected_kind: str):
     return policy.to(victim.device).eval(), state
 
 
-# --- the shared flow of SA-RL and PA-AD: train per seed, save, evaluate, keep the strongest -------------------
-PAPER_ATTACK_BUDGET = 2_000_000
-
-
+# --- the shared flow of SA-RL and PA-AD: a search over attacker configurations, the strongest kept ------------
 def add_learned_args(parser, default_algo: str = "sac") -> None:
+    from attacks.search import PRESETS
+
     parser.add_argument("--algo", choices=["sac", "ppo"], default=default_algo, help="RL algorithm of the attacker")
-    parser.add_argument("--attack-budget", type=int, default=PAPER_ATTACK_BUDGET,
-                        help="environment steps to train each attacker (default: paper scale; use e.g. 50000 on a CPU)")
-    parser.add_argument("--seeds", type=int, default=3, help="attackers trained with different seeds; the strongest is kept")
+    parser.add_argument("--search", choices=PRESETS, default="quick",
+                        help="attacker search: quick (CPU-sized: few configurations, short budget) or paper (the "
+                             "reference-sized grid and budgets: a cluster job, see attacks/search.py)")
+    parser.add_argument("--attack-budget", type=int, default=None,
+                        help="environment steps per attacker (default: the preset's: quick 50k; paper 1M PPO (Ant: SA-RL "
+                             "5M, PA-AD 10M), SAC the victim's own budget)")
+    parser.add_argument("--seeds", type=int, default=None, help="SAC attackers' seeds (default: quick 1, paper 4)")
     parser.add_argument("--attacker-hidden", type=int, nargs="+", default=None,
                         help="hidden sizes (default: 256 256 for SAC, 64 64 for PPO)")
     parser.add_argument("--learning-starts", type=int, default=5000, help="SAC attacker: random steps before updates")
     parser.add_argument("--ppo-steps", type=int, default=2048, help="PPO attacker: rollout length per iteration")
-    parser.add_argument("--load", default=None, help="evaluate this saved attacker instead of training")
+    parser.add_argument("--load", default=None, help="evaluate this saved attacker instead of searching")
     parser.add_argument("--save-dir", default=None, help="where trained attackers go (default: next to the checkpoint)")
 
 
 def run_learned_attack(victim: Victim, args, kind: str, action_dim: int,
                        realize: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> dict:
-    from attacks.common import AttackError, rollout
+    from attacks.common import rollout
+    from attacks.search import run_search
 
     name = f"{kind}_{args.algo}"
     if args.load:
         policy, _ = load_attacker(args.load, victim, kind)
         attacker = PolicyAttacker(name, policy_action_fn(policy), realize)
         return {"stats": rollout(victim, attacker, args.episodes, args.seed, args.stochastic), "attacker_path": args.load}
-    if args.attack_budget <= 0 or args.seeds <= 0:
-        raise AttackError("--attack-budget and --seeds must be positive")
-    hidden = tuple(args.attacker_hidden or ((256, 256) if args.algo == "sac" else (64, 64)))
-    save_dir = args.save_dir or os.path.join(os.path.dirname(os.path.abspath(victim.ckpt_path)), "attackers")
-    stem = os.path.splitext(os.path.basename(victim.ckpt_path))[0]
-    per_seed, best = [], None
-    for k in range(args.seeds):
-        seed = args.seed + 1000 * (k + 1)
-        env = AttackEnv(victim, action_dim, realize, name)
-        label = f"{name} seed {seed}"
-        if args.algo == "sac":
-            policy = train_sac(env, args.attack_budget, seed, hidden, min(args.learning_starts, args.attack_budget // 2),
-                               log=label)
-        else:
-            policy = train_ppo(env, args.attack_budget, seed, hidden, n_steps=args.ppo_steps, log=label)
-        policy.eval()
-        path = os.path.join(save_dir, f"{stem}_{name}_seed{seed}.pt")
-        save_attacker(path, policy, {"kind": kind, "algo": args.algo, "obs_dim": env.observation_space.shape[0],
-                                     "act_dim": action_dim, "hidden": list(hidden), "eps": victim.eps,
-                                     "victim": os.path.abspath(victim.ckpt_path), "budget": args.attack_budget,
-                                     "seed": seed})
-        stats = rollout(victim, PolicyAttacker(name, policy_action_fn(policy), realize), args.episodes, args.seed,
-                        args.stochastic)
-        print(f"  [{label}] victim return {stats.mean:.1f} ± {stats.std:.1f} (saved {path})", flush=True)
-        per_seed.append({"seed": seed, "mean": stats.mean, "std": stats.std, "path": path})
-        if best is None or stats.mean < best[0].mean:
-            best = (stats, path)
-    return {"stats": best[0], "attacker_path": best[1], "per_seed": per_seed}
+    return run_search(victim, args, kind, action_dim, realize)

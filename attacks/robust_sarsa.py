@@ -1,15 +1,25 @@
-"""Robust Sarsa (RS) attack (Zhang et al. 2020): learn Q^pi of the FROZEN victim by Sarsa on its own clean
-rollouts, with a robustness regulariser that keeps Q smooth over an action ball, then PGD-minimise
-that critic, mean_j Q_RS(s, mu(s~)), exactly as the PGD (minQ) attack does with the victim's critic.
+"""Robust Sarsa (RS) attack (Zhang et al. 2020), as SA-PPO's reference (src/policy_gradients/agent.py sarsa_steps,
+apply_attack "sarsa"/"sarsa+action"; the grid of src/scan_attacks.sh): learn Q^pi of the FROZEN victim by Sarsa on
+its own rollouts, with a robustness regulariser on Q, then attack with PGD on that critic; the worst setting of the
+grid is reported.
 
-- Real (s, a, r, s', a') tuples from consecutive steps of the victim's own episodes (the old reference code
-  paired each sample with the next one of a shuffled minibatch; SPEC §7). a' = mu(s') is the victim's
-  deterministic action at s'; a time-limit truncation keeps bootstrapping, a termination does not.
-- Regulariser (our choice, an adversarial penalty): reg_coef * E[max_{|a^ - a|_inf <= reg_eps} (Q(s,a^) - Q(s,a))^2]
-  with the max by 3 signed-gradient steps on the action. A sweep over (reg_coef, reg_eps) settings; each
-  learned critic attacks the victim, the worst result is reported.
+- Data: consecutive (s, a, r, s', a') tuples of the victim's own episodes, a' the action actually taken at s'
+  (the reference paired each sample with the next one of a shuffled minibatch; SPEC §7). Exploration: by
+  default the victim SAMPLES its actions (`--rs-explore stochastic`), as the reference's Sarsa rollouts use the
+  stochastic policy; `deterministic` uses its mean action only. A time-limit truncation keeps bootstrapping.
+- Loss: Huber TD error against a Polyak target critic, plus the reference's regulariser
+  sarsa_reg * E[max(ub - Q, Q - lb)^2], where [lb, ub] bounds Q over the l_inf ball of radius sarsa_eps around
+  the (normalized state, action) input, by interval bound propagation (the reference used auto_LiRPA's IBP/CROWN
+  mix; IBP is its beta = 1 end). The radius ramps 0 -> sarsa_eps over the middle third of training and the
+  learning rate decays linearly to 0 over the last third, as the reference schedules.
+- Attack: PGD (minQ) on the learned critic (same defaults as pgd.py: 10 steps of eps/10 from the step box, 5
+  batched restarts), and RS+MAD ("sarsa+action"): PGD on (1 - r) * Q(s, mu(s~)) - r * mean(((m(s~) - m(s)) /
+  (sigma / mean sigma))^2), r = --rs-mad-ratio (reference 0.5).
+- Grid (`--rs-grid`): "paper" = sarsa_eps {0.02, 0.05, 0.1, 0.15, 0.2, 0.3} x sarsa_reg {0.1, 0.3, 1, 3, 10} (30
+  critics, both objectives each); "quick" = sarsa_eps {0.05, 0.15} x sarsa_reg {0.3, 3}; or explicit
+  `--rs-settings EPS:REG ...`.
 
-    python attacks/robust_sarsa.py --ckpt runs/<run>/model.pt --rs-steps 50000 --rs-updates 20000
+    python attacks/robust_sarsa.py --ckpt runs/<run>/model.pt --rs-grid quick
 """
 from __future__ import annotations
 
@@ -22,29 +32,36 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import sac  # noqa: E402
-from attacks.common import AttackError, Victim, rollout, standalone  # noqa: E402
+from attacks.common import AttackError, Victim, pgd_minimize, rollout, standalone  # noqa: E402
 from attacks.pgd import PGDAttacker  # noqa: E402
 
 NAME, COLUMN = "rs", "RS"
+# Reference budget (SA-PPO test.py: 30 Sarsa steps of 2048 transitions, 10 epochs x 32 minibatches each).
+REFERENCE_STEPS, REFERENCE_UPDATES, REFERENCE_BATCH = 30 * 2048, 30 * 10 * 32, 64
+GRIDS = {"paper": [(e, r) for e in (0.02, 0.05, 0.1, 0.15, 0.2, 0.3) for r in (0.1, 0.3, 1.0, 3.0, 10.0)],
+         "quick": [(e, r) for e in (0.05, 0.15) for r in (0.3, 3.0)]}
 
 
-def collect_transitions(victim: Victim, steps: int, seed: int) -> dict:
-    """Clean deterministic rollouts of the victim, as consecutive (s, a, r, s', a', terminated) tuples."""
+def collect_transitions(victim: Victim, steps: int, seed: int, explore: str = "stochastic") -> dict:
+    """The victim's own rollouts as consecutive (s, a, r, s', a', terminated) tuples; a' is the action it takes (or,
+    after a truncation, would take) at s'."""
     env = victim.make_env()
+    stochastic = explore == "stochastic"
+    torch.manual_seed(seed)
     obs_l, act_l, rew_l, next_l, next_act_l, term_l = [], [], [], [], [], []
     obs, _ = env.reset(seed=seed)
     obs_n = victim.normalize(obs)
-    action = victim.act(obs_n.unsqueeze(0))[0]
+    action = victim.act(obs_n.unsqueeze(0), stochastic)[0]
     for _ in range(steps):
         raw_next, reward, terminated, truncated, _ = env.step(action.cpu().numpy())
         next_n = victim.normalize(raw_next)
-        next_action = victim.act(next_n.unsqueeze(0))[0]  # the action the victim takes (or would take) at s'
+        next_action = victim.act(next_n.unsqueeze(0), stochastic)[0]
         obs_l.append(obs_n), act_l.append(action), rew_l.append(float(reward))
         next_l.append(next_n), next_act_l.append(next_action), term_l.append(float(terminated))
         if terminated or truncated:
             obs, _ = env.reset()
             obs_n = victim.normalize(obs)
-            action = victim.act(obs_n.unsqueeze(0))[0]
+            action = victim.act(obs_n.unsqueeze(0), stochastic)[0]
         else:
             obs_n, action = next_n, next_action
     env.close()
@@ -54,22 +71,25 @@ def collect_transitions(victim: Victim, steps: int, seed: int) -> dict:
             "terminated": torch.tensor(term_l, device=dev)}
 
 
-def worst_action_gap(q: sac.TwinCritic, obs, actions, reg_eps: float, steps: int = 3) -> torch.Tensor:
-    """max over the action ball of (Q(s, a^) - Q(s, a))^2, per critic and sample."""
-    with torch.no_grad():
-        reference = q(obs, actions)
-    a_hat = actions + reg_eps * (2 * torch.rand_like(actions) - 1)
-    for _ in range(steps):
-        a_hat = a_hat.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad((q(obs, a_hat) - reference).pow(2).sum(), a_hat)
-        a_hat = torch.max(torch.min(a_hat.detach() + reg_eps / steps * grad.sign(), actions + reg_eps), actions - reg_eps)
-    return (q(obs, a_hat.detach()) - q(obs, actions)).pow(2)
+def interval_bounds(q: sac.TwinCritic, obs: torch.Tensor, actions: torch.Tensor, eps: float):
+    """Interval bounds [lb, ub] ([2, batch] each) of both critics over the l_inf ball of radius eps around the
+    concatenated (s, a) input: center/radius propagation through the Linear and ReLU layers."""
+    center = torch.cat([obs, actions], -1).unsqueeze(0).expand(2, -1, -1)
+    radius = torch.full_like(center, eps)
+    last = len(q.weights) - 1
+    for i, (w, b) in enumerate(zip(q.weights, q.biases)):
+        center, radius = torch.baddbmm(b, center, w), torch.bmm(radius, w.abs())
+        if i < last:
+            lower, upper = F.relu(center - radius), F.relu(center + radius)
+            center, radius = (upper + lower) / 2, (upper - lower) / 2
+    return (center - radius).squeeze(-1), (center + radius).squeeze(-1)
 
 
-def fit_sarsa(data: dict, obs_dim: int, act_dim: int, updates: int, reg_coef: float, reg_eps: float, seed: int,
-              hidden=(256, 256), gamma: float = 0.99, lr: float = 3e-4, batch_size: int = 256, tau: float = 0.005,
-              device=torch.device("cpu"), log: str | None = None) -> sac.TwinCritic:
-    """Sarsa policy evaluation of the fixed victim: Q(s,a) <- r + gamma (1 - term) Q'(s', a')."""
+def fit_sarsa(data: dict, obs_dim: int, act_dim: int, updates: int, sarsa_eps: float, sarsa_reg: float, seed: int,
+              hidden=(256, 256), gamma: float = 0.99, lr: float = 3e-4, batch_size: int = REFERENCE_BATCH,
+              tau: float = 0.005, device=torch.device("cpu"), log: str | None = None) -> sac.TwinCritic:
+    """Sarsa policy evaluation of the fixed victim, Q(s,a) <- r + gamma (1 - term) Q'(s', a'), with the robustness
+    regulariser and the reference's schedules (radius ramp over the middle third, lr decay over the last third)."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     torch.manual_seed(seed)
     q = sac.TwinCritic(obs_dim, act_dim, list(hidden)).to(device)
@@ -77,16 +97,22 @@ def fit_sarsa(data: dict, obs_dim: int, act_dim: int, updates: int, reg_coef: fl
     q_target.load_state_dict(q.state_dict())
     q_target.requires_grad_(False)
     optimizer = torch.optim.Adam(q.parameters(), lr=lr)
+    third = max(updates // 3, 1)
     n, start = len(data["rewards"]), time.time()
     for update in range(1, updates + 1):
+        ramp = min(max((update - third) / third, 0.0), 1.0)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * min(1.0, max(updates - update, 0) / third)
         idx = torch.randint(0, n, (min(batch_size, n),), generator=gen).to(device)
         obs, act = data["obs"][idx], data["actions"][idx]
         with torch.no_grad():
             target = data["rewards"][idx] + gamma * (1 - data["terminated"][idx]) * \
                 q_target(data["next_obs"][idx], data["next_actions"][idx])
-        loss = F.mse_loss(q(obs, act), target)
-        if reg_coef > 0:
-            loss = loss + reg_coef * worst_action_gap(q, obs, act, reg_eps).mean()
+        value = q(obs, act)
+        loss = F.smooth_l1_loss(value, target.expand_as(value))
+        if sarsa_reg > 0 and sarsa_eps * ramp > 0:
+            lower, upper = interval_bounds(q, obs, act, sarsa_eps * ramp)
+            loss = loss + sarsa_reg * torch.maximum(upper - value, value - lower).pow(2).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -98,42 +124,84 @@ def fit_sarsa(data: dict, obs_dim: int, act_dim: int, updates: int, reg_coef: fl
     return q.eval()
 
 
-def parse_settings(settings: list[str]) -> list[tuple[float, float]]:
-    out = []
-    for s in settings:
-        try:
-            coef, eps = (float(v) for v in s.split(":"))
-        except ValueError:
-            raise AttackError(f"--rs-settings expects COEF:EPS pairs, got {s!r}")
-        out.append((coef, eps))
-    return out
+class SarsaMADAttacker(PGDAttacker):
+    """RS+MAD (the reference's "sarsa+action"): PGD on (1 - r) Q_RS(s, mu(s~)) - r * mean(((m(s~) - m(s)) / s_n)^2),
+    s_n the victim's std at s divided by its mean, m its pre-tanh mean."""
+
+    name = "rs_mad"
+
+    def __init__(self, victim: Victim, critic, ratio: float = 0.5, **kwargs):
+        super().__init__(victim, critic=critic, **kwargs)
+        self.ratio = ratio
+
+    def objective(self, obs: torch.Tensor, obs_tilde: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            mean, log_std = self.victim.actor(obs)
+            std = log_std.exp()
+            std = std / std.mean(-1, keepdim=True)
+        change = ((self.victim.actor(obs_tilde)[0] - mean) / std).pow(2).mean(-1)
+        return (1 - self.ratio) * super().objective(obs, obs_tilde) - self.ratio * change
+
+
+def parse_settings(args) -> list[tuple[float, float]]:
+    if args.rs_settings:
+        out = []
+        for s in args.rs_settings:
+            try:
+                sarsa_eps, sarsa_reg = (float(v) for v in s.split(":"))
+            except ValueError:
+                raise AttackError(f"--rs-settings expects SARSA_EPS:SARSA_REG pairs, got {s!r}")
+            if sarsa_eps < 0 or sarsa_reg < 0:
+                raise AttackError(f"--rs-settings values must be >= 0, got {s!r}")
+            out.append((sarsa_eps, sarsa_reg))
+        return out
+    return GRIDS[args.rs_grid]
 
 
 def add_args(parser, with_pgd: bool = True) -> None:
-    parser.add_argument("--rs-steps", type=int, default=100_000, help="victim environment steps for Sarsa data")
-    parser.add_argument("--rs-updates", type=int, default=100_000, help="Sarsa gradient steps per setting")
-    parser.add_argument("--rs-settings", nargs="+", default=["0.1:0.05", "1.0:0.05", "1.0:0.2"],
-                        help="regulariser sweep, COEF:ACTION_EPS pairs; the worst result is reported")
+    parser.add_argument("--rs-grid", choices=sorted(GRIDS), default="paper",
+                        help="Sarsa (eps, reg) grid: paper = SA-PPO scan_attacks.sh (30 critics), quick = 4")
+    parser.add_argument("--rs-settings", nargs="+", default=None, help="explicit SARSA_EPS:SARSA_REG pairs (override the grid)")
+    parser.add_argument("--rs-steps", type=int, default=REFERENCE_STEPS, help="victim environment steps of Sarsa data")
+    parser.add_argument("--rs-updates", type=int, default=REFERENCE_UPDATES, help="Sarsa gradient steps per setting")
+    parser.add_argument("--rs-explore", choices=["stochastic", "deterministic"], default="stochastic",
+                        help="victim actions while collecting Sarsa data (reference: its stochastic policy)")
+    parser.add_argument("--rs-mad-ratio", type=float, default=0.5, help="RS+MAD weight of the action change (0: RS only)")
     parser.add_argument("--rs-hidden", type=int, nargs="+", default=[256, 256])
     if with_pgd:
         parser.add_argument("--pgd-steps", type=int, default=10, help="PGD iterations on the Sarsa critic")
+        parser.add_argument("--pgd-restarts", type=int, default=5, help="batched PGD restarts (lowest objective kept)")
+
+
+def settings_record(args, settings) -> dict:
+    return {"grid": "explicit" if args.rs_settings else args.rs_grid, "settings": [list(s) for s in settings],
+            "data_steps": args.rs_steps, "updates": args.rs_updates, "explore": args.rs_explore,
+            "mad_ratio": args.rs_mad_ratio, "pgd_steps": args.pgd_steps, "pgd_restarts": args.pgd_restarts}
 
 
 def evaluate(victim: Victim, args) -> dict:
-    settings = parse_settings(args.rs_settings)
+    settings = parse_settings(args)
     if args.rs_steps <= 0 or args.rs_updates <= 0:
         raise AttackError("--rs-steps and --rs-updates must be positive")
-    data = collect_transitions(victim, args.rs_steps, args.seed + 7)
+    if not 0 <= args.rs_mad_ratio <= 1:
+        raise AttackError(f"--rs-mad-ratio must lie in [0, 1], got {args.rs_mad_ratio}")
+    data = collect_transitions(victim, args.rs_steps, args.seed + 7, args.rs_explore)
     best, per_setting = None, []
-    for coef, reg_eps in settings:
-        q = fit_sarsa(data, victim.obs_dim, victim.act_dim, args.rs_updates, coef, reg_eps, args.seed,
-                      tuple(args.rs_hidden), device=victim.device, log=f"rs {coef}:{reg_eps}")
-        stats = rollout(victim, PGDAttacker(victim, args.pgd_steps, critic=q), args.episodes, args.seed, args.stochastic)
-        print(f"  [rs {coef}:{reg_eps}] victim return {stats.mean:.1f} ± {stats.std:.1f}", flush=True)
-        per_setting.append({"reg_coef": coef, "reg_eps": reg_eps, "mean": stats.mean, "std": stats.std})
-        if best is None or stats.mean < best.mean:
-            best = stats
-    return {"stats": best, "per_setting": per_setting}
+    for sarsa_eps, sarsa_reg in settings:
+        q = fit_sarsa(data, victim.obs_dim, victim.act_dim, args.rs_updates, sarsa_eps, sarsa_reg, args.seed,
+                      tuple(args.rs_hidden), device=victim.device, log=f"rs {sarsa_eps}:{sarsa_reg}")
+        attackers = [("rs", PGDAttacker(victim, args.pgd_steps, critic=q, restarts=args.pgd_restarts))]
+        if args.rs_mad_ratio > 0:
+            attackers.append(("rs_mad", SarsaMADAttacker(victim, q, args.rs_mad_ratio, steps=args.pgd_steps,
+                                                         restarts=args.pgd_restarts)))
+        for objective, attacker in attackers:
+            stats = rollout(victim, attacker, args.episodes, args.seed, args.stochastic)
+            print(f"  [{objective} {sarsa_eps}:{sarsa_reg}] victim return {stats.mean:.1f} ± {stats.std:.1f}", flush=True)
+            per_setting.append({"sarsa_eps": sarsa_eps, "sarsa_reg": sarsa_reg, "objective": objective,
+                                "mean": stats.mean, "std": stats.std})
+            if best is None or stats.mean < best[0].mean:
+                best = (stats, per_setting[-1])
+    return {"stats": best[0], "per_setting": per_setting, "strongest": best[1], "search": settings_record(args, settings)}
 
 
 if __name__ == "__main__":

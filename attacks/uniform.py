@@ -10,7 +10,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from attacks.common import Victim, random_start, rollout, standalone  # noqa: E402
+from attacks.common import Victim, rollout, standalone, uniform_in_ball  # noqa: E402
 
 NAME, COLUMN = "uniform", "Uniform"
 
@@ -25,7 +25,7 @@ class UniformAttacker:
         pass
 
     def __call__(self, obs_n: torch.Tensor) -> torch.Tensor:
-        return random_start(obs_n, self.eps)
+        return uniform_in_ball(obs_n, self.eps)
 
 
 def add_args(parser) -> None:

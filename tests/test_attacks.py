@@ -32,6 +32,7 @@ def learned_args(**overrides):
     parser = argparse.ArgumentParser()
     rl.add_learned_args(parser)
     parser.add_argument("--pa-steps", type=int, default=3)
+    parser.add_argument("--pa-restarts", type=int, default=2)
     args = parser.parse_args([])
     args.episodes, args.seed, args.stochastic, args.eps, args.device = 2, 0, False, None, "cpu"
     args.attack_budget, args.seeds, args.attacker_hidden, args.learning_starts, args.ppo_steps = 300, 1, [16, 16], 100, 150
@@ -127,7 +128,7 @@ def test_pa_ad_step_ascends_its_objective(victim):
         direction = torch.randn(victim.act_dim, generator=rng)
         direction /= direction.norm()
         torch.manual_seed(1)
-        start = common.random_start(s.unsqueeze(0), victim.eps)  # pa_perturb's own random start
+        start = common.uniform_in_ball(s.unsqueeze(0), victim.eps / 10)  # pa_perturb's own start: the step box
         torch.manual_seed(1)
         x = pa_ad.pa_perturb(victim, s, direction, steps=10)
         with torch.no_grad():
@@ -155,8 +156,8 @@ def test_sarsa_learns_q_pi_of_a_fixed_policy_on_a_chain():
             s += 1
     data = {"obs": torch.tensor(obs), "actions": torch.tensor(act), "rewards": torch.tensor(rew),
             "next_obs": torch.tensor(nxt), "next_actions": torch.tensor(nxt_act), "terminated": torch.tensor(term)}
-    q = robust_sarsa.fit_sarsa(data, 1, 1, updates=3000, reg_coef=0.0, reg_eps=0.0, seed=0, hidden=(64, 64),
-                               gamma=gamma, lr=1e-3, tau=0.02)
+    q = robust_sarsa.fit_sarsa(data, 1, 1, updates=3000, sarsa_eps=0.0, sarsa_reg=0.0, seed=0, hidden=(64, 64),
+                               gamma=gamma, lr=1e-3, tau=0.02, batch_size=256)
     states = torch.arange(n, dtype=torch.float32).unsqueeze(-1) / n
     learned = q(states, torch.ones(n, 1)).mean(0)
     true = torch.tensor([sum(gamma**k for k in range(n - s)) for s in range(n)])
@@ -164,10 +165,33 @@ def test_sarsa_learns_q_pi_of_a_fixed_policy_on_a_chain():
 
 
 def test_sarsa_tuples_are_consecutive_steps(victim):
-    data = robust_sarsa.collect_transitions(victim, 50, seed=0)
+    data = robust_sarsa.collect_transitions(victim, 50, seed=0, explore="deterministic")
     same = (data["obs"][1:] == data["next_obs"][:-1]).all(-1) & (data["terminated"][:-1] == 0)
     assert same.float().mean() > 0.9  # every step continues the previous one, except across episode ends
     torch.testing.assert_close(data["next_actions"], victim.act(data["next_obs"]))
+    # default: the victim samples its actions (exploration, as the reference's stochastic rollouts), and a' is the
+    # action it then really takes at s'
+    data = robust_sarsa.collect_transitions(victim, 50, seed=0)
+    assert not torch.allclose(data["actions"], victim.act(data["obs"]), atol=1e-3)
+    cont = (data["terminated"][:-1] == 0) & (data["obs"][1:] == data["next_obs"][:-1]).all(-1)
+    torch.testing.assert_close(data["actions"][1:][cont], data["next_actions"][:-1][cont])
+
+
+def test_interval_bounds_contain_the_critic_on_the_ball():
+    torch.manual_seed(0)
+    q = sac.TwinCritic(5, 2, [32, 32])
+    obs, act, eps = torch.randn(64, 5), torch.rand(64, 2) * 2 - 1, 0.1
+    lower, upper = robust_sarsa.interval_bounds(q, obs, act, eps)
+    with torch.no_grad():
+        center = q(obs, act)
+        assert (lower <= center + 1e-5).all() and (center <= upper + 1e-5).all()
+        for _ in range(200):
+            z = torch.cat([obs, act], -1) + eps * (2 * torch.rand(64, 7) - 1)
+            value = q(z[:, :5], z[:, 5:])
+            assert (lower <= value + 1e-5).all() and (value <= upper + 1e-5).all()
+        # and the box is not vacuous: the width shrinks with the radius
+        l2, u2 = robust_sarsa.interval_bounds(q, obs, act, eps / 10)
+    assert ((u2 - l2) < (upper - lower)).all()
 
 
 # --- learned attackers --------------------------------------------------------------------------------------
@@ -175,7 +199,9 @@ def test_sarsa_tuples_are_consecutive_steps(victim):
 def test_learned_attackers_train_save_and_reload(victim, tmp_path, module, algo):
     args = learned_args(algo=algo, save_dir=str(tmp_path))
     result = module.evaluate(victim, args)
-    assert result["attacker_path"].startswith(str(tmp_path)) and len(result["per_seed"]) == 1
+    assert result["attacker_path"].startswith(str(tmp_path))
+    assert len(result["per_config"]) == (1 if algo == "sac" else 2)  # quick preset: 1 SAC seed, 2 PPO configurations
+    assert result["search"]["preset"] == "quick" and result["search"]["budget"] == 300
     reloaded = module.evaluate(victim, learned_args(algo=algo, load=result["attacker_path"]))
     assert reloaded["stats"].returns == result["stats"].returns
     with pytest.raises(common.AttackError, match="is not a"):
@@ -208,13 +234,13 @@ def test_eval_all_writes_every_column_and_the_worst(tmp_path):
     ckpt = tmp_path / "runs/v/model.pt"
     proc = run_script("attacks/eval_all.py", "--ckpt", str(ckpt), "--episodes", "1", "--attack-budget", "200",
                       "--seeds", "1", "--learning-starts", "100", "--attacker-hidden", "16", "16", "--ppo-steps", "100",
-                      "--rs-steps", "200", "--rs-updates", "20", "--rs-settings", "0.1:0.05", "--rs-hidden", "16", "16",
+                      "--rs-steps", "200", "--rs-updates", "20", "--rs-settings", "0.05:0.1", "--rs-hidden", "16", "16",
                       "--pgd-steps", "2", "--mad-steps", "2", "--pa-steps", "2", cwd=str(tmp_path), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     row = json.loads((tmp_path / "runs/v/model_attacks.json").read_text())
     expected = set(eval_all.ATTACKS)  # a VALT-SOFT checkpoint adds its own adversary
     assert set(row["attacks"]) == expected
-    means = {n: a["mean"] for n, a in row["attacks"].items()}
+    means = {n: a["mean"] for n, a in row["attacks"].items() if n != "natural"}  # natural is not an attack
     assert row["worst"]["mean"] == min(means.values()) and row["worst"]["attack"] == min(means, key=means.get)
     md = (tmp_path / "runs/v/model_attacks.md").read_text()
     for label, _, _ in eval_all.ATTACKS.values():
@@ -243,3 +269,41 @@ def test_own_adversary_only_for_checkpoints_that_carry_one(victim):
     assert not valt_soft_adv.has_adversary(victim)
     with pytest.raises(common.AttackError, match="carries no adversary"):
         valt_soft_adv.OwnAdversaryAttacker(victim)
+
+
+# --- the learned-attacker search ----------------------------------------------------------------------------
+def test_search_presets_have_the_reference_sizes():
+    from attacks import search
+
+    paper_ppo = search.preset_configs("sa_rl", "ppo", "paper", "HalfCheetah-v4")
+    assert len(paper_ppo) == 216 and {c.budget for c in paper_ppo} == {1_000_000}  # the ATLA scan
+    assert len({c.id for c in paper_ppo}) == 216
+    pa = search.preset_configs("pa_ad", "ppo", "paper", "Ant-v4")
+    assert len(pa) == 217 and {c.budget for c in pa} == {10_000_000}  # + PA-AD's tuned setting; Ant 10M
+    assert any(c.lr == 3e-5 and c.clip == 0.4 for c in pa)
+    assert {c.budget for c in search.preset_configs("sa_rl", "ppo", "paper", "Ant-v4")} == {5_000_000}
+    paper_sac = search.preset_configs("sa_rl", "sac", "paper", "Hopper-v4")
+    assert len(paper_sac) == 4 and {c.budget for c in paper_sac} == {500_000}  # the victim's own budget
+    quick = search.preset_configs("pa_ad", "ppo", "quick", "Hopper-v4", budget=30_000)
+    assert len(quick) == 2 and {c.budget for c in quick} == {30_000}
+
+
+def test_search_resumes_and_eval_all_reads_the_trained_attackers(sac_ckpt, tmp_path):
+    """The Ray CLI trains the grid; a re-run and eval_all's column find every attacker and train nothing."""
+    common_args = ["--ckpt", sac_ckpt, "--episodes", "1", "--attack-budget", "200", "--attacker-hidden", "16", "16",
+                   "--ppo-steps", "100", "--save-dir", str(tmp_path / "att")]
+    proc = run_script("attacks/search.py", *common_args, "--columns", "sa_rl_ppo", "--local-cpus", "1",
+                      cwd=str(tmp_path), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| sa_rl_ppo | 2 | 200 |" in proc.stdout
+    records = sorted((tmp_path / "att").glob("*.json"))
+    assert len(records) == 2
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "att").iterdir()}
+    proc = run_script("attacks/eval_all.py", *common_args, "--attacks", "sa_rl_ppo", cwd=str(tmp_path), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "att").iterdir()} == stamps  # nothing retrained
+    row = json.loads(open(sac_ckpt.replace(".pt", "_attacks.json")).read())
+    column = row["attacks"]["sa_rl_ppo"]
+    assert column["search"]["preset"] == "quick" and column["search"]["configurations"] == 2
+    assert column["mean"] == min(json.loads(p.read_text())["mean"] for p in records)
+    assert "learned quick" in row["search"]

@@ -29,7 +29,7 @@ def test_killed_worker_resumes_from_checkpoint_and_rerun_skips(tmp_path):
     out = tmp_path / "sweep"
     cmd = [sys.executable, os.path.join(ROOT, "sweep.py"), "--methods", "sac", "--envs", "Hopper-v4", "--seeds", "1",
            "--budget-scale", "0.006", "--out", str(out), "--local-cpus", "1", "--save-every-frac", "0.1",
-           "--attacks", "natural,uniform", "--episodes", "1",
+           "--attacks", "natural,uniform", "--seed-attacks", "natural,uniform", "--episodes", "1",
            "--train-args", json.dumps({"hidden_sizes": [32, 32], "batch_size": 32, "eval_episodes": 1,
                                        "buffer_size": 5000})]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -60,6 +60,12 @@ def test_killed_worker_resumes_from_checkpoint_and_rerun_skips(tmp_path):
     table = (out / "results" / "table.md").read_text()
     assert "SAC" in table and "Uniform" in table and "-512 ± 67" not in table  # Hopper's paper number, not HC's
     assert "2979 ± 1" in table
+    # every seed: a slim model (no optimizer, no target critic) and its per-seed attacks; the per-seed CSV
+    slim = torch.load(out / "models" / "sac__Hopper-v4__s1.pt", weights_only=True)
+    assert slim["slim"] and "actor_optimizer" not in slim and "critic" in slim and "normalizer" in slim
+    seed_row = json.loads((out / "models" / "sac__Hopper-v4__s1_attacks.json").read_text())
+    assert set(seed_row["attacks"]) == {"natural", "uniform"} and seed_row["worst"]["attack"] == "uniform"
+    assert "sac,Hopper-v4,1," in (out / "results" / "per_seed.csv").read_text()
 
     again = subprocess.run(cmd, cwd=str(tmp_path), capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
