@@ -106,7 +106,8 @@ def write_table(trials, rows, out_dir: str) -> str:
     for (method, env_id), row in sorted(rows.items(), key=lambda kv: (kv[0][1], list(LABELS).index(kv[0][0])
                                                                       if kv[0][0] in LABELS else 99)):
         seeds = [t for t in trials if t["method"] == method and t["env_id"] == env_id]
-        median = os.path.basename(os.path.dirname(row["ckpt"])).split("__s")[-1]
+        stem = os.path.splitext(os.path.basename(row["ckpt"]))[0]  # attacks/<trial>.pt, or trials/<trial>/model.pt
+        median = (stem if "__s" in stem else os.path.basename(os.path.dirname(row["ckpt"]))).split("__s")[-1]
         cells = [env_id, LABELS.get(method, method), str(len(seeds)), median, str(row["global_step"])]
         for key, _ in used:
             a = row["attacks"].get(key)

@@ -12,12 +12,15 @@ same sections in the same order, so `diff sac.py sac_valt_eps.py` shows only the
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections import deque
@@ -87,6 +90,18 @@ class Args:
 # --- Environment -----------------------------------------------------------------------------------
 class UserError(Exception):
     """Bad input: reported as one line, exit code 2."""
+
+
+class Diverged(Exception):
+    """A non-finite loss or parameter: the run stops without saving, reported as one line, exit code 3."""
+
+
+class Preempted(Exception):
+    """SIGTERM or SIGINT: the run saved a checkpoint and stops, exit code 128 + the signal number."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
 
 
 def task_name(env_id: str) -> str:
@@ -508,10 +523,29 @@ def evaluate(actor: Actor, normalizer: RunningNormalizer, env: gym.Env, episodes
 
 # --- Checkpoint (the contract every attack reads; see README "Checkpoint contract") ----------------
 def atomic_save(obj, path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    """Temp file + rename: a reader never sees a half-written file, and a failed write (disk full, permission)
+    leaves the previous file as it was and is one clear error."""
     tmp = f"{path}.tmp.{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a reader never sees a half-written file
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports some write failures as RuntimeError
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise UserError(f"cannot write {path} ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+                        "the previous file there is intact")
+
+
+def nonfinite_tensors(state: dict, prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors of a nested state dict that hold NaN or inf."""
+    bad = []
+    for key, value in state.items():
+        if isinstance(value, dict):
+            bad += nonfinite_tensors(value, f"{prefix}{key}.")
+        elif torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad.append(f"{prefix}{key}")
+    return bad
 
 
 def load_checkpoint(path: str) -> dict:
@@ -563,6 +597,9 @@ def train(args: Args) -> dict:
     args = resolve_args(args)
     resume_ckpt = load_checkpoint(args.resume) if args.resume else None
     if resume_ckpt is not None:
+        if resume_ckpt.get("slim"):
+            raise UserError(f"--resume: {args.resume} is a slim checkpoint (networks only, for attacks): resume from "
+                            "the run's full model.pt")
         if resume_ckpt["method"] != METHOD or resume_ckpt["env_id"] != args.env_id:
             raise UserError(f"--resume: checkpoint is {resume_ckpt['method']} on {resume_ckpt['env_id']}, "
                             f"this run is {METHOD} on {args.env_id}")
@@ -611,9 +648,19 @@ def train(args: Args) -> dict:
         rng.bit_generator.state = ts["numpy_rng"]
         torch.set_rng_state(ts["torch_rng"])
         buffer_path = os.path.join(os.path.dirname(args.resume), ts["buffer_file"]) if ts["buffer_file"] else None
-        buffer_state = torch.load(buffer_path, map_location="cpu", weights_only=True) if buffer_path and os.path.isfile(buffer_path) else None
-        if buffer_state is not None and buffer_state["global_step"] == global_step:
-            buffer.load_state_dict(buffer_state)
+        buffer_state = None
+        if buffer_path and os.path.isfile(buffer_path):
+            try:
+                buffer_state = torch.load(buffer_path, map_location="cpu", weights_only=True)
+            except Exception as e:  # truncated or not a buffer file
+                raise UserError(f"--resume: {buffer_path} is not a readable replay buffer ({type(e).__name__}); "
+                                "delete it to resume with an empty buffer")
+        if buffer_state is not None and buffer_state.get("global_step") == global_step:
+            try:
+                buffer.load_state_dict(buffer_state)
+            except (RuntimeError, KeyError, ValueError) as e:
+                raise UserError(f"--resume: {buffer_path} does not match this run's buffer "
+                                f"({str(e).splitlines()[0][:160]})")
         else:
             print(f"[resume] no replay buffer of step {global_step} next to {args.resume} (train with --save-buffer "
                   "for an exact resume): refilling from empty", flush=True)
@@ -624,7 +671,13 @@ def train(args: Args) -> dict:
             print("[resume] environment state not restorable: starting a new episode", flush=True)
         print(f"[resume] continuing {args.resume} at step {global_step}", flush=True)
 
+    last_saved = {"path": args.resume, "step": global_step if args.resume else None}
+
     def save(step: int) -> None:
+        """Never replaces a checkpoint by one holding non-finite values (checked before anything is written)."""
+        bad = [k for k, flag in health.items() if bool(flag)] + nonfinite_tensors(learner.state_dict())
+        if bad:
+            diverged(bad, step, "before saving")
         stem = os.path.splitext(args.save_path)[0]
         paths = [args.save_path] + ([f"{stem}_step{step}.pt"] if args.keep_checkpoints else [])
         np_state = np.random.get_state()
@@ -642,6 +695,31 @@ def train(args: Args) -> dict:
             }
             atomic_save(build_checkpoint(args, learner, normalizer, env, obs_dim, act_dim, env_kwargs, eps, step,
                                          train_state, summary), path)
+        last_saved.update(path=args.save_path, step=step)
+
+    def diverged(names: list[str], step: int, when: str) -> None:
+        good = (f"{last_saved['path']} (step {last_saved['step']})" if last_saved["path"]
+                else f"none written by this run ({args.save_path} untouched)")
+        raise Diverged(f"non-finite {', '.join(names[:4])} at or before step {step} ({when}); stopped without saving; "
+                       f"last good checkpoint: {good}")
+
+    # Divergence guard without a host sync per update: each guarded loss leaves a device-side flag, read once per
+    # --log-every steps, so at most that many updates run between a non-finite loss and the stop (and save()
+    # checks the flags and every parameter before writing).
+    health: dict = {}
+    stop = {"signal": None}
+
+    def on_signal(signum, frame) -> None:
+        if stop["signal"] is not None:  # a second signal: exit at once
+            print(f"[{METHOD}] second {signal.Signals(signum).name}: exiting now, without saving", flush=True)
+            os._exit(128 + signum)
+        stop["signal"] = signum
+        print(f"[{METHOD}] {signal.Signals(signum).name}: finishing this step, then saving (again to exit at once)",
+              flush=True)
+
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
+        handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     recent_returns: deque[float] = deque(maxlen=10)
     last_eval: list[float] = []
@@ -658,65 +736,85 @@ def train(args: Args) -> dict:
                        sps=(global_step - start_step) / max(time.time() - start_time, 1e-9),
                        sps_updating=update_clock["step"] / max(update_clock["seconds"], 1e-9))
     logs: dict = {}
-    while global_step < args.total_timesteps:
-        if global_step >= args.learning_starts:
-            tick = time.perf_counter()
-        obs_n = normalizer.normalize(torch.as_tensor(obs, dtype=torch.float32, device=device))
-        if global_step < args.learning_starts:
-            action = rng.uniform(low, high).astype(np.float32)
-        else:
-            action = behaviour_action(learner, obs_n, episode_state, rng, global_step)
-        next_obs, reward, terminated, truncated, _ = env.step(action)
-        # The buffer stores the TRUE next state; a time-limit truncation keeps bootstrapping.
-        buffer.add(obs, action, reward, next_obs, terminated)
-        normalizer.update(next_obs)
-        global_step += 1
-        episode_return += float(reward)
-        episode_length += 1
-        obs = next_obs
-        if terminated or truncated:
-            recent_returns.append(episode_return)
-            writer.add_scalar("charts/episodic_return", episode_return, global_step)
-            writer.add_scalar("charts/episodic_length", episode_length, global_step)
-            obs, _ = env.reset()
-            normalizer.update(obs)
-            episode_return, episode_length, episode_state = 0.0, 0, {}
+    try:
+        while global_step < args.total_timesteps:
+            if global_step >= args.learning_starts:
+                tick = time.perf_counter()
+            obs_n = normalizer.normalize(torch.as_tensor(obs, dtype=torch.float32, device=device))
+            if global_step < args.learning_starts:
+                action = rng.uniform(low, high).astype(np.float32)
+            else:
+                action = behaviour_action(learner, obs_n, episode_state, rng, global_step)
+            next_obs, reward, terminated, truncated, _ = env.step(action)
+            # The buffer stores the TRUE next state; a time-limit truncation keeps bootstrapping.
+            buffer.add(obs, action, reward, next_obs, terminated)
+            normalizer.update(next_obs)
+            global_step += 1
+            episode_return += float(reward)
+            episode_length += 1
+            obs = next_obs
+            if terminated or truncated:
+                recent_returns.append(episode_return)
+                writer.add_scalar("charts/episodic_return", episode_return, global_step)
+                writer.add_scalar("charts/episodic_length", episode_length, global_step)
+                obs, _ = env.reset()
+                normalizer.update(obs)
+                episode_return, episode_length, episode_state = 0.0, 0, {}
 
-        if global_step > args.learning_starts and buffer.size >= args.batch_size:
-            beta = args.per_beta_start + (1.0 - args.per_beta_start) * min(1.0, global_step / args.total_timesteps)
-            idx, b_obs, b_act, b_rew, b_next, b_term, b_w = buffer.sample(args.batch_size, beta)
-            logs = learner.update(normalizer.normalize(b_obs), b_act, b_rew, normalizer.normalize(b_next),
-                                  b_term, b_w, global_step)
-            buffer.update_priorities(idx, logs["td_errors"])  # stays on the device
+            if global_step > args.learning_starts and buffer.size >= args.batch_size:
+                beta = args.per_beta_start + (1.0 - args.per_beta_start) * min(1.0, global_step / args.total_timesteps)
+                idx, b_obs, b_act, b_rew, b_next, b_term, b_w = buffer.sample(args.batch_size, beta)
+                logs = learner.update(normalizer.normalize(b_obs), b_act, b_rew, normalizer.normalize(b_next),
+                                      b_term, b_w, global_step)
+                buffer.update_priorities(idx, logs["td_errors"])  # stays on the device
+                for key, value in logs.items():
+                    if key.startswith(("losses/", "adversary/loss")):
+                        flag = ~torch.isfinite(value)
+                        health[key] = flag if key not in health else health[key] | flag
 
-        if global_step > args.learning_starts:
-            update_clock["step"] += 1
-            update_clock["seconds"] += time.perf_counter() - tick
+            if global_step > args.learning_starts:
+                update_clock["step"] += 1
+                update_clock["seconds"] += time.perf_counter() - tick
 
-        if global_step % args.log_every == 0 or global_step == args.total_timesteps:
-            sps = (global_step - start_step) / max(time.time() - start_time, 1e-9)
-            writer.add_scalar("charts/SPS", sps, global_step)
-            for key, value in logs.items():
-                if key.startswith(("losses/", "adversary/")):
-                    writer.add_scalar(key, float(value), global_step)
-            ret = f"{np.mean(recent_returns):9.1f}" if recent_returns else "      n/a"
-            eta = (args.total_timesteps - global_step) / max(sps, 1e-9)
-            print(f"[{METHOD}] step {global_step:>9d}/{args.total_timesteps} | sps {sps:6.1f} | return(10) {ret} | "
-                  f"alpha {float(learner.alpha):.3f} | eta {eta / 60:6.1f} min", flush=True)
-        if args.eval_every and global_step % args.eval_every == 0 and global_step < args.total_timesteps:
-            last_eval = evaluate(learner.actor, normalizer, eval_env, args.eval_episodes, args.seed + 10_000)
-            record_eval(last_eval)
-            print(f"[{METHOD}] eval at {global_step}: {np.mean(last_eval):.1f} +- {np.std(last_eval):.1f}", flush=True)
-        if args.save_every and global_step % args.save_every == 0:
-            save(global_step)
+            if global_step % args.log_every == 0 or global_step == args.total_timesteps:
+                bad = [k for k, flag in health.items() if bool(flag)]  # the one host sync of the guard
+                if bad:
+                    diverged(bad, global_step, f"read every --log-every {args.log_every} steps")
+                sps = (global_step - start_step) / max(time.time() - start_time, 1e-9)
+                writer.add_scalar("charts/SPS", sps, global_step)
+                for key, value in logs.items():
+                    if key.startswith(("losses/", "adversary/")):
+                        writer.add_scalar(key, float(value), global_step)
+                ret = f"{np.mean(recent_returns):9.1f}" if recent_returns else "      n/a"
+                eta = (args.total_timesteps - global_step) / max(sps, 1e-9)
+                print(f"[{METHOD}] step {global_step:>9d}/{args.total_timesteps} | sps {sps:6.1f} | return(10) {ret} | "
+                      f"alpha {float(learner.alpha):.3f} | eta {eta / 60:6.1f} min", flush=True)
+            if args.eval_every and global_step % args.eval_every == 0 and global_step < args.total_timesteps:
+                last_eval = evaluate(learner.actor, normalizer, eval_env, args.eval_episodes, args.seed + 10_000)
+                record_eval(last_eval)
+                print(f"[{METHOD}] eval at {global_step}: {np.mean(last_eval):.1f} +- {np.std(last_eval):.1f}", flush=True)
+            if args.save_every and global_step % args.save_every == 0:
+                save(global_step)
+            if stop["signal"] is not None:
+                if not (args.save_every and global_step % args.save_every == 0):  # (not saved a moment ago)
+                    save(global_step)
+                hint = "" if args.save_buffer else " (no replay buffer saved: add --save-buffer for an exact resume)"
+                raise Preempted(f"{signal.Signals(stop['signal']).name} at step {global_step}: saved {args.save_path}"
+                                f"{hint}; continue with: python {os.path.basename(__file__)} --env-id {args.env_id} "
+                                f"--seed {args.seed} --total-timesteps {args.total_timesteps} --save-path "
+                                f"{args.save_path} --resume {args.save_path} <the run's other options>",
+                                stop["signal"])
 
-    last_eval = evaluate(learner.actor, normalizer, eval_env, args.eval_episodes, args.seed + 10_000)
-    record_eval(last_eval)
-    print(f"[{METHOD}] final eval at {global_step}: {np.mean(last_eval):.1f} +- {np.std(last_eval):.1f}", flush=True)
-    save(global_step)
-    writer.close()
-    env.close()
-    eval_env.close()
+        last_eval = evaluate(learner.actor, normalizer, eval_env, args.eval_episodes, args.seed + 10_000)
+        record_eval(last_eval)
+        print(f"[{METHOD}] final eval at {global_step}: {np.mean(last_eval):.1f} +- {np.std(last_eval):.1f}", flush=True)
+        save(global_step)
+        writer.close()
+        env.close()
+        eval_env.close()
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     print(f"[{METHOD}] checkpoint: {args.save_path}", flush=True)
     return {"eval_returns": last_eval, "save_path": args.save_path, "global_step": global_step, "learner": learner,
             "normalizer": normalizer, "buffer": buffer}
@@ -729,6 +827,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Diverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)
+    except Preempted as e:
+        print(f"[{METHOD}] stopped: {e}", file=sys.stderr)
+        sys.exit(128 + e.signum)
 
 
 if __name__ == "__main__":

@@ -252,10 +252,21 @@ def main(argv=None) -> None:
     total = len(pending) + len(done)
     print(f"[sweep] {len(pending)} trials to run, {len(done)} already finished", flush=True)
     start = time.time()
+    failed: list[str] = []
+    stop = install_stop_handler()
     while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+        if stop["signal"] is not None:
+            preempt(ray, pending, stop["signal"])
+        if not ready:
+            continue
         name = pending.pop(ready[0])
-        result = ray.get(ready[0])
+        try:
+            result = ray.get(ready[0])
+        except Exception as e:  # a diverged or broken trial: reported, the others go on
+            failed.append(name)
+            print(f"[sweep] trial {name} failed: {one_line(e)}", flush=True)
+            continue
         done.append(result)
         resumed = f" (resumed at step {result['start_step']})" if result["start_step"] else ""
         print(f"[sweep] {len(done)}/{total} {name}: clean return {result['eval_mean']:.1f}{resumed} "
@@ -264,7 +275,12 @@ def main(argv=None) -> None:
     while seed_jobs:
         ready, _ = ray.wait(list(seed_jobs), num_returns=1)
         name = seed_jobs.pop(ready[0])
-        row = ray.get(ready[0])
+        try:
+            row = ray.get(ready[0])
+        except Exception as e:
+            failed.append(f"attacks of {name}")
+            print(f"[sweep] per-seed attacks of {name} failed: {one_line(e)}", flush=True)
+            continue
         print(f"[sweep] per-seed attacks {name}: worst {row['worst']['mean']:.1f} ({row['worst']['attack']})", flush=True)
         if a.git_commit:
             stem = os.path.join(out, "models", name)
@@ -277,6 +293,8 @@ def main(argv=None) -> None:
         for env_id in a.envs:
             for method in a.methods:
                 runs = [r for r in done if r["method"] == method and r["env_id"] == env_id]
+                if not runs:
+                    continue
                 chosen = median_seed(runs)
                 out_json = os.path.join(out, "attacks", f"{method}__{env_id}.json")
                 if os.path.isfile(out_json):
@@ -298,7 +316,12 @@ def main(argv=None) -> None:
         while jobs:
             ready, _ = ray.wait(list(jobs), num_returns=1)
             method, env_id = jobs.pop(ready[0])
-            row = ray.get(ready[0])
+            try:
+                row = ray.get(ready[0])
+            except Exception as e:
+                failed.append(f"attacks of {method} {env_id}")
+                print(f"[sweep] attacks of {method} {env_id} failed: {one_line(e)}", flush=True)
+                continue
             print(f"[sweep] attacked {method} {env_id}: worst {row['worst']['mean']:.1f} ({row['worst']['attack']})",
                   flush=True)
             if a.git_commit:
@@ -308,6 +331,44 @@ def main(argv=None) -> None:
     import results
 
     results.main(["--sweep", out])
+    if failed:
+        print(f"[sweep] {len(failed)} failed: {', '.join(failed)} (fix and re-run: finished work is skipped)", flush=True)
+        sys.exit(1)
+
+
+def one_line(e: Exception) -> str:
+    """The last line of a (Ray-wrapped) error: the trial's own message."""
+    lines = [l for l in str(e).strip().splitlines() if l.strip()]
+    return lines[-1][:300] if lines else type(e).__name__
+
+
+def install_stop_handler() -> dict:
+    """SIGTERM/SIGINT of the sweep: stop cleanly (see preempt); a second signal exits at once."""
+    import signal
+
+    stop = {"signal": None}
+
+    def handler(signum, frame):
+        if stop["signal"] is not None:
+            os._exit(128 + signum)
+        stop["signal"] = signum
+        print(f"[sweep] {signal.Signals(signum).name}: asking every running trial to save and stop", flush=True)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+    return stop
+
+
+def preempt(ray, pending: dict, signum: int, grace_s: float = 120.0) -> None:
+    """Interrupts the running trials (Ray raises KeyboardInterrupt in each, which the method scripts' SIGINT
+    handler turns into: finish the step, save with the buffer, stop), waits for them, exits 128 + signum. A re-run
+    resumes every trial from its checkpoint."""
+    for ref in pending:
+        ray.cancel(ref, force=False)
+    ray.wait(list(pending), num_returns=len(pending), timeout=grace_s)
+    ray.shutdown()
+    print(f"[sweep] stopped; {len(pending)} unfinished trial(s) resume from their checkpoints on a re-run", flush=True)
+    sys.exit(128 + signum)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,13 @@ class AttackEnv(gym.Env):
         return self.obs_n.cpu().numpy(), -float(reward), terminated, truncated, info
 
 
+def check_finite(bad: torch.Tensor, label: str, step: int) -> None:
+    from attacks.common import AttackError
+
+    if bool(bad):
+        raise AttackError(f"{label}: the attacker's training diverged (non-finite loss at or before step {step})")
+
+
 # --- SAC adversary: reuse the method scripts' SAC learner -------------------------------------------------
 def train_sac(env: AttackEnv, steps: int, seed: int, hidden: tuple[int, ...] = (256, 256), learning_starts: int = 5000,
               batch_size: int = 256, log: Optional[str] = None) -> sac.Actor:
@@ -67,6 +74,7 @@ def train_sac(env: AttackEnv, steps: int, seed: int, hidden: tuple[int, ...] = (
                                          seed=seed)
     obs, _ = env.reset(seed=seed)
     episode_return, returns, start = 0.0, [], time.time()
+    bad = torch.zeros((), dtype=torch.bool, device=env.victim.device)
     for step in range(1, steps + 1):
         if step <= learning_starts:
             action = rng.uniform(-1, 1, act_dim).astype(np.float32)
@@ -83,7 +91,11 @@ def train_sac(env: AttackEnv, steps: int, seed: int, hidden: tuple[int, ...] = (
             obs, _ = env.reset()
         if step > learning_starts and buffer.size >= batch_size:
             _, b_obs, b_act, b_rew, b_next, b_term, b_w = buffer.sample(batch_size, 1.0)
-            learner.update(b_obs, b_act, b_rew, b_next, b_term, b_w, step)
+            logs = learner.update(b_obs, b_act, b_rew, b_next, b_term, b_w, step)
+            # device-side flag, read every 1000 steps: a diverged attacker is an error, never a (weak) result
+            bad = bad | ~torch.isfinite(torch.stack([logs["losses/critic_loss"], logs["losses/actor_loss"]])).any()
+        if step % 1000 == 0 or step == steps:
+            check_finite(bad, log or "SAC attacker", step)
         if log and step % max(steps // 10, 1) == 0:
             recent = f"{np.mean(returns[-10:]):.1f}" if returns else "n/a"
             print(f"  [{log}] step {step}/{steps} | victim return(10) {recent} | {time.time() - start:.0f}s", flush=True)
@@ -106,7 +118,8 @@ class GaussianPolicy(nn.Module):
         self.log_std = nn.Parameter(torch.full((act_dim,), math.log(initial_std)))
 
     def dist(self, obs):
-        return torch.distributions.Normal(self.pi(obs), self.log_std.exp())
+        # no argument validation: a diverged policy reaches check_finite (one clear error), not a ValueError
+        return torch.distributions.Normal(self.pi(obs), self.log_std.exp(), validate_args=False)
 
     def value(self, obs):
         return self.v(obs).squeeze(-1)
@@ -164,9 +177,11 @@ def train_ppo(env: AttackEnv, steps: int, seed: int, hidden: tuple[int, ...] = (
             o = torch.as_tensor(obs, device=device)
             with torch.no_grad():
                 dist = policy.dist(o)
-                u = dist.sample()
+                u = dist.loc + dist.scale * torch.randn_like(dist.loc)  # (Normal.sample refuses a non-finite std)
                 logp, value = dist.log_prob(u).sum(), policy.value(o)
-            next_obs, reward, terminated, truncated, info = env.step(torch.tanh(u).cpu().numpy())
+            action = torch.tanh(u).cpu().numpy()  # the host copy every step needs anyway
+            check_finite(torch.tensor(not np.isfinite(action).all()), log or "PPO attacker", done_steps)
+            next_obs, reward, terminated, truncated, info = env.step(action)
             with torch.no_grad():
                 next_value = policy.value(torch.as_tensor(next_obs, device=device))
             for k, v in (("obs", o), ("u", u), ("logp", logp), ("value", value), ("next_value", next_value)):
@@ -207,6 +222,8 @@ def train_ppo(env: AttackEnv, steps: int, seed: int, hidden: tuple[int, ...] = (
                 value_opt.zero_grad(set_to_none=True)
                 value_loss.backward()
                 value_opt.step()
+        check_finite(~torch.isfinite(torch.stack([policy_loss.detach(), value_loss.detach()])).any(),
+                     log or "PPO attacker", done_steps)
         if log:
             recent = f"{np.mean(returns[-10:]):.1f}" if returns else "n/a"
             print(f"  [{log}] step {done_steps}/{steps} | victim return(10) {recent} | {time.time() - start:.0f}s",

@@ -307,3 +307,9 @@ def test_search_resumes_and_eval_all_reads_the_trained_attackers(sac_ckpt, tmp_p
     assert column["search"]["preset"] == "quick" and column["search"]["configurations"] == 2
     assert column["mean"] == min(json.loads(p.read_text())["mean"] for p in records)
     assert "learned quick" in row["search"]
+
+
+def test_a_diverging_attacker_training_is_an_error(victim):
+    env = rl.AttackEnv(victim, victim.obs_dim, sa_rl.realizer(victim), "sa_rl_ppo")
+    with pytest.raises(common.AttackError, match="diverged"):
+        rl.train_ppo(env, 400, 0, (16, 16), rl.PPOSettings(lr=1e12, value_lr=1e12, n_steps=100))
