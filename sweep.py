@@ -142,12 +142,13 @@ def git_commit(paths: list[str], message: str) -> None:
     if not paths:
         return
     try:
-        subprocess.run(["git", "add", "--", *paths], cwd=ROOT, check=True, capture_output=True, text=True)
-        proc = subprocess.run(["git", "commit", "-q", "-m", message, "--", *paths], cwd=ROOT, capture_output=True,
-                              text=True)
-        if proc.returncode != 0 and "nothing to commit" not in proc.stdout + proc.stderr:
-            print(f"[sweep] git commit failed ({proc.stderr.strip()[:200]}); the files stay in the work tree", flush=True)
-    except (OSError, subprocess.CalledProcessError) as e:
+        for cmd in (["git", "add", "--", *paths], ["git", "commit", "-q", "-m", message, "--", *paths]):
+            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+            if proc.returncode != 0 and "nothing to commit" not in proc.stdout + proc.stderr:
+                reason = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[0][:200]
+                print(f"[sweep] git {cmd[1]} failed ({reason}); the files stay in the work tree", flush=True)
+                return
+    except OSError as e:
         print(f"[sweep] git commit failed ({e}); the files stay in the work tree", flush=True)
 
 
