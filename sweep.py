@@ -255,11 +255,28 @@ def main(argv=None) -> None:
     start = time.time()
     failed: list[str] = []
     stop = install_stop_handler()
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+
+    def seed_attacks_landed(ref) -> None:
+        name = seed_jobs.pop(ref)
+        try:
+            row = ray.get(ref)
+        except Exception as e:
+            failed.append(f"attacks of {name}")
+            print(f"[sweep] per-seed attacks of {name} failed: {one_line(e)}", flush=True)
+            return
+        print(f"[sweep] per-seed attacks {name}: worst {row['worst']['mean']:.1f} ({row['worst']['attack']})", flush=True)
+        if a.git_commit:
+            stem = os.path.join(out, "models", name)
+            git_commit([f"{stem}_attacks.json", f"{stem}_attacks.md", f"{stem}_attacks.log"],
+                       f"study {os.path.basename(out)}: {name} attacked")
+    while pending or seed_jobs:  # trainings and per-seed attacks, each handled (and committed) as it lands
+        ready, _ = ray.wait(list(pending) + list(seed_jobs), num_returns=1, timeout=1.0)
         if stop["signal"] is not None:
-            preempt(ray, pending, stop["signal"])
+            preempt(ray, {**pending, **seed_jobs}, stop["signal"])
         if not ready:
+            continue
+        if ready[0] in seed_jobs:
+            seed_attacks_landed(ready[0])
             continue
         name = pending.pop(ready[0])
         try:
@@ -273,20 +290,6 @@ def main(argv=None) -> None:
         print(f"[sweep] {len(done)}/{total} {name}: clean return {result['eval_mean']:.1f}{resumed} "
               f"| {time.time() - start:.0f}s", flush=True)
         finished(name, announce=True)
-    while seed_jobs:
-        ready, _ = ray.wait(list(seed_jobs), num_returns=1)
-        name = seed_jobs.pop(ready[0])
-        try:
-            row = ray.get(ready[0])
-        except Exception as e:
-            failed.append(f"attacks of {name}")
-            print(f"[sweep] per-seed attacks of {name} failed: {one_line(e)}", flush=True)
-            continue
-        print(f"[sweep] per-seed attacks {name}: worst {row['worst']['mean']:.1f} ({row['worst']['attack']})", flush=True)
-        if a.git_commit:
-            stem = os.path.join(out, "models", name)
-            git_commit([f"{stem}_attacks.json", f"{stem}_attacks.md", f"{stem}_attacks.log"],
-                       f"study {os.path.basename(out)}: {name} attacked")
 
     if not a.skip_attacks:
         attack_args = ["--attacks", a.attacks, "--episodes", str(a.episodes), *a.attack_args.split()]

@@ -138,7 +138,9 @@ def markdown_table(rows: list[dict]) -> str:
     header = ["Checkpoint", "Method", "Env", "eps"] + [ATTACKS[n][0] for n in names] + ["Worst", "Search"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        cells = [os.path.basename(os.path.dirname(os.path.abspath(r["ckpt"]))) or r["ckpt"], r["method"], r["env_id"],
+        stem = os.path.splitext(os.path.basename(r["ckpt"]))[0]  # runs/<run>/model.pt -> <run>; models/<trial>.pt -> <trial>
+        label = os.path.basename(os.path.dirname(os.path.abspath(r["ckpt"]))) if stem == "model" else stem
+        cells = [label, r["method"], r["env_id"],
                  f"{r['eps']:g}"]
         for n in names:
             a = r["attacks"].get(n)
