@@ -813,6 +813,7 @@ def train(args: Args) -> dict:
         env.close()
         eval_env.close()
     finally:
+        writer.close()  # also when preempted or diverged: the events since the last flush are kept
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
     print(f"[{METHOD}] checkpoint: {args.save_path}", flush=True)

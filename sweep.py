@@ -264,7 +264,7 @@ def main(argv=None) -> None:
             failed.append(f"attacks of {name}")
             print(f"[sweep] per-seed attacks of {name} failed: {one_line(e)}", flush=True)
             return
-        print(f"[sweep] per-seed attacks {name}: worst {row['worst']['mean']:.1f} ({row['worst']['attack']})", flush=True)
+        print(f"[sweep] per-seed attacks {name}: worst {worst_text(row)}", flush=True)
         if a.git_commit:
             stem = os.path.join(out, "models", name)
             git_commit([f"{stem}_attacks.json", f"{stem}_attacks.md", f"{stem}_attacks.log"],
@@ -318,7 +318,11 @@ def main(argv=None) -> None:
                       f"(clean {chosen['eval_mean']:.1f})", flush=True)
                 jobs[attack_task.remote(ckpt, out_json, attack_args)] = (method, env_id)
         while jobs:
-            ready, _ = ray.wait(list(jobs), num_returns=1)
+            ready, _ = ray.wait(list(jobs), num_returns=1, timeout=1.0)
+            if stop["signal"] is not None:
+                preempt(ray, jobs, stop["signal"])
+            if not ready:
+                continue
             method, env_id = jobs.pop(ready[0])
             try:
                 row = ray.get(ready[0])
@@ -326,8 +330,7 @@ def main(argv=None) -> None:
                 failed.append(f"attacks of {method} {env_id}")
                 print(f"[sweep] attacks of {method} {env_id} failed: {one_line(e)}", flush=True)
                 continue
-            print(f"[sweep] attacked {method} {env_id}: worst {row['worst']['mean']:.1f} ({row['worst']['attack']})",
-                  flush=True)
+            print(f"[sweep] attacked {method} {env_id}: worst {worst_text(row)}", flush=True)
             if a.git_commit:
                 git_commit([os.path.join(out, "attacks", f"{method}__{env_id}{ext}") for ext in (".json", ".log")],
                            f"study {os.path.basename(out)}: {method} {env_id} median seed attacked")
@@ -338,6 +341,11 @@ def main(argv=None) -> None:
     if failed:
         print(f"[sweep] {len(failed)} failed: {', '.join(failed)} (fix and re-run: finished work is skipped)", flush=True)
         sys.exit(1)
+
+
+def worst_text(row: dict) -> str:
+    w = row.get("worst")
+    return f"{w['mean']:.1f} ({w['attack']})" if w else "– (no attack column)"
 
 
 def one_line(e: Exception) -> str:

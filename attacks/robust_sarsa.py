@@ -190,10 +190,11 @@ def evaluate(victim: Victim, args) -> dict:
     for sarsa_eps, sarsa_reg in settings:
         q = fit_sarsa(data, victim.obs_dim, victim.act_dim, args.rs_updates, sarsa_eps, sarsa_reg, args.seed,
                       tuple(args.rs_hidden), device=victim.device, log=f"rs {sarsa_eps}:{sarsa_reg}")
-        attackers = [("rs", PGDAttacker(victim, args.pgd_steps, critic=q, restarts=args.pgd_restarts))]
+        start = getattr(args, "pgd_start", "mixed")
+        attackers = [("rs", PGDAttacker(victim, args.pgd_steps, critic=q, restarts=args.pgd_restarts, start=start))]
         if args.rs_mad_ratio > 0:
             attackers.append(("rs_mad", SarsaMADAttacker(victim, q, args.rs_mad_ratio, steps=args.pgd_steps,
-                                                         restarts=args.pgd_restarts)))
+                                                         restarts=args.pgd_restarts, start=start)))
         for objective, attacker in attackers:
             stats = rollout(victim, attacker, args.episodes, args.seed, args.stochastic)
             print(f"  [{objective} {sarsa_eps}:{sarsa_reg}] victim return {stats.mean:.1f} ± {stats.std:.1f}", flush=True)

@@ -61,10 +61,12 @@ class AttackerConfig:
 
     @property
     def id(self) -> str:
+        hidden = "x".join(str(h) for h in self.hidden)
         if self.algo == "sac":
-            return f"{self.kind}_sac_b{self.budget}_s{self.seed}"
+            return f"{self.kind}_sac_h{hidden}_ls{self.learning_starts}_b{self.budget}_s{self.seed}"
         return (f"{self.kind}_ppo_lr{self.lr:g}_vlr{self.value_lr:g}_clip{self.clip:g}_ent{self.ent_coef:g}"
-                f"_anneal{int(self.anneal_lr)}_std{self.initial_std:g}_b{self.budget}_s{self.seed}")
+                f"_anneal{int(self.anneal_lr)}_std{self.initial_std:g}_h{hidden}_n{self.n_steps}_b{self.budget}"
+                f"_s{self.seed}")
 
 
 def preset_configs(kind: str, algo: str, preset: str, env_id: str, budget: Optional[int] = None,
@@ -103,23 +105,36 @@ def make_realize(victim: Victim, kind: str, pa_steps: int = 10, pa_restarts: int
     return victim.act_dim, pa_ad.realizer(victim, pa_steps, pa_restarts)
 
 
+def realize_tag(kind: str, pa_steps: int, pa_restarts: int) -> str:
+    """The realisation's settings, part of an attacker's identity (a PA-AD director trained with one PGD is not
+    the same attacker with another)."""
+    return f"_pa{pa_steps}x{pa_restarts}" if kind == "pa_ad" else ""
+
+
+def victim_identity(victim: Victim) -> dict:
+    return {"victim": os.path.abspath(victim.ckpt_path), "victim_step": victim.ckpt["global_step"], "eps": victim.eps}
+
+
 def train_one(victim: Victim, config: AttackerConfig, realize: Callable, action_dim: int, save_dir: str,
-              episodes: int, eval_seed: int, stochastic: bool = False, log: bool = True) -> dict:
-    """Trains (or finds already trained) one attacker, evaluates it on the evaluation episodes, returns its record."""
+              episodes: int, eval_seed: int, stochastic: bool = False, log: bool = True, tag: str = "") -> dict:
+    """Trains (or finds already trained) one attacker, evaluates it on the evaluation episodes, returns its record.
+    An attacker found on disk is reused only if it was trained against this very victim file (path, step) and
+    radius; `tag` names the realisation settings (realize_tag)."""
     from attacks.rl import (AttackEnv, PolicyAttacker, PPOSettings, load_attacker, policy_action_fn, save_attacker,
                             train_ppo, train_sac)
 
     stem = os.path.splitext(os.path.basename(victim.ckpt_path))[0]
-    path = os.path.join(save_dir, f"{stem}_{config.id}.pt")
+    path = os.path.join(save_dir, f"{stem}_{config.id}_eps{victim.eps:g}{tag}.pt")
     record_path = path[:-3] + ".json"
+    identity = victim_identity(victim)
     evaluation = {"episodes": episodes, "seed": eval_seed, "stochastic": stochastic}
-    if os.path.isfile(record_path):
-        record = json.load(open(record_path))
-        if record.get("evaluation") == evaluation:
-            return record
+    record = json.load(open(record_path)) if os.path.isfile(record_path) else None
+    same_victim = record is not None and record.get("identity") == identity
+    if same_victim and record.get("evaluation") == evaluation:
+        return record
     name = f"{config.kind}_{config.algo}"
     start = time.time()
-    if os.path.isfile(path):  # trained earlier, evaluated on other episodes
+    if same_victim and os.path.isfile(path):  # trained earlier against this victim, evaluated on other episodes
         policy, _ = load_attacker(path, victim, config.kind)
         train_seconds = 0.0
     else:
@@ -138,7 +153,8 @@ def train_one(victim: Victim, config: AttackerConfig, realize: Callable, action_
                                      "seed": config.seed, "config": dataclasses.asdict(config)})
         train_seconds = time.time() - start
     stats = rollout(victim, PolicyAttacker(name, policy_action_fn(policy), realize), episodes, eval_seed, stochastic)
-    record = {"config": dataclasses.asdict(config), "id": config.id, "path": path, "evaluation": evaluation,
+    record = {"config": dataclasses.asdict(config), "id": config.id, "path": path, "identity": identity,
+              "evaluation": evaluation,
               "returns": stats.returns, "lengths": stats.lengths, "mean": stats.mean, "std": stats.std,
               "train_seconds": round(train_seconds, 1), "eval_seconds": round(stats.seconds, 1)}
     os.makedirs(save_dir, exist_ok=True)
@@ -170,7 +186,8 @@ def run_search(victim: Victim, args, kind: str, action_dim: int, realize: Callab
     if any(c.budget <= 0 for c in configs) or not configs:
         raise AttackError("--attack-budget and --seeds must be positive")
     save_dir = args.save_dir or default_save_dir(victim)
-    records = [train_one(victim, c, realize, action_dim, save_dir, args.episodes, args.seed, args.stochastic)
+    tag = realize_tag(kind, getattr(args, "pa_steps", 10), getattr(args, "pa_restarts", 5))
+    records = [train_one(victim, c, realize, action_dim, save_dir, args.episodes, args.seed, args.stochastic, tag=tag)
                for c in configs]
     return summarize(records, args.search, configs)
 
@@ -181,7 +198,8 @@ def remote_train(ckpt: str, config: AttackerConfig, save_dir: str, episodes: int
     torch.set_num_threads(threads)
     victim = load_victim(ckpt)
     action_dim, realize = make_realize(victim, config.kind, pa_steps, pa_restarts)
-    return train_one(victim, config, realize, action_dim, save_dir, episodes, eval_seed, log=False)
+    return train_one(victim, config, realize, action_dim, save_dir, episodes, eval_seed, log=False,
+                     tag=realize_tag(config.kind, pa_steps, pa_restarts))
 
 
 def main(argv=None) -> None:

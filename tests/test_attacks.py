@@ -307,6 +307,11 @@ def test_search_resumes_and_eval_all_reads_the_trained_attackers(sac_ckpt, tmp_p
     assert column["search"]["preset"] == "quick" and column["search"]["configurations"] == 2
     assert column["mean"] == min(json.loads(p.read_text())["mean"] for p in records)
     assert "learned quick" in row["search"]
+    # another radius is another attacker: trained anew, never read back from the eps-0.x files
+    proc = run_script("attacks/eval_all.py", *common_args, "--attacks", "sa_rl_ppo", "--eps", "0.01", cwd=str(tmp_path),
+                      timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(list((tmp_path / "att").glob("*.json"))) == 4
 
 
 def test_a_diverging_attacker_training_is_an_error(victim):
