@@ -798,12 +798,9 @@ def train(args: Args) -> dict:
             if stop["signal"] is not None:
                 if not (args.save_every and global_step % args.save_every == 0):  # (not saved a moment ago)
                     save(global_step)
-                hint = "" if args.save_buffer else " (no replay buffer saved: add --save-buffer for an exact resume)"
-                raise Preempted(f"{signal.Signals(stop['signal']).name} at step {global_step}: saved {args.save_path}"
-                                f"{hint}; continue with: python {os.path.basename(__file__)} --env-id {args.env_id} "
-                                f"--seed {args.seed} --total-timesteps {args.total_timesteps} --save-path "
-                                f"{args.save_path} --resume {args.save_path} <the run's other options>",
-                                stop["signal"])
+                raise Preempted(f"saved {args.save_path} at step {global_step}"
+                                f"{'' if args.save_buffer else ' (no buffer: --save-buffer for an exact resume)'}; continue "
+                                f"with the same options plus --resume {args.save_path}", stop["signal"])
 
         last_eval = evaluate(learner.actor, normalizer, eval_env, args.eval_episodes, args.seed + 10_000)
         record_eval(last_eval)

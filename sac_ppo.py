@@ -578,7 +578,8 @@ class Learner:
         (huanzhang12/SA_PPO, src/policy_gradients/steps.py): start s + step*sign(noise), step eps/steps, signed ascent
         of grad + sqrt(2*step*beta)/(i+2)*N(0,1) with beta = --reg-sgld-beta (reference 1e-5: the noise breaks ties,
         it does not flip the ascent), projected each step. The clean side pi(.|s) is a constant (detached, as in the
-        reference): only pi(.|s~) at the detached maximiser carries gradient. `clean` = actor(s), if already computed."""
+        reference): only pi(.|s~) at the detached maximiser carries gradient. `clean` = actor(s), if already computed.
+        SPEC §6's beta applies to each state's own gradient; the reference differentiates the batch mean instead."""
         steps = self.args.reg_sgld_steps
         step = eps / steps
         reference = tuple(t.detach() for t in (self.actor(obs) if clean is None else clean))
@@ -1125,12 +1126,9 @@ def train(args: Args) -> dict:
             if stop["signal"] is not None:
                 if not (args.save_every and global_step % args.save_every == 0):  # (not saved a moment ago)
                     save(global_step)
-                hint = "" if args.save_buffer else " (no replay buffer saved: add --save-buffer for an exact resume)"
-                raise Preempted(f"{signal.Signals(stop['signal']).name} at step {global_step}: saved {args.save_path}"
-                                f"{hint}; continue with: python {os.path.basename(__file__)} --env-id {args.env_id} "
-                                f"--seed {args.seed} --total-timesteps {args.total_timesteps} --save-path "
-                                f"{args.save_path} --resume {args.save_path} <the run's other options>",
-                                stop["signal"])
+                raise Preempted(f"saved {args.save_path} at step {global_step}"
+                                f"{'' if args.save_buffer else ' (no buffer: --save-buffer for an exact resume)'}; continue "
+                                f"with the same options plus --resume {args.save_path}", stop["signal"])
 
         last_eval = evaluate(learner.actor, normalizer, eval_env, args.eval_episodes, args.seed + 10_000)
         record_eval(last_eval)

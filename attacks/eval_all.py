@@ -101,9 +101,7 @@ def attack_settings(name: str, args) -> dict:
         return {"steps": args.mad_steps, "step": "eps/steps", "noise": "sqrt(2 step)/(i+2)"}
     if name == "pgd":
         return {"steps": args.pgd_steps, "restarts": args.pgd_restarts, "start": args.pgd_start, "step": "eps/steps"}
-    if name == "rs":
-        return {"grid": "explicit" if args.rs_settings else args.rs_grid, "data_steps": args.rs_steps,
-                "updates": args.rs_updates, "explore": args.rs_explore, "mad_ratio": args.rs_mad_ratio}
+    # rs: its result carries the grid and budgets ("search"), written next to it
     if name in ("sa_rl_sac", "pa_ad_sac", "sa_rl_ppo", "pa_ad_ppo"):
         out = {"search": args.search, "algo": args.algo, "budget": args.attack_budget or "preset default",
                "seeds": args.seeds or "preset default"}

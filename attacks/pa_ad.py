@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from attacks.common import PGD_STARTS, Victim, pgd_minimize, standalone  # noqa: E402
+from attacks.common import AttackError, Victim, pgd_minimize, standalone  # noqa: E402
 from attacks.rl import add_learned_args, run_learned_attack  # noqa: E402
 
 NAME = "pa_ad"
@@ -55,6 +55,8 @@ def add_args(parser, default_algo: str = "sac") -> None:
 
 
 def evaluate(victim: Victim, args) -> dict:
+    if args.pa_steps < 1 or args.pa_restarts < 1:
+        raise AttackError("--pa-steps and --pa-restarts must be >= 1")
     return run_learned_attack(victim, args, NAME, victim.act_dim,
                               realizer(victim, args.pa_steps, args.pa_restarts))
 

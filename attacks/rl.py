@@ -55,7 +55,8 @@ class AttackEnv(gym.Env):
         return self.obs_n.cpu().numpy(), -float(reward), terminated, truncated, info
 
 
-def check_finite(bad: torch.Tensor, label: str, step: int) -> None:
+def check_finite(bad, label: str, step: int) -> None:
+    """`bad`: a bool, or a device-side bool tensor (read here, once)."""
     from attacks.common import AttackError
 
     if bool(bad):
@@ -180,7 +181,7 @@ def train_ppo(env: AttackEnv, steps: int, seed: int, hidden: tuple[int, ...] = (
                 u = dist.loc + dist.scale * torch.randn_like(dist.loc)  # (Normal.sample refuses a non-finite std)
                 logp, value = dist.log_prob(u).sum(), policy.value(o)
             action = torch.tanh(u).cpu().numpy()  # the host copy every step needs anyway
-            check_finite(torch.tensor(not np.isfinite(action).all()), log or "PPO attacker", done_steps)
+            check_finite(not np.isfinite(action).all(), log or "PPO attacker", done_steps)
             next_obs, reward, terminated, truncated, info = env.step(action)
             with torch.no_grad():
                 next_value = policy.value(torch.as_tensor(next_obs, device=device))

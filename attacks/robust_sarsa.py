@@ -120,6 +120,8 @@ def fit_sarsa(data: dict, obs_dim: int, act_dim: int, updates: int, sarsa_eps: f
             torch._foreach_lerp_(list(q_target.parameters()), list(q.parameters()), tau)
         if log and update % max(updates // 5, 1) == 0:
             print(f"  [{log}] update {update}/{updates} | loss {loss.item():.3f} | {time.time() - start:.0f}s", flush=True)
+    if not all(bool(torch.isfinite(p).all()) for p in q.parameters()):  # a NaN critic would be a silently weak attack
+        raise AttackError(f"Sarsa critic diverged (sarsa_eps {sarsa_eps}, sarsa_reg {sarsa_reg}): non-finite weights")
     q.requires_grad_(False)
     return q.eval()
 

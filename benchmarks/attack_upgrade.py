@@ -46,14 +46,17 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix="attack_upgrade_")
     try:
         old_root = os.path.join(work, "old")
-        subprocess.run(["git", "worktree", "add", "-q", "--detach", old_root, a.old_ref], cwd=ROOT, check=True)
+        made = subprocess.run(["git", "worktree", "add", "-q", "--detach", old_root, a.old_ref], cwd=ROOT,
+                              capture_output=True, text=True)
+        if made.returncode != 0:
+            sys.exit(f"error: cannot check out --old-ref {a.old_ref}: {made.stderr.strip().splitlines()[-1]}")
         rows = {}
         for label, root, extra in (("old", old_root, a.old_args), ("new", ROOT, a.new_args)):
             ckpt = os.path.join(work, f"{label}.pt")  # each suite writes its _attacks.json next to its own copy
             shutil.copyfile(a.ckpt, ckpt)
             rows[label] = run_suite(root, ckpt, a.episodes, extra, os.path.splitext(out)[0] + f"_{label}.log")
     finally:
-        subprocess.run(["git", "worktree", "remove", "--force", os.path.join(work, "old")], cwd=ROOT)
+        subprocess.run(["git", "worktree", "remove", "--force", os.path.join(work, "old")], cwd=ROOT, capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
     with open(out, "w") as f:
         json.dump({"ckpt": a.ckpt, "episodes": a.episodes, "old_ref": a.old_ref, "old_args": a.old_args,
