@@ -36,6 +36,9 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 METHODS = ["sac", "robust_sac", "sac_valt_eps", "sac_valt_soft"]
+# The PPO-family rows (--methods ppo robust_ppo): on-policy, no replay buffer; budgets of the paper's Table 1 PPO rows.
+PPO_METHODS = {"ppo", "robust_ppo"}
+PPO_BUDGETS = {"HalfCheetah": 5_000_000, "Hopper": 5_000_000, "Walker2d": 5_000_000, "Ant": 10_000_000}
 ENVS = ["HalfCheetah-v4", "Hopper-v4", "Walker2d-v4", "Ant-v4"]
 # per-task step schedules (method module attribute -> the flag that carries it), scaled with the budget
 SCHEDULES = {
@@ -58,8 +61,17 @@ def trial_overrides(method: str, env_id: str, seed: int, scale: float, out: str,
 
     mod = importlib.import_module(method)
     task = sac.task_name(env_id)
-    steps = max(1, int(round(sac.TOTAL_TIMESTEPS[task] * scale)))
     name = trial_name(method, env_id, seed)
+    if method in PPO_METHODS:  # whole 2048-step rollouts; checkpoints fall between rollouts (exact resume, no buffer)
+        rollout = mod.Args().num_steps
+        steps = max(1, int(round(PPO_BUDGETS[task] * scale / rollout))) * rollout
+        over = {"env_id": env_id, "seed": seed, "total_timesteps": steps, "run_name": name,
+                "save_path": os.path.join(out, "trials", name, "model.pt"),
+                "save_every": max(1, int(steps * save_every_frac)), "eval_every": max(rollout, steps // 20),
+                "threads": threads}
+        over.update(extra)
+        return over
+    steps = max(1, int(round(sac.TOTAL_TIMESTEPS[task] * scale)))
     over = {"env_id": env_id, "seed": seed, "total_timesteps": steps, "run_name": name,
             "save_path": os.path.join(out, "trials", name, "model.pt"), "save_buffer": True,
             "save_every": max(1, int(steps * save_every_frac)), "eval_every": max(1000, steps // 20),

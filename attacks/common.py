@@ -19,6 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+import ppo  # noqa: E402  (the PPO-family policy kind: Gaussian with a state-independent std, state-value critic)
 import sac  # noqa: E402  (the architecture and environment helpers every method script shares)
 
 BALL_TOLERANCE = 1e-5
@@ -28,12 +29,19 @@ class AttackError(Exception):
     """Bad input or a broken attacker: reported as one line, exit code 2."""
 
 
+# The policy kinds of the checkpoint contract (README "Checkpoint contract"): arch["actor"], arch["critic"].
+KINDS = {("tanh_gaussian", "twin_stacked"): "sac", ("gaussian_state_independent_std", "state_value"): "ppo"}
+
+
 @dataclass
 class Victim:
+    """A frozen agent. Both kinds share the actor interface the attacks use: actor(obs) -> (mean, log_std) of the
+    Gaussian (SAC: before the tanh), actor.deterministic(obs) -> the action the environment executes, actor.sample.
+    critic: SAC Q(s, a) of both twins [2, batch]; PPO V(s) [batch]."""
     ckpt_path: str
     ckpt: dict
-    actor: sac.Actor
-    critic: sac.TwinCritic
+    actor: sac.Actor | ppo.Actor
+    critic: sac.TwinCritic | ppo.Critic
     normalizer: sac.RunningNormalizer
     eps: float
     env_id: str
@@ -46,6 +54,10 @@ class Victim:
     def method(self) -> str:
         return self.ckpt["method"]
 
+    @property
+    def kind(self) -> str:
+        return KINDS[(self.ckpt["arch"]["actor"], self.ckpt["arch"]["critic"])]
+
     def make_env(self):
         return sac.make_env(self.env_id, self.env_kwargs)
 
@@ -54,9 +66,10 @@ class Victim:
 
     def act(self, obs_n: torch.Tensor, stochastic: bool = False) -> torch.Tensor:
         with torch.no_grad():
-            if stochastic:
-                return self.actor.sample(obs_n)[0]
-            return self.actor.deterministic(obs_n)
+            if not stochastic:
+                return self.actor.deterministic(obs_n)
+            action = self.actor.sample(obs_n)[0]
+            return self.actor.clip(action) if self.kind == "ppo" else action  # PPO trains on clipped samples too
 
 
 def load_victim(path: str, eps: Optional[float] = None, device: str = "cpu") -> Victim:
@@ -65,12 +78,17 @@ def load_victim(path: str, eps: Optional[float] = None, device: str = "cpu") -> 
     except sac.UserError as e:
         raise AttackError(str(e))
     arch = ckpt["arch"]
-    if arch.get("actor") != "tanh_gaussian" or arch.get("critic") != "twin_stacked":
+    kind = KINDS.get((arch.get("actor"), arch.get("critic")))
+    if kind is None:
         raise AttackError(f"{path}: unsupported architecture {arch}")
     dev = torch.device(device)
     hidden = list(arch["hidden_sizes"])
-    actor = sac.Actor(ckpt["obs_dim"], ckpt["act_dim"], hidden, ckpt["action_low"], ckpt["action_high"]).to(dev)
-    critic = sac.TwinCritic(ckpt["obs_dim"], ckpt["act_dim"], hidden).to(dev)
+    if kind == "sac":
+        actor = sac.Actor(ckpt["obs_dim"], ckpt["act_dim"], hidden, ckpt["action_low"], ckpt["action_high"]).to(dev)
+        critic = sac.TwinCritic(ckpt["obs_dim"], ckpt["act_dim"], hidden).to(dev)
+    else:
+        actor = ppo.Actor(ckpt["obs_dim"], ckpt["act_dim"], hidden, ckpt["action_low"], ckpt["action_high"]).to(dev)
+        critic = ppo.Critic(ckpt["obs_dim"], hidden).to(dev)
     try:
         actor.load_state_dict(ckpt["actor"])
         critic.load_state_dict(ckpt["critic"])

@@ -1,5 +1,6 @@
 """Attack checkpoints with every attacker and print a row per checkpoint in the paper's Table 1 layout:
-natural, uniform, MAD, PGD (minQ), RS, SA-RL (SAC), PA-AD (SAC), SA-RL (PPO), PA-AD (PPO), [own adversary],
+natural, uniform, MAD, PGD (minQ for SAC-family victims, minV for PPO-family ones), RS, SA-RL (SAC), PA-AD (SAC),
+SA-RL (PPO), PA-AD (PPO), [own adversary],
 worst (the minimum over the evaluated ATTACK columns: Natural is shown, not counted). Writes <ckpt stem>_attacks.json
 (every attacker's settings, budget and search size included) and .md next to each checkpoint.
 
@@ -29,7 +30,7 @@ ATTACKS = {
     "natural": ("Natural", natural, {}),
     "uniform": ("Uniform", uniform, {}),
     "mad": ("MAD", mad, {}),
-    "pgd": ("PGD (minQ)", pgd, {}),
+    "pgd": ("PGD (minQ)", pgd, {}),  # "PGD (minV)" on a PPO-family victim: the column follows the victim's critic
     "rs": ("RS", robust_sarsa, {}),
     "sa_rl_sac": ("SA-RL (SAC)", sa_rl, {"algo": "sac"}),
     "pa_ad_sac": ("PA-AD (SAC)", pa_ad, {"algo": "sac"}),
@@ -73,11 +74,15 @@ def evaluate_checkpoint(path: str, names: list[str], args) -> dict:
     victim = load_victim(path, args.eps, args.device)
     if args.attacks == "all" and valt_soft_adv.has_adversary(victim):
         names = names + ["valt_soft_adv"]
-    row = {"ckpt": path, "method": victim.method, "env_id": victim.env_id, "eps": victim.eps,
+    if "pgd" in names:
+        print(f"[{victim.method} {victim.env_id}] {victim.kind.upper()}-kind victim: the PGD column is "
+              f"{pgd.column(victim)}", flush=True)
+    row = {"ckpt": path, "method": victim.method, "kind": victim.kind, "env_id": victim.env_id, "eps": victim.eps,
            "global_step": victim.ckpt["global_step"], "episodes": args.episodes, "search": search_label(args, names),
            "attacks": {}}
     for i, name in enumerate(names):
         label, module, overrides = ATTACKS[name]
+        label = pgd.column(victim) if name == "pgd" else label
         print(f"[{victim.method} {victim.env_id}] attack {i + 1}/{len(names)}: {label} ...", flush=True)
         attack_args = copy.copy(args)
         for key, value in overrides.items():
@@ -87,7 +92,7 @@ def evaluate_checkpoint(path: str, names: list[str], args) -> dict:
         stats = result["stats"]
         row["attacks"][name] = {"column": label, "mean": stats.mean, "std": stats.std, "returns": stats.returns,
                                 "seconds": round(time.time() - start, 2),  # training (learned attackers) + evaluation
-                                "settings": attack_settings(name, attack_args),
+                                "settings": attack_settings(name, attack_args, victim.kind),
                                 **{k: v for k, v in result.items() if k != "stats"}}
         print(f"[{victim.method} {victim.env_id}] {label}: {stats.mean:.1f} ± {stats.std:.1f} "
               f"({time.time() - start:.1f}s)", flush=True)
@@ -95,12 +100,13 @@ def evaluate_checkpoint(path: str, names: list[str], args) -> dict:
     return row
 
 
-def attack_settings(name: str, args) -> dict:
+def attack_settings(name: str, args, kind: str = "sac") -> dict:
     """What produced a column, so a reader can tell a CPU-quick row from a paper-scale one."""
     if name == "mad":
         return {"steps": args.mad_steps, "step": "eps/steps", "noise": "sqrt(2 step)/(i+2)"}
     if name == "pgd":
-        return {"steps": args.pgd_steps, "restarts": args.pgd_restarts, "start": args.pgd_start, "step": "eps/steps"}
+        return {"objective": "min V(s~)" if kind == "ppo" else "min mean_j Q_j(s, mu(s~))", "steps": args.pgd_steps,
+                "restarts": args.pgd_restarts, "start": args.pgd_start, "step": "eps/steps"}
     # rs: its result carries the grid and budgets ("search"), written next to it
     if name in ("sa_rl_sac", "pa_ad_sac", "sa_rl_ppo", "pa_ad_ppo"):
         out = {"search": args.search, "algo": args.algo, "budget": args.attack_budget or "preset default",
@@ -133,7 +139,8 @@ def worst_of(attacks: dict) -> Optional[dict]:
 
 def markdown_table(rows: list[dict]) -> str:
     names = [n for n in ATTACKS if any(n in r["attacks"] for r in rows)]
-    header = ["Checkpoint", "Method", "Env", "eps"] + [ATTACKS[n][0] for n in names] + ["Worst", "Search"]
+    labels = {n: " / ".join(dict.fromkeys(r["attacks"][n]["column"] for r in rows if n in r["attacks"])) for n in names}
+    header = ["Checkpoint", "Method", "Env", "eps"] + [labels[n] for n in names] + ["Worst", "Search"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         stem = os.path.splitext(os.path.basename(r["ckpt"]))[0]  # runs/<run>/model.pt -> <run>; models/<trial>.pt -> <trial>
@@ -144,7 +151,7 @@ def markdown_table(rows: list[dict]) -> str:
             a = r["attacks"].get(n)
             cells.append(f"{a['mean']:.0f} ± {a['std']:.0f}" if a else "–")
         w = r["worst"]
-        cells.append(f"**{w['mean']:.0f} ± {w['std']:.0f}** ({ATTACKS[w['attack']][0]})" if w else "– (no attack)")
+        cells.append(f"**{w['mean']:.0f} ± {w['std']:.0f}** ({r['attacks'][w['attack']]['column']})" if w else "– (no attack)")
         cells.append(r.get("search", "–"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -168,7 +175,7 @@ def main() -> None:
     print("\n" + table)
     for r in rows:
         print(f"seconds per attacker ({r['ckpt']}): " +
-              ", ".join(f"{ATTACKS[n][0]} {a['seconds']:.1f}" for n, a in r["attacks"].items()))
+              ", ".join(f"{a['column']} {a['seconds']:.1f}" for n, a in r["attacks"].items()))
     if args.out:
         with open(args.out, "w") as f:
             f.write(table + "\n")

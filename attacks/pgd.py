@@ -1,5 +1,7 @@
-"""PGD (minQ): minimise the victim's own critic, mean_j Q_j(s, mu(s~)), over the eps-ball around the true
-normalized state s (the critic keeps the true s; only the actor sees s~). 10 signed-gradient steps of eps/10,
+"""PGD on the victim's own critic over the eps-ball around the true normalized state s. SAC kinds, PGD (minQ):
+minimise mean_j Q_j(s, mu(s~)) (the critic keeps the true s; only the actor sees s~). PPO kinds, PGD (minV):
+minimise V(s~), the value function at the perturbed state, as SA-PPO's "critic" attack defines it
+(src/policy_gradients/agent.py apply_attack: val_model(states) descended, states the perturbed ones). 10 signed-gradient steps of eps/10,
 projected after each step (paper Appendix D.3), from a random start in the step box s + U(-eps/10, eps/10) as the
 references' PGD ("critic" attack of SA-PPO's apply_attack); --pgd-restarts R (default 5, batched) keeps each state's
 lowest Q, the restarts alternating between the step box and the whole ball (--pgd-start mixed): on the trained
@@ -18,6 +20,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from attacks.common import PGD_STARTS, AttackError, Victim, pgd_minimize, rollout, standalone  # noqa: E402
 
 NAME, COLUMN = "pgd", "PGD (minQ)"
+COLUMNS = {"sac": "PGD (minQ)", "ppo": "PGD (minV)"}  # by victim kind
+
+
+def column(victim: Victim) -> str:
+    return COLUMNS[victim.kind]
 
 
 class PGDAttacker:
@@ -29,12 +36,15 @@ class PGDAttacker:
             raise AttackError(f"PGD needs steps >= 1, restarts >= 1 and a start in {PGD_STARTS}")
         self.victim, self.steps, self.restarts, self.start = victim, steps, restarts, start
         self.step_size = victim.eps / steps if step_size is None else step_size
-        self.critic = victim.critic if critic is None else critic  # Robust Sarsa plugs its own Q here
+        self.critic = victim.critic if critic is None else critic  # Robust Sarsa plugs its own Q(s, a) here
+        self.minimise_value = critic is None and victim.kind == "ppo"  # PPO victims have V(s), not Q(s, a)
 
     def reset(self) -> None:
         pass
 
     def objective(self, obs: torch.Tensor, obs_tilde: torch.Tensor) -> torch.Tensor:
+        if self.minimise_value:
+            return self.critic(obs_tilde)
         return self.critic(obs, self.victim.actor.deterministic(obs_tilde)).mean(0)
 
     def __call__(self, obs_n: torch.Tensor) -> torch.Tensor:

@@ -21,13 +21,18 @@ OLD_ARGS = "--attack-budget 30000 --seeds 1 --rs-steps 30000 --rs-updates 20000 
 NEW_ARGS = "--search quick --attack-budget 30000 --rs-grid quick"
 
 
-def run_suite(root: str, ckpt: str, episodes: int, extra: str, log: str) -> dict:
+def start_suite(root: str, ckpt: str, episodes: int, extra: str, log: str) -> subprocess.Popen:
     cmd = [sys.executable, os.path.join(root, "attacks", "eval_all.py"), "--ckpt", ckpt, "--episodes", str(episodes),
            *extra.split()]
-    print("running:", " ".join(cmd), flush=True)
-    with open(log, "w") as f:
-        subprocess.run(cmd, cwd=root, check=True, stdout=f, stderr=subprocess.STDOUT,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    print("running:", " ".join(cmd), f"> {log}", flush=True)
+    with open(log, "w") as f:  # one torch thread each: the two suites may share the cores
+        return subprocess.Popen(cmd, cwd=root, stdout=f, stderr=subprocess.STDOUT,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def finish_suite(proc: subprocess.Popen, ckpt: str, log: str) -> dict:
+    if proc.wait() != 0:
+        sys.exit(f"error: {' '.join(proc.args[1:3])} failed (exit {proc.returncode}); see {log}")
     return json.load(open(os.path.splitext(ckpt)[0] + "_attacks.json"))
 
 
@@ -38,6 +43,8 @@ def main() -> None:
     p.add_argument("--old-ref", default="17ae4df")
     p.add_argument("--old-args", default=OLD_ARGS)
     p.add_argument("--new-args", default=NEW_ARGS)
+    p.add_argument("--parallel", action="store_true", help="run the old and the new suite at the same time "
+                   "(one torch thread each; per-column seconds are then comparable to each other only)")
     p.add_argument("--out", default=None, help="JSON with both rows (default: <ckpt stem>_attack_upgrade.json)")
     a = p.parse_args()
     if not os.path.isfile(a.ckpt):
@@ -50,11 +57,16 @@ def main() -> None:
                               capture_output=True, text=True)
         if made.returncode != 0:
             sys.exit(f"error: cannot check out --old-ref {a.old_ref}: {made.stderr.strip().splitlines()[-1]}")
-        rows = {}
+        rows, running = {}, {}
         for label, root, extra in (("old", old_root, a.old_args), ("new", ROOT, a.new_args)):
             ckpt = os.path.join(work, f"{label}.pt")  # each suite writes its _attacks.json next to its own copy
             shutil.copyfile(a.ckpt, ckpt)
-            rows[label] = run_suite(root, ckpt, a.episodes, extra, os.path.splitext(out)[0] + f"_{label}.log")
+            log = os.path.splitext(out)[0] + f"_{label}.log"
+            running[label] = (start_suite(root, ckpt, a.episodes, extra, log), ckpt, log)
+            if not a.parallel:
+                rows[label] = finish_suite(*running.pop(label))
+        for label, job in running.items():
+            rows[label] = finish_suite(*job)
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", os.path.join(work, "old")], cwd=ROOT, capture_output=True)
         shutil.rmtree(work, ignore_errors=True)

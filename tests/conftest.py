@@ -56,17 +56,18 @@ def workdir(tmp_path, monkeypatch):
 
 
 FIXTURE = os.path.join(ROOT, "tests", "data", "sac_halfcheetah_30k.pt")  # see tests/data/README.md
+PPO_FIXTURE = os.path.join(ROOT, "tests", "data", "ppo_hopper_160k.pt")
 
 
-def fixture_states(n: int, seed: int = 0):
-    """(victim, normalized true states visited by the fixture's deterministic policy on HalfCheetah) - n states,
-    consecutive from seeded episodes: the states an attacker meets."""
-    key = (n, seed)
+def fixture_states(n: int, seed: int = 0, path: str = FIXTURE):
+    """(victim, normalized true states visited by the fixture's deterministic policy) - n states, consecutive
+    from seeded episodes: the states an attacker meets. Default: the SAC HalfCheetah fixture."""
+    key = (n, seed, path)
     if key not in _STATES:
         import torch
         from attacks.common import load_victim
 
-        victim = load_victim(FIXTURE)
+        victim = load_victim(path)
         env, states, episode = victim.make_env(), [], 0
         while len(states) < n:
             obs, _ = env.reset(seed=seed + episode)

@@ -28,6 +28,23 @@ def victim(sac_ckpt):
     return common.load_victim(sac_ckpt)
 
 
+@pytest.fixture(scope="module")
+def ppo_ckpt(tmp_path_factory):
+    import ppo
+    from test_ppo import TINY_PPO
+
+    out_dir = tmp_path_factory.mktemp("ppo_victim")
+    out = ppo.train(ppo.Args(env_id="Hopper-v4", total_timesteps=256, seed=0, save_every=0, run_name="ppo_victim",
+                             save_path=str(out_dir / "model.pt"), **TINY_PPO))
+    return out["save_path"]
+
+
+@pytest.fixture(params=["sac", "ppo"])
+def any_victim(request, sac_ckpt, ppo_ckpt):
+    """A victim of each policy kind of the checkpoint contract."""
+    return common.load_victim(sac_ckpt if request.param == "sac" else ppo_ckpt)
+
+
 def learned_args(**overrides):
     parser = argparse.ArgumentParser()
     rl.add_learned_args(parser)
@@ -69,7 +86,8 @@ def test_rollout_catches_an_attacker_leaving_the_ball(victim):
     lambda v: rl.PolicyAttacker("pa", lambda o: torch.ones(1, v.act_dim), pa_ad.realizer(v, 3)),
     lambda v: rl.PolicyAttacker("sa", lambda o: 5 * torch.ones(1, v.obs_dim), sa_rl.realizer(v)),
 ])
-def test_attackers_stay_in_ball_over_many_steps(victim, make):
+def test_attackers_stay_in_ball_over_many_steps(any_victim, make):
+    victim = any_victim
     attacker = make(victim)
     env = victim.make_env()
     obs, _ = env.reset(seed=1)
@@ -246,6 +264,23 @@ def test_eval_all_writes_every_column_and_the_worst(tmp_path):
     for label, _, _ in eval_all.ATTACKS.values():
         assert label in md
     assert "Worst" in md and "seconds per attacker" in proc.stdout
+
+
+def test_eval_all_on_a_ppo_checkpoint_runs_every_column_with_pgd_min_v(ppo_ckpt, tmp_path):
+    """Every attacker works on a PPO-kind victim; the PGD column minimises V and says so."""
+    proc = run_script("attacks/eval_all.py", "--ckpt", ppo_ckpt, "--episodes", "1", "--attack-budget", "200",
+                      "--seeds", "1", "--learning-starts", "100", "--attacker-hidden", "16", "16", "--ppo-steps", "100",
+                      "--rs-steps", "200", "--rs-updates", "20", "--rs-settings", "0.05:0.1", "--rs-hidden", "16", "16",
+                      "--pgd-steps", "2", "--mad-steps", "2", "--pa-steps", "2", "--save-dir", str(tmp_path / "att"),
+                      cwd=str(tmp_path), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "PPO-kind victim: the PGD column is PGD (minV)" in proc.stdout
+    row = json.loads(open(ppo_ckpt.replace(".pt", "_attacks.json")).read())
+    assert row["kind"] == "ppo" and set(row["attacks"]) == set(eval_all.DEFAULT_ATTACKS)
+    assert row["attacks"]["pgd"]["column"] == "PGD (minV)"
+    assert row["attacks"]["pgd"]["settings"]["objective"] == "min V(s~)"
+    md = open(ppo_ckpt.replace(".pt", "_attacks.md")).read()
+    assert "PGD (minV)" in md and "PGD (minQ)" not in md
 
 
 @pytest.mark.parametrize("args,message", [
