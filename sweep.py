@@ -155,7 +155,11 @@ def git_commit(paths: list[str], message: str) -> None:
         return
     try:
         for cmd in (["git", "add", "--", *paths], ["git", "commit", "-q", "-m", message, "--", *paths]):
-            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+            for attempt in range(10):  # another commit (a second sweep, a person) may hold the index lock
+                proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+                if proc.returncode == 0 or "index.lock" not in proc.stderr:
+                    break
+                time.sleep(3)
             if proc.returncode != 0 and "nothing to commit" not in proc.stdout + proc.stderr:
                 reason = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[0][:200]
                 print(f"[sweep] git {cmd[1]} failed ({reason}); the files stay in the work tree", flush=True)
@@ -248,9 +252,9 @@ def main(argv=None) -> None:
             seed_jobs[attack_task.remote(slim, slim[:-3] + "_attacks.json", seed_attack_args)] = name
 
     pending, done = {}, []
-    for env_id in a.envs:
-        for method in a.methods:
-            for seed in range(1, a.seeds + 1):
+    for env_id in a.envs:  # seed-major: every method's seed 1 is queued (and lands) before any seed 2
+        for seed in range(1, a.seeds + 1):
+            for method in a.methods:
                 name = trial_name(method, env_id, seed)
                 trial_dir = os.path.join(out, "trials", name)
                 marker = os.path.join(trial_dir, "done.json")
