@@ -219,3 +219,44 @@ def test_sweep_knows_the_ppo_rows_and_their_budgets(tmp_path):
         assert args.total_timesteps % args.num_steps == 0
     assert sweep.trial_overrides("ppo", "Ant-v4", 1, 0.01, str(tmp_path), 0.05, {})["total_timesteps"] == \
         round(10_000_000 * 0.01 / 2048) * 2048
+
+
+# --- reliability (tests/test_reliability.py's guarantees, for the PPO scripts) ---------------------------
+@pytest.mark.parametrize("script", ["ppo.py", "robust_ppo.py"])
+def test_divergence_stops_with_one_line_and_writes_nothing(workdir, script):
+    proc = run_script(script, "--env-id", "Hopper-v4", "--total-timesteps", "1024", "--policy-lr", "1e12",
+                      "--value-lr", "1e12", "--save-path", "nan/model.pt", *TINY_PPO_CLI, cwd=str(workdir))
+    assert proc.returncode == 3, proc.stdout[-1000:] + proc.stderr[-2000:]
+    lines = [l for l in proc.stderr.splitlines() if l.strip() and not l.startswith("WARNING:")]
+    assert len(lines) == 1 and "non-finite losses/" in lines[0] and "Traceback" not in proc.stderr
+    assert not (workdir / "nan" / "model.pt").exists()
+
+
+def test_sigterm_saves_between_rollouts_and_resume_is_exact(workdir):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    cli = ["--env-id", "Hopper-v4", "--total-timesteps", "1280", "--seed", "5", *TINY_PPO_CLI, "--log-every", "128",
+           "--save-every", "0", "--save-path", "term/model.pt"]
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "ppo.py"), *cli], cwd=str(workdir),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    for line in proc.stdout:
+        if "step       256/" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "--resume term/model.pt" in err
+    saved = torch.load(workdir / "term" / "model.pt", weights_only=True)
+    assert 256 <= saved["global_step"] < 1280 and saved["global_step"] % 128 == 0
+    args = dict(env_id="Hopper-v4", total_timesteps=1280, seed=5, **TINY_PPO)
+    straight = ppo.train(ppo.Args(**args, run_name="straight", save_every=0))
+    resumed = ppo.train(ppo.Args(**args, run_name="resumed", save_every=0, resume="term/model.pt"))
+    for key, p in straight["learner"].state_dict()["actor"].items():
+        torch.testing.assert_close(resumed["learner"].state_dict()["actor"][key], p, rtol=0, atol=0)
+    assert resumed["eval_returns"] == straight["eval_returns"]
