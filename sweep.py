@@ -36,8 +36,10 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 METHODS = ["sac", "robust_sac", "sac_valt_eps", "sac_valt_soft"]
-# The PPO-family rows (--methods ppo robust_ppo): on-policy, no replay buffer; budgets of the paper's Table 1 PPO rows.
-PPO_METHODS = {"ppo", "robust_ppo"}
+# The PPO-family rows (--methods ppo robust_ppo atla_ppo): on-policy, no replay buffer; budgets of the paper's Table 1
+# PPO rows in AGENT steps (atla_ppo's adversary takes as many again: the paper's 10M, Ant 20M, in all). PA-ATLA-PPO:
+# atla_ppo with --train-args '{"pa": true}' into its own --out.
+PPO_METHODS = {"ppo", "robust_ppo", "atla_ppo"}
 PPO_BUDGETS = {"HalfCheetah": 5_000_000, "Hopper": 5_000_000, "Walker2d": 5_000_000, "Ant": 10_000_000}
 ENVS = ["HalfCheetah-v4", "Hopper-v4", "Walker2d-v4", "Ant-v4"]
 # per-task step schedules (method module attribute -> the flag that carries it), scaled with the budget
