@@ -26,6 +26,7 @@ PAPER_WORST = {
     "HalfCheetah-v4": {"sac": "-512 ± 67", "robust_sac": "2026 ± 417", "sac_ppo": "1823 ± 871",
                        "sac_valt_eps": "4647 ± 180", "sac_valt_soft": "3584 ± 61"},
     "Hopper-v4": {"ppo": "871 ± 146", "robust_ppo": "1528 ± 353", "atla_ppo": "1806 ± 665 (PA-ATLA: 1020 ± 134)",
+                  "wocar_ppo": "1575 ± 410",
                   "sac": "2979 ± 1", "robust_sac": "2947 ± 6", "sac_ppo": "3198 ± 2", "sac_valt_eps": "3212 ± 4",
                   "sac_valt_soft": "2986 ± 3"},
     "Walker2d-v4": {"sac": "337 ± 567", "robust_sac": "5180 ± 808", "sac_ppo": "1343 ± 178",
@@ -33,7 +34,7 @@ PAPER_WORST = {
     "Ant-v4": {"sac": "-1953 ± 1213", "robust_sac": "~681", "sac_ppo": "-354 ± 468", "sac_valt_eps": "1487 ± 1176",
                "sac_valt_soft": "2757 ± 1297"},
 }
-LABELS = {"ppo": "PPO", "robust_ppo": "Robust-PPO", "atla_ppo": "ATLA-PPO", "sac": "SAC", "robust_sac": "Robust-SAC", "sac_ppo": "SAC-PPO", "sac_valt_eps": "VALT-EPS-SAC",
+LABELS = {"ppo": "PPO", "robust_ppo": "Robust-PPO", "atla_ppo": "ATLA-PPO", "wocar_ppo": "WocaR-PPO", "sac": "SAC", "robust_sac": "Robust-SAC", "sac_ppo": "SAC-PPO", "sac_valt_eps": "VALT-EPS-SAC",
           "sac_valt_soft": "VALT-SOFT-SAC"}
 
 

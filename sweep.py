@@ -36,11 +36,13 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 METHODS = ["sac", "robust_sac", "sac_valt_eps", "sac_valt_soft"]
-# The PPO-family rows (--methods ppo robust_ppo atla_ppo): on-policy, no replay buffer; budgets of the paper's Table 1
+# The PPO-family rows (--methods ppo robust_ppo atla_ppo wocar_ppo): on-policy, no replay buffer; budgets of the paper's Table 1
 # PPO rows in AGENT steps (atla_ppo's adversary takes as many again: the paper's 10M, Ant 20M, in all). PA-ATLA-PPO:
 # atla_ppo with --train-args '{"pa": true}' into its own --out.
-PPO_METHODS = {"ppo", "robust_ppo", "atla_ppo"}
-PPO_BUDGETS = {"HalfCheetah": 5_000_000, "Hopper": 5_000_000, "Walker2d": 5_000_000, "Ant": 10_000_000}
+_PPO_5M = {"HalfCheetah": 5_000_000, "Hopper": 5_000_000, "Walker2d": 5_000_000, "Ant": 10_000_000}
+PPO_BUDGETS = {"ppo": _PPO_5M, "robust_ppo": _PPO_5M, "atla_ppo": _PPO_5M,
+               "wocar_ppo": {"HalfCheetah": 2_000_000, "Hopper": 2_000_000, "Walker2d": 2_000_000, "Ant": 10_000_000}}
+PPO_METHODS = set(PPO_BUDGETS)
 ENVS = ["HalfCheetah-v4", "Hopper-v4", "Walker2d-v4", "Ant-v4"]
 # per-task step schedules (method module attribute -> the flag that carries it), scaled with the budget
 SCHEDULES = {
@@ -66,7 +68,7 @@ def trial_overrides(method: str, env_id: str, seed: int, scale: float, out: str,
     name = trial_name(method, env_id, seed)
     if method in PPO_METHODS:  # whole 2048-step rollouts; checkpoints fall between rollouts (exact resume, no buffer)
         rollout = mod.Args().num_steps
-        steps = max(1, int(round(PPO_BUDGETS[task] * scale / rollout))) * rollout
+        steps = max(1, int(round(PPO_BUDGETS[method][task] * scale / rollout))) * rollout
         over = {"env_id": env_id, "seed": seed, "total_timesteps": steps, "run_name": name,
                 "save_path": os.path.join(out, "trials", name, "model.pt"),
                 "save_every": max(1, int(steps * save_every_frac)), "eval_every": max(rollout, steps // 20),
