@@ -76,8 +76,8 @@ PA_TOTAL_TIMESTEPS = {"Hopper": 2441 * 2048, "Walker2d": 2441 * 2048, "HalfCheet
 # PA-ATLA's robust_ppo_reg (SGLD, 2 steps): Hopper 0.3, HalfCheetah 0.03, Ant 0.1; its Walker2d config was never
 # retuned (still convex-relax): its coefficient 0.1 is used with SGLD.
 PA_REG_COEF = {"Hopper": 0.3, "Walker2d": 0.1, "HalfCheetah": 0.03, "Ant": 0.1}
-# "+reg.": robust_ppo_reg of ATLA's src/config_<task>_atla_lstm_sappo.json (SGLD; the MLP ATLA configs carry none):
-# Hopper 0.3, Walker2d 0.3, HalfCheetah 0.03, Ant 0.1; eps ramp "start=1,length=1831" of 2441 (75 %).
+# "+reg.": robust_ppo_reg of ATLA's src/config_<task>_atla_lstm_sappo.json (SGLD, robust_ppo_pgd_steps 2; the MLP ATLA
+# configs carry none): Hopper 0.3, Walker2d 0.3, HalfCheetah 0.03, Ant 0.1; eps ramp "start=1,length=1831" of 2441.
 REG_COEF = {"Hopper": 0.3, "Walker2d": 0.3, "HalfCheetah": 0.03, "Ant": 0.1}
 # The literature's Ant has 111 observation dims (contact forces included), SPEC §9.
 DEFAULT_ENV_KWARGS = {"Ant-v4": {"use_contact_forces": True}}
@@ -125,7 +125,7 @@ class Args:
     threads: Optional[int] = None  # torch intra-op threads (default: torch's choice)
     # SA-PPO regulariser ("+reg.", SPEC §6); --reg-coef 0 for plain ATLA-PPO
     reg_coef: Optional[float] = None  # kappa; default per task (ATLA atla_lstm_sappo: Hopper 0.3, Walker2d 0.3, HalfCheetah 0.03, Ant 0.1)
-    reg_sgld_steps: Optional[int] = None  # SGLD steps of the inner maximisation (robust_ppo_pgd_steps: 10; PA-ATLA 2)
+    reg_sgld_steps: int = 2  # SGLD steps of the inner maximisation (robust_ppo_pgd_steps of the atla_lstm_sappo and PA configs)
     reg_sgld_beta: float = 1e-5  # SGLD inverse temperature: noise sqrt(2*step*beta)/(i+2) (get_state_kl_bound_sgld)
     reg_eps_ramp: float = 0.75  # the regulariser's radius ramps 0 -> eps over this fraction of the iterations (1831 of 2441)
     reg_detach_std: bool = False  # keep sigma out of the regulariser's gradient (robust_ppo_detach_stdev, off)
@@ -418,9 +418,11 @@ class Learner:
 
     def perturb(self, obs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """The adversary's action u made an observation in the eps-ball. SA-RL (ATLA "adv_ppo"): s + eps hardtanh(u).
-        PA-AD director (--pa): s~ ascending cos(mu(s~) - mu(s), u) + |mu(s~) - mu(s)| on the agent's policy mean by
-        --pa-steps signed steps of eps/steps from s + U(-eps/10, eps/10) (paad_adv_rl perturb_obs_fgsm: one step of eps;
-        its MuJoCo step DESCENDS this objective, the sign defect SPEC §7 lists; here it ascends, as its Atari code)."""
+        PA-AD director (--pa): s~ ascending cos(mu(s~) - mu(s), u) + |mu(s~) - mu(s)| on the agent's policy mean. One
+        step (the default, paad_adv_rl perturb_obs_fgsm): the gradient at s + U(-eps/10, eps/10), s~ = s + eps sign(g),
+        a corner of the ball. --pa-steps K > 1: PGD of K signed steps of eps/K from that random point, projected. The
+        reference's MuJoCo step DESCENDS this objective, the sign defect SPEC §7 lists; here it ascends, as its Atari
+        code does."""
         if not self.args.pa:
             return obs + self.eps * F.hardtanh(u)
         eps, steps = self.eps, self.args.pa_steps
@@ -433,6 +435,8 @@ class Learner:
                 change = self.actor.mean(x) - clean
                 objective = F.cosine_similarity(change, u, dim=-1, eps=1e-8) + change.norm(dim=-1)
                 (grad,) = torch.autograd.grad(objective.sum(), x)
+                if steps == 1:  # FGSM: the full step from s itself
+                    return (obs + eps * grad.sign()).detach()
                 x = torch.max(torch.min(x.detach() + (eps / steps) * grad.sign(), obs + eps), obs - eps)
         return x.detach()
 
@@ -478,6 +482,7 @@ class Learner:
 
     def policy_loss(self, policy, obs, actions, old_log_probs, advantages, clip: float, ent_coef: float,
                     reg_eps: float = 0.0):
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)  # per minibatch (surrogate_reward)
         ratio = (policy.log_prob(obs, actions) - old_log_probs).exp()
         clipped = ratio.clamp(1 - clip, 1 + clip)
         surrogate = -torch.min(ratio * advantages, clipped * advantages).mean()
@@ -505,8 +510,6 @@ class Learner:
         clip, ent_coef = (args.adv_clip_coef, args.adv_ent_coef) if adversary else (args.clip_coef, args.ent_coef)
         advantages, targets = compute_gae(rollout.rewards, rollout.values, rollout.next_values, rollout.terminated,
                                           rollout.episode_end, args.gamma, args.gae_lambda)
-        # Normalized once over the whole rollout, not per minibatch (SA-PPO ppo_step).
-        norm_adv = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         n = len(rollout.rewards)
         for _ in range(args.value_epochs):
             for idx in self.minibatches(n):
@@ -518,7 +521,7 @@ class Learner:
             for b, idx in enumerate(self.minibatches(n)):
                 reg_eps = 0.0 if adversary else self.reg_eps(iteration + (epoch * args.num_minibatches + b) / total)
                 loss, surrogate, entropy, ratio, reg = self.policy_loss(policy, rollout.obs[idx], rollout.actions[idx],
-                                                                        rollout.log_probs[idx], norm_adv[idx], clip,
+                                                                        rollout.log_probs[idx], advantages[idx], clip,
                                                                         ent_coef, reg_eps)
                 self.step(policy_opt, loss, policy.parameters())
         with torch.no_grad():
@@ -665,8 +668,6 @@ def resolve_args(args: Args) -> Args:
         raise UserError("--policy-lr, --value-lr and --initial-std must be > 0")
     if args.reg_coef is None:
         args.reg_coef = (PA_REG_COEF if args.pa else REG_COEF).get(task, 0.1)
-    if args.reg_sgld_steps is None:
-        args.reg_sgld_steps = 2 if args.pa else 10
     if args.attack_eps is None:
         raise UserError(f"no default radius for {args.env_id}: pass --attack-eps (the adversary's eps)")
     if args.reg_coef < 0 or args.reg_sgld_steps < 1 or not args.reg_sgld_beta >= 0 or not 0 < args.reg_eps_ramp <= 1:
@@ -745,6 +746,8 @@ def train(args: Args) -> dict:
         random.setstate(ts["python_rng"])
         np.random.set_state(tuple(ts["numpy_global_rng"]))  # stored as a list of plain values
         torch.set_rng_state(ts["torch_rng"])
+        if device.type == "cuda" and ts.get("cuda_rng"):
+            torch.cuda.set_rng_state_all(ts["cuda_rng"])
         if ts["env_state"] is not None:
             set_env_state(env, ts["env_state"])
             obs = ts["obs"].numpy()
@@ -770,6 +773,7 @@ def train(args: Args) -> dict:
                 "python_rng": random.getstate(),
                 "numpy_global_rng": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
                 "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],  # --cuda: exact resume too
             }
             atomic_save(build_checkpoint(args, learner, normalizer, env, obs_dim, act_dim, env_kwargs, eps, step,
                                          train_state, summary), path)

@@ -375,6 +375,7 @@ class Learner:
         return loss.mean()
 
     def policy_loss(self, obs, actions, old_log_probs, advantages):
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)  # per minibatch (surrogate_reward)
         ratio = (self.actor.log_prob(obs, actions) - old_log_probs).exp()
         clipped = ratio.clamp(1 - self.args.clip_coef, 1 + self.args.clip_coef)
         surrogate = -torch.min(ratio * advantages, clipped * advantages).mean()
@@ -394,8 +395,6 @@ class Learner:
         self.set_learning_rates(iteration)
         advantages, targets = compute_gae(rollout.rewards, rollout.values, rollout.next_values, rollout.terminated,
                                           rollout.episode_end, args.gamma, args.gae_lambda)
-        # Normalized once over the whole rollout, not per minibatch (SA-PPO ppo_step).
-        norm_adv = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         n = len(rollout.rewards)
         for _ in range(args.value_epochs):
             for idx in self.minibatches(n):
@@ -404,7 +403,7 @@ class Learner:
         for _ in range(args.update_epochs):
             for idx in self.minibatches(n):
                 loss, surrogate, entropy, ratio = self.policy_loss(rollout.obs[idx], rollout.actions[idx],
-                                                                   rollout.log_probs[idx], norm_adv[idx])
+                                                                   rollout.log_probs[idx], advantages[idx])
                 self.step(self.actor_optimizer, loss, self.actor.parameters())
         with torch.no_grad():
             approx_kl = ((ratio - 1) - ratio.log()).mean()
@@ -592,6 +591,8 @@ def train(args: Args) -> dict:
         random.setstate(ts["python_rng"])
         np.random.set_state(tuple(ts["numpy_global_rng"]))  # stored as a list of plain values
         torch.set_rng_state(ts["torch_rng"])
+        if device.type == "cuda" and ts.get("cuda_rng"):
+            torch.cuda.set_rng_state_all(ts["cuda_rng"])
         if ts["env_state"] is not None:
             set_env_state(env, ts["env_state"])
             obs = ts["obs"].numpy()
@@ -616,6 +617,7 @@ def train(args: Args) -> dict:
                 "python_rng": random.getstate(),
                 "numpy_global_rng": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
                 "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],  # --cuda: exact resume too
             }
             atomic_save(build_checkpoint(args, learner, normalizer, env, obs_dim, act_dim, env_kwargs, eps, step,
                                          train_state, summary), path)

@@ -753,6 +753,8 @@ def train(args: Args) -> dict:
         random.setstate(ts["python_rng"])
         np.random.set_state(tuple(ts["numpy_global_rng"]))  # stored as a list of plain values
         torch.set_rng_state(ts["torch_rng"])
+        if device.type == "cuda" and ts.get("cuda_rng"):
+            torch.cuda.set_rng_state_all(ts["cuda_rng"])
         if ts["env_state"] is not None:
             set_env_state(env, ts["env_state"])
             obs = ts["obs"].numpy()
@@ -777,6 +779,7 @@ def train(args: Args) -> dict:
                 "python_rng": random.getstate(),
                 "numpy_global_rng": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
                 "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],  # --cuda: exact resume too
             }
             atomic_save(build_checkpoint(args, learner, normalizer, env, obs_dim, act_dim, env_kwargs, eps, step,
                                          train_state, summary), path)

@@ -37,7 +37,7 @@ def test_smoke_run_alternates_and_counts_adversary_steps(workdir, env_id, obs_di
 def test_settings_are_the_references(workdir):
     a = atla_ppo.resolve_args(atla_ppo.Args(env_id="Hopper-v4"))
     assert (a.adv_policy_lr, a.adv_value_lr, a.adv_ent_coef, a.adv_clip_coef) == (3e-3, 3e-5, 0.0, 0.2)
-    assert (a.ent_coef, a.reg_coef, a.reg_sgld_steps, a.total_timesteps) == (0.01, 0.3, 10, 2441 * 2048)
+    assert (a.ent_coef, a.reg_coef, a.reg_sgld_steps, a.total_timesteps) == (0.01, 0.3, 2, 2441 * 2048)
     p = atla_ppo.resolve_args(atla_ppo.Args(env_id="Hopper-v4", pa=True))
     assert (p.adv_policy_lr, p.adv_value_lr, p.adv_ent_coef, p.adv_clip_coef) == (1e-2, 1e-3, 3e-4, 0.4)
     assert (p.reg_coef, p.reg_sgld_steps, p.pa_steps) == (0.3, 2, 1)
@@ -82,6 +82,10 @@ def test_pa_realisation_stays_in_the_ball_and_ascends_the_directional_objective(
 
     uniform = obs + args.attack_eps * (2 * torch.rand_like(obs) - 1)
     assert (objective(x) > objective(uniform)).float().mean() > 0.9  # ascends (the reference's MuJoCo step descends)
+    fgsm = atla_ppo.Learner(atla_ppo.resolve_args(atla_ppo.Args(env_id="Hopper-v4", pa=True, hidden_sizes=(32, 32))),
+                            11, 3, -np.ones(3), np.ones(3), CPU, num_iterations=10)
+    corner = fgsm.perturb(obs, direction) - obs  # the reference's single FGSM step: a corner of the ball around s
+    torch.testing.assert_close(corner.abs(), torch.full_like(corner, fgsm.eps))
     sa = atla_ppo.Learner(atla_ppo.resolve_args(atla_ppo.Args(env_id="Hopper-v4", hidden_sizes=(32, 32))), 11, 3,
                           -np.ones(3), np.ones(3), CPU, num_iterations=10)
     u = 10 * torch.randn(256, 11)
