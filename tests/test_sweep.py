@@ -97,3 +97,26 @@ def test_sigterm_of_the_sweep_saves_every_running_trial_and_a_rerun_continues(tm
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert f"resumed at step {saved}" in again.stdout
     assert json.loads((trial / "done.json").read_text())["global_step"] == 3000
+
+
+def test_a_ppo_family_sweep_trains_attacks_and_tabulates(tmp_path):
+    """The PPO rows through the same machinery: whole rollouts, slim PPO-kind models, PGD (minV) per seed, the
+    paper's Hopper PPO number in the table."""
+    out = tmp_path / "sweep"
+    small = {"num_steps": 256, "num_minibatches": 4, "update_epochs": 1, "value_epochs": 1, "hidden_sizes": [16, 16],
+             "eval_episodes": 1}
+    cmd = [sys.executable, os.path.join(ROOT, "sweep.py"), "--methods", "ppo", "--envs", "Hopper-v4", "--seeds", "1",
+           "--budget-scale", "0.0005", "--out", str(out), "--local-cpus", "1", "--attacks", "natural,pgd",
+           "--seed-attacks", "natural,pgd", "--episodes", "1", "--attack-args", "--pgd-steps 2",
+           "--seed-attack-args", "--pgd-steps 2", "--train-args", json.dumps(small)]
+    proc = subprocess.run(cmd, cwd=str(tmp_path), capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    done = json.loads((out / "trials" / "ppo__Hopper-v4__s1" / "done.json").read_text())
+    assert done["global_step"] == 2048  # 5M x 0.0005 = 2500 -> one whole 2048-step default rollout
+    slim = torch.load(out / "models" / "ppo__Hopper-v4__s1.pt", weights_only=True)
+    assert slim["slim"] and slim["arch"]["critic"] == "state_value" and "actor_optimizer" not in slim
+    row = json.loads((out / "models" / "ppo__Hopper-v4__s1_attacks.json").read_text())
+    assert row["attacks"]["pgd"]["column"] == "PGD (minV)"
+    table = (out / "results" / "table.md").read_text()
+    assert "| PPO |" in table and "871 ± 146" in table
