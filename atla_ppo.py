@@ -354,8 +354,9 @@ class Actor(nn.Module):
         mean = self.mean(obs)
         return mean, self.log_std.expand_as(mean)
 
-    def log_prob(self, obs, actions):
-        mean, log_std = self(obs)
+    def log_prob(self, obs, actions, dist=None):
+        """`dist` = self(obs) when the caller already has it."""
+        mean, log_std = self(obs) if dist is None else dist
         return (-0.5 * ((actions - mean) / log_std.exp()).pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
 
     def entropy(self) -> torch.Tensor:
@@ -458,7 +459,7 @@ class Learner:
         length = max(1.0, round(self.args.reg_eps_ramp * self.num_iterations))
         return self.eps * min(1.0, progress / length)
 
-    def sa_regularizer(self, obs: torch.Tensor, eps: float) -> torch.Tensor:
+    def sa_regularizer(self, obs: torch.Tensor, eps: float, clean_mean=None) -> torch.Tensor:
         """max_{s~ in B_eps(s)} sum_j ((mu_j(s~) - mu_j(s)) / sigma_j)^2 by SGLD, as SA-PPO's get_state_kl_bound_sgld
         (src/policy_gradients/steps.py): start s + step*sign(noise), step eps/steps, signed ascent of
         grad + sqrt(2*step*beta)/(i+2)*N(0,1) with beta = --reg-sgld-beta (1e-5), clipped to the ball each step, sigma
@@ -467,7 +468,7 @@ class Learner:
         search; SPEC §6's beta applies to each state's own gradient, as here."""
         steps = self.args.reg_sgld_steps
         step = eps / steps
-        reference = self.actor.mean(obs).detach()
+        reference = (self.actor.mean(obs) if clean_mean is None else clean_mean).detach()  # `clean_mean`: mu(s), if known
         std = self.actor.log_std.exp()
         noise_scale = math.sqrt(2 * step * self.args.reg_sgld_beta)
         delta = step * torch.randn_like(obs).sign()
@@ -483,12 +484,13 @@ class Learner:
     def policy_loss(self, policy, obs, actions, old_log_probs, advantages, clip: float, ent_coef: float,
                     reg_eps: float = 0.0):
         advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)  # per minibatch (surrogate_reward)
-        ratio = (policy.log_prob(obs, actions) - old_log_probs).exp()
+        dist = policy(obs)
+        ratio = (policy.log_prob(obs, actions, dist) - old_log_probs).exp()
         clipped = ratio.clamp(1 - clip, 1 + clip)
         surrogate = -torch.min(ratio * advantages, clipped * advantages).mean()
         entropy = policy.entropy()
         use_reg = policy is self.actor and self.args.reg_coef > 0 and reg_eps > 0
-        reg = self.sa_regularizer(obs, reg_eps) if use_reg else torch.zeros(())
+        reg = self.sa_regularizer(obs, reg_eps, dist[0]) if use_reg else torch.zeros(())
         return surrogate - ent_coef * entropy + self.args.reg_coef * reg, surrogate, entropy, ratio, reg
 
     def step(self, optimizer, loss, params) -> None:
@@ -658,8 +660,9 @@ def resolve_args(args: Args) -> Args:
         args.attack_eps = ATTACK_EPS.get(task)
     if args.attack_eps is not None and args.attack_eps <= 0:
         raise UserError(f"--attack-eps must be > 0, got {args.attack_eps}")
-    if args.num_steps <= 0 or args.num_minibatches <= 0 or args.num_minibatches > args.num_steps:
-        raise UserError("--num-steps must be positive and --num-minibatches in [1, --num-steps]")
+    if args.num_steps <= 0 or args.num_minibatches <= 0 or args.num_steps // args.num_minibatches < 2:
+        raise UserError("--num-steps must be positive and --num-minibatches in [1, --num-steps / 2] (advantages are "
+                        "normalized per minibatch: a minibatch needs 2 samples)")
     if args.total_timesteps < args.num_steps:
         raise UserError(f"--total-timesteps {args.total_timesteps} is less than one rollout (--num-steps {args.num_steps})")
     if args.update_epochs < 0 or args.value_epochs < 0:

@@ -310,8 +310,9 @@ class Actor(nn.Module):
         mean = self.mean(obs)
         return mean, self.log_std.expand_as(mean)
 
-    def log_prob(self, obs, actions):
-        mean, log_std = self(obs)
+    def log_prob(self, obs, actions, dist=None):
+        """`dist` = self(obs) when the caller already has it."""
+        mean, log_std = self(obs) if dist is None else dist
         return (-0.5 * ((actions - mean) / log_std.exp()).pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
 
     def entropy(self) -> torch.Tensor:
@@ -516,8 +517,9 @@ def resolve_args(args: Args) -> Args:
         args.attack_eps = ATTACK_EPS.get(task)
     if args.attack_eps is not None and args.attack_eps <= 0:
         raise UserError(f"--attack-eps must be > 0, got {args.attack_eps}")
-    if args.num_steps <= 0 or args.num_minibatches <= 0 or args.num_minibatches > args.num_steps:
-        raise UserError("--num-steps must be positive and --num-minibatches in [1, --num-steps]")
+    if args.num_steps <= 0 or args.num_minibatches <= 0 or args.num_steps // args.num_minibatches < 2:
+        raise UserError("--num-steps must be positive and --num-minibatches in [1, --num-steps / 2] (advantages are "
+                        "normalized per minibatch: a minibatch needs 2 samples)")
     if args.total_timesteps < args.num_steps:
         raise UserError(f"--total-timesteps {args.total_timesteps} is less than one rollout (--num-steps {args.num_steps})")
     if args.update_epochs < 0 or args.value_epochs < 0:

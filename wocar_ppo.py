@@ -337,8 +337,9 @@ class Actor(nn.Module):
         mean = self.mean(obs)
         return mean, self.log_std.expand_as(mean)
 
-    def log_prob(self, obs, actions):
-        mean, log_std = self(obs)
+    def log_prob(self, obs, actions, dist=None):
+        """`dist` = self(obs) when the caller already has it."""
+        mean, log_std = self(obs) if dist is None else dist
         return (-0.5 * ((actions - mean) / log_std.exp()).pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
 
     def entropy(self) -> torch.Tensor:
@@ -481,7 +482,7 @@ class Learner:
         length = max(1.0, round(self.args.reg_eps_ramp * self.num_iterations))
         return self.eps * min(1.0, progress / length)
 
-    def sa_regularizer(self, obs: torch.Tensor, eps: float) -> torch.Tensor:
+    def sa_regularizer(self, obs: torch.Tensor, eps: float, clean_mean=None) -> torch.Tensor:
         """max_{s~ in B_eps(s)} sum_j ((mu_j(s~) - mu_j(s)) / sigma_j)^2 by SGLD, as SA-PPO's get_state_kl_bound_sgld
         (src/policy_gradients/steps.py): start s + step*sign(noise), step eps/steps, signed ascent of
         grad + sqrt(2*step*beta)/(i+2)*N(0,1) with beta = --reg-sgld-beta (1e-5), clipped to the ball each step, sigma
@@ -490,7 +491,7 @@ class Learner:
         search; SPEC §6's beta applies to each state's own gradient, as here."""
         steps = self.args.reg_sgld_steps
         step = eps / steps
-        reference = self.actor.mean(obs).detach()
+        reference = (self.actor.mean(obs) if clean_mean is None else clean_mean).detach()  # `clean_mean`: mu(s), if known
         std = self.actor.log_std.exp()
         noise_scale = math.sqrt(2 * step * self.args.reg_sgld_beta)
         delta = step * torch.randn_like(obs).sign()
@@ -503,16 +504,20 @@ class Learner:
         sigma = std.detach() if self.args.reg_detach_std else std
         return ((self.actor.mean((obs + delta).detach()) - reference) / sigma).pow(2).sum(-1).mean()
 
-    def policy_loss(self, obs, actions, old_log_probs, advantages, reg_eps: float = 0.0, kappa: float = 0.0):
-        """`advantages` raw: A~ = z(A) + kappa z(Q_w'(s, a)), z-scored per minibatch (WocaR surrogate_adv_q)."""
-        with torch.no_grad():
-            worst = self.worst_q_target(obs, actions)
+    def policy_loss(self, obs, actions, old_log_probs, advantages, reg_eps: float = 0.0, kappa: float = 0.0,
+                    worst=None):
+        """`advantages` raw: A~ = z(A) + kappa z(Q_w'(s, a)), z-scored per minibatch (WocaR surrogate_adv_q); `worst` =
+        Q_w'(s, a), fixed during the policy epochs (computed once per rollout)."""
+        if worst is None:
+            with torch.no_grad():
+                worst = self.worst_q_target(obs, actions)
         advantages = zscore(advantages) + kappa * zscore(worst)
-        ratio = (self.actor.log_prob(obs, actions) - old_log_probs).exp()
+        dist = self.actor(obs)
+        ratio = (self.actor.log_prob(obs, actions, dist) - old_log_probs).exp()
         clipped = ratio.clamp(1 - self.args.clip_coef, 1 + self.args.clip_coef)
         surrogate = -torch.min(ratio * advantages, clipped * advantages).mean()
         entropy = self.actor.entropy()
-        reg = self.sa_regularizer(obs, reg_eps) if self.args.reg_coef > 0 and reg_eps > 0 else torch.zeros(())
+        reg = self.sa_regularizer(obs, reg_eps, dist[0]) if self.args.reg_coef > 0 and reg_eps > 0 else torch.zeros(())
         return surrogate - self.args.ent_coef * entropy + self.args.reg_coef * reg, surrogate, entropy, ratio, reg
 
     def step(self, optimizer, loss, params) -> None:
@@ -537,13 +542,15 @@ class Learner:
         worst_eps = args.worst_action_eps if args.worst_action_eps is not None else self.reg_eps(iteration)
         worst_q_loss = self.worst_q_update(rollout, worst_eps)
         kappa = self.q_weight(iteration)
+        with torch.no_grad():  # the target does not move during the policy epochs: once for the whole rollout
+            worst_values = self.worst_q_target(rollout.obs, rollout.actions)
         total = args.update_epochs * args.num_minibatches
         for epoch in range(args.update_epochs):
             for b, idx in enumerate(self.minibatches(n)):
                 reg_eps = self.reg_eps(iteration + (epoch * args.num_minibatches + b) / total)
                 loss, surrogate, entropy, ratio, reg = self.policy_loss(rollout.obs[idx], rollout.actions[idx],
                                                                         rollout.log_probs[idx], advantages[idx], reg_eps,
-                                                                        kappa)
+                                                                        kappa, worst_values[idx])
                 self.step(self.actor_optimizer, loss, self.actor.parameters())
         with torch.no_grad():
             approx_kl = ((ratio - 1) - ratio.log()).mean()
@@ -667,8 +674,9 @@ def resolve_args(args: Args) -> Args:
         args.attack_eps = ATTACK_EPS.get(task)
     if args.attack_eps is not None and args.attack_eps <= 0:
         raise UserError(f"--attack-eps must be > 0, got {args.attack_eps}")
-    if args.num_steps <= 0 or args.num_minibatches <= 0 or args.num_minibatches > args.num_steps:
-        raise UserError("--num-steps must be positive and --num-minibatches in [1, --num-steps]")
+    if args.num_steps <= 0 or args.num_minibatches <= 0 or args.num_steps // args.num_minibatches < 2:
+        raise UserError("--num-steps must be positive and --num-minibatches in [1, --num-steps / 2] (advantages are "
+                        "normalized per minibatch: a minibatch needs 2 samples)")
     if args.total_timesteps < args.num_steps:
         raise UserError(f"--total-timesteps {args.total_timesteps} is less than one rollout (--num-steps {args.num_steps})")
     if args.update_epochs < 0 or args.value_epochs < 0:

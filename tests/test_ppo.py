@@ -138,9 +138,13 @@ def test_checkpoint_round_trip_as_a_ppo_kind_victim(workdir):
     assert common.load_victim(str(workdir / "slim.pt")).kind == "ppo"
 
 
-def test_bad_input_is_one_line(workdir):
-    proc = run_script("ppo.py", "--env-id", "Hopper-v4", "--total-timesteps", "100", *TINY_PPO_CLI, cwd=str(workdir))
-    assert proc.returncode == 2 and "less than one rollout" in proc.stderr and "Traceback" not in proc.stderr
+@pytest.mark.parametrize("extra, message", [
+    (["--total-timesteps", "100"], "less than one rollout"),
+    (["--total-timesteps", "256", "--num-minibatches", "128"], "a minibatch needs 2 samples"),  # else std() is NaN
+])
+def test_bad_input_is_one_line(workdir, extra, message):
+    proc = run_script("ppo.py", "--env-id", "Hopper-v4", *TINY_PPO_CLI, *extra, cwd=str(workdir))
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
 
 
 # --- SA-PPO regulariser --------------------------------------------------------------------------------
