@@ -36,7 +36,11 @@ def measure(script: str, extra: list[str], env: str, rollouts: int, threads: int
         cmd = [sys.executable, os.path.join(ROOT, script), "--env-id", env, "--total-timesteps", str(2048 * rollouts),
                "--eval-every", "0", "--eval-episodes", "1", "--threads", str(threads), "--save-path", path,
                "--run-name", "speed", *extra]
-        subprocess.run(cmd, cwd=tmp, check=True, capture_output=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        if proc.returncode != 0:
+            lines = [l for l in proc.stderr.splitlines() if l.strip() and not l.startswith("WARNING:")]
+            sys.exit(f"error: {script} failed (exit {proc.returncode}): {lines[-1] if lines else 'no message'}")
         ckpt = torch.load(path, weights_only=True)
     sps = ckpt["summary"]["sps"]
     adversary = ckpt["train_state"].get("adversary_steps", 0)
