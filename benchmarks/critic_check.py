@@ -28,6 +28,16 @@ from attacks.common import AttackError, load_victim, pgd_minimize  # noqa: E402
 from attacks.pgd import PGDAttacker  # noqa: E402
 
 
+def soft_returns(rewards, log_probs, alpha: float, gamma: float) -> np.ndarray:
+    """G_t = r_t + gamma * (G_{t+1} - alpha * log pi(a_{t+1} | s_{t+1})), 0 past the last step: the soft Q target
+    of SAC unrolled along one episode."""
+    returns, tail = np.zeros(len(rewards)), 0.0
+    for t in reversed(range(len(rewards))):  # tail = the soft value of the next state
+        returns[t] = rewards[t] + gamma * tail
+        tail = returns[t] - alpha * log_probs[t]
+    return returns
+
+
 def episode(victim, attacker, seed: int, alpha: float, gamma: float):
     """One stochastic episode: the true states, the executed actions, the soft returns G_t."""
     env = victim.make_env()
@@ -45,11 +55,7 @@ def episode(victim, attacker, seed: int, alpha: float, gamma: float):
         log_probs.append(float(log_prob.reshape(-1)[0]))
         done = terminated or truncated
     env.close()
-    returns, tail = np.zeros(len(rewards)), 0.0
-    for t in reversed(range(len(rewards))):  # tail = the soft value of the next state (0 past the last step)
-        returns[t] = rewards[t] + gamma * tail
-        tail = returns[t] - alpha * log_probs[t]
-    return torch.stack(states), torch.stack(actions), returns
+    return torch.stack(states), torch.stack(actions), soft_returns(rewards, log_probs, alpha, gamma)
 
 
 def check(path: str, episodes: int, horizon: int, seed: int) -> dict:
