@@ -104,6 +104,12 @@ class Args:
     mixture: str = "exact"
     """"exact": both mixture components for every state (SPEC §4's weighted sum); "sampled": one draw per state,
     worst with probability k_w: an unbiased estimate that runs PGD on a k_w share of the batch (faster, noisier)"""
+    pe_adversary: bool = True
+    """policy evaluation under the adversary (the soft-worst critic target); --no-pe-adversary: SAC's clean target,
+    the paper's "w/o PE" ablation (Appendix E.2)"""
+    pi_adversary: bool = True
+    """policy improvement under the adversary; --no-pi-adversary: SAC's actor loss at the true s, the paper's
+    "w/o PI" ablation (Appendix E.2)"""
     adv_ratio: Optional[float] = None
     """fraction of data collected on uniformly perturbed observations; default per task (Table 5)"""
     adv_ratio_per_step: bool = False  # draw perturbed/clean per environment step instead of per episode (default: per episode)
@@ -554,7 +560,10 @@ class Learner:
     def critic_target_value(self, rewards, next_obs, terminated, k_w: float):
         """y = r + gamma (1-term) [(1-k_w) V'(s', s~'_unif) + k_w V'(s', s~'_worst)]; `terminated` (not
         truncation) cuts the bootstrap. The PGD of the target uses the target critics, the ones defining V'."""
-        next_obs_tilde, mix = self.adversary_obs(self.critic_target, next_obs, k_w)
+        if self.args.pe_adversary:
+            next_obs_tilde, mix = self.adversary_obs(self.critic_target, next_obs, k_w)
+        else:  # "w/o PE": the clean SAC target
+            next_obs_tilde, mix = next_obs, [1.0]
         with torch.no_grad():
             values = self.soft_value(self.critic_target, next_obs.repeat(len(mix), 1), next_obs_tilde)
             next_value = sum(m * v for m, v in zip(mix, values.chunk(len(mix))))
@@ -574,7 +583,10 @@ class Learner:
         # Actor: the SAC loss alpha log pi(a|s~) - min_j Q_j(s, a), a ~ pi(.|s~), averaged over the adversary
         # mixture (PGD on the current critics); the critic sees the true s and gets no gradient.
         self.critic.requires_grad_(False)
-        obs_tilde, mix = self.adversary_obs(self.critic, obs, k_w)
+        if self.args.pi_adversary:
+            obs_tilde, mix = self.adversary_obs(self.critic, obs, k_w)
+        else:  # "w/o PI": the clean SAC actor loss
+            obs_tilde, mix = obs, [1.0]
         action, log_prob = self.actor.sample(obs_tilde)
         per_sample = self.alpha * log_prob - self.critic(obs.repeat(len(mix), 1), action).min(0).values
         actor_loss = sum(m * part.mean() for m, part in zip(mix, per_sample.chunk(len(mix))))

@@ -104,6 +104,12 @@ class Args:
     """add the one-sample kappa (log nu - log p) of the soft-min value to the critic target. Off (SPEC §3): nu_phi cannot
     represent the uniform prior (>= 0.0095 nats/dim), so the term biases Q by >= kappa*d*0.0095/(1-gamma) and blows it
     up when kappa is large (Ant with --kappa-start 1000)"""
+    pe_adversary: bool = True
+    """policy evaluation under the adversary (the soft-worst critic target); --no-pe-adversary: SAC's clean target,
+    the paper's "w/o PE" ablation (Appendix E.2); the adversary still learns from the critic"""
+    pi_adversary: bool = True
+    """policy improvement under the adversary; --no-pi-adversary: SAC's actor loss at the true s, the paper's
+    "w/o PI" ablation (Appendix E.2)"""
     adv_ratio: Optional[float] = None  # fraction of data collected on adversary samples; default per task (Table 6)
     adv_ratio_per_step: bool = False  # draw perturbed/clean per environment step instead of per episode (default: per episode)
     reg_coef: Optional[float] = None  # coefficient of the SA regulariser ("+reg."); default per task (Table 5); 0 turns it off
@@ -590,6 +596,8 @@ class Learner:
         one-sample estimate of the soft-min value; `terminated` (not truncation) cuts the bootstrap."""
         with torch.no_grad():
             next_obs_tilde, log_nu = self.adversary.sample(next_obs)
+            if not self.args.pe_adversary:  # "w/o PE": the clean SAC target (the KL above is still logged)
+                next_obs_tilde = next_obs
             next_value = self.soft_value(self.critic_target, next_obs, next_obs_tilde)
             self.kl_to_prior = (log_nu - self.log_prior).mean()  # one-sample KL(nu || p), logged
             if self.args.target_kl_term:
@@ -612,8 +620,10 @@ class Learner:
         # Actor: the SAC loss alpha log pi(a|s~) - min_j Q_j(s, a), a ~ pi(.|s~), s~ ~ nu_phi(.|s) (fixed adversary);
         # the critic sees the true s and gets no gradient.
         self.critic.requires_grad_(False)
-        with torch.no_grad():
-            obs_tilde, _ = self.adversary.sample(obs)
+        obs_tilde = obs  # "w/o PI": the clean SAC actor loss
+        if self.args.pi_adversary:
+            with torch.no_grad():
+                obs_tilde, _ = self.adversary.sample(obs)
         action, log_prob = self.actor.sample(obs_tilde)
         actor_loss = (self.alpha * log_prob - self.critic(obs, action).min(0).values).mean()
         reg_eps = self.reg_eps(global_step)
@@ -787,6 +797,8 @@ def resolve_args(args: Args) -> Args:
     args.reg_eps_end_step = ramp[1] if args.reg_eps_end_step is None else args.reg_eps_end_step
     if args.reg_sgld_steps < 1 or args.adv_updates_per_step < 0:
         raise UserError("--reg-sgld-steps must be >= 1 and --adv-updates-per-step >= 0")
+    if args.target_kl_term and not args.pe_adversary:
+        raise UserError("--target-kl-term is part of the adversarial policy evaluation: it needs --pe-adversary")
     if not args.reg_sgld_beta >= 0:
         raise UserError(f"--reg-sgld-beta must be >= 0, got {args.reg_sgld_beta}")
     if not 0.0 <= args.adv_ratio <= 1.0:

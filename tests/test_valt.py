@@ -117,6 +117,54 @@ def test_sampled_mixture_is_an_unbiased_draw_of_the_exact_mixture():
         assert (learner.adversary_obs(learner.critic, obs[:100], k)[0] == marker(None, obs[:100])).all(1).sum() == 100 * k
 
 
+# --- Appendix E.2 ablations (both methods) ----------------------------------------------------------
+def soft_learner(**overrides):
+    args = sac_valt_soft.Args(hidden_sizes=(16, 16), attack_eps=0.2, kappa=3.0, adv_ratio=0.5, adv_reset_every=0,
+                              reg_coef=0.0, reg_eps_start_step=0, reg_eps_end_step=0)
+    for k, v in overrides.items():
+        setattr(args, k, v)
+    torch.manual_seed(0)
+    return sac_valt_soft.Learner(args, 5, 2, -np.ones(2), np.ones(2), CPU)
+
+
+@pytest.mark.parametrize("make", [lambda **kw: eps_learner(worst_rate_remain_steps=1, **kw), soft_learner],
+                         ids=["valt_eps", "valt_soft"])
+@pytest.mark.parametrize("pe,pi", [(True, True), (False, True), (True, False), (False, False)])
+def test_ablations_drop_the_adversary_only_where_asked(make, pe, pi):
+    """w/o PE: the critic target's policy sees the true s'; w/o PI: the actor loss's policy sees the true s
+    (paper Appendix E.2). The actor's inputs are recorded: exactly the clean batches appear where the adversary
+    is off, and only perturbed ones where it is on."""
+    learner = make(pe_adversary=pe, pi_adversary=pi)
+    seen, sample = [], learner.actor.sample
+    learner.actor.sample = lambda obs, *a, **kw: (seen.append(obs.detach().clone()), sample(obs, *a, **kw))[1]
+    obs, next_obs = torch.randn(8, 5), torch.randn(8, 5)
+    learner.update(obs, torch.rand(8, 2) * 2 - 1, torch.randn(8), next_obs, torch.zeros(8), torch.ones(8), 10)
+
+    def clean_call(x):
+        return any(o.shape == x.shape and torch.equal(o, x) for o in seen)
+    assert clean_call(next_obs) == (not pe)
+    assert clean_call(obs) == (not pi)
+    assert len(seen) >= 2  # the target's and the actor's draws at least
+    if not pe:  # and the target is then SAC's, by hand
+        learner.actor.sample = sample
+        r, term = torch.tensor([1.0] * 8), torch.zeros(8)
+        torch.manual_seed(5)
+        y = learner.critic_target_value(r, next_obs, term, 1.0 if make is not soft_learner else 3.0)
+        torch.manual_seed(5)
+        if make is soft_learner:
+            learner.adversary.sample(next_obs)  # still drawn: its KL to the prior is logged
+        with torch.no_grad():
+            a, logp = learner.actor.sample(next_obs)
+            expected = r + 0.99 * (learner.critic_target(next_obs, a).min(0).values - learner.alpha * logp)
+        torch.testing.assert_close(y, expected)
+
+
+def test_target_kl_term_needs_adversarial_policy_evaluation(workdir):
+    proc = run_script("sac_valt_soft.py", "--no-pe-adversary", "--target-kl-term", "--total-timesteps", "10",
+                      cwd=str(workdir))
+    assert proc.returncode == 2 and "--target-kl-term" in proc.stderr and "Traceback" not in proc.stderr
+
+
 # --- VALT-SOFT --------------------------------------------------------------------------------------
 def adversary_density(adv, obs, obs_tilde):
     """nu(s~|s) from its definition, by inverting s~ = s + eps tanh(u)."""
