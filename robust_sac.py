@@ -720,6 +720,8 @@ def train(args: Args) -> dict:
         np.random.set_state(tuple(ts["numpy_global_rng"]))  # stored as a list of plain values
         rng.bit_generator.state = ts["numpy_rng"]
         torch.set_rng_state(ts["torch_rng"])
+        if device.type == "cuda" and ts.get("cuda_rng"):
+            torch.cuda.set_rng_state_all(ts["cuda_rng"])
         buffer_path = os.path.join(os.path.dirname(args.resume), ts["buffer_file"]) if ts["buffer_file"] else None
         buffer_state = None
         if buffer_path and os.path.isfile(buffer_path):
@@ -765,6 +767,7 @@ def train(args: Args) -> dict:
                 "python_rng": random.getstate(), "numpy_rng": rng.bit_generator.state,
                 "numpy_global_rng": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
                 "torch_rng": torch.get_rng_state(), "buffer_file": buffer_file,
+                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],  # --cuda: exact resume too
             }
             atomic_save(build_checkpoint(args, learner, normalizer, env, obs_dim, act_dim, env_kwargs, eps, step,
                                          train_state, summary), path)
