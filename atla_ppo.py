@@ -749,8 +749,9 @@ def train(args: Args) -> dict:
         random.setstate(ts["python_rng"])
         np.random.set_state(tuple(ts["numpy_global_rng"]))  # stored as a list of plain values
         torch.set_rng_state(ts["torch_rng"])
-        if device.type == "cuda" and ts.get("cuda_rng"):
-            torch.cuda.set_rng_state_all(ts["cuda_rng"])
+        if device.type == "cuda" and ts.get("cuda_rng"):  # one state per GPU seen at save time: only ours matters,
+            states, index = ts["cuda_rng"], torch.cuda.current_device()  # and the GPU count may have changed
+            torch.cuda.set_rng_state(states[index if index < len(states) else 0])
         if ts["env_state"] is not None:
             set_env_state(env, ts["env_state"])
             obs = ts["obs"].numpy()

@@ -647,8 +647,9 @@ def train(args: Args) -> dict:
         np.random.set_state(tuple(ts["numpy_global_rng"]))  # stored as a list of plain values
         rng.bit_generator.state = ts["numpy_rng"]
         torch.set_rng_state(ts["torch_rng"])
-        if device.type == "cuda" and ts.get("cuda_rng"):
-            torch.cuda.set_rng_state_all(ts["cuda_rng"])
+        if device.type == "cuda" and ts.get("cuda_rng"):  # one state per GPU seen at save time: only ours matters,
+            states, index = ts["cuda_rng"], torch.cuda.current_device()  # and the GPU count may have changed
+            torch.cuda.set_rng_state(states[index if index < len(states) else 0])
         buffer_path = os.path.join(os.path.dirname(args.resume), ts["buffer_file"]) if ts["buffer_file"] else None
         buffer_state = None
         if buffer_path and os.path.isfile(buffer_path):

@@ -135,16 +135,26 @@ def test_ablations_drop_the_adversary_only_where_asked(make, pe, pi):
     (paper Appendix E.2). The actor's inputs are recorded: exactly the clean batches appear where the adversary
     is off, and only perturbed ones where it is on."""
     learner = make(pe_adversary=pe, pi_adversary=pi)
-    seen, sample = [], learner.actor.sample
-    learner.actor.sample = lambda obs, *a, **kw: (seen.append(obs.detach().clone()), sample(obs, *a, **kw))[1]
-    obs, next_obs = torch.randn(8, 5), torch.randn(8, 5)
-    learner.update(obs, torch.rand(8, 2) * 2 - 1, torch.randn(8), next_obs, torch.zeros(8), torch.ones(8), 10)
+    seen, drawn, sample = [], [], learner.actor.sample
 
-    def clean_call(x):
-        return any(o.shape == x.shape and torch.equal(o, x) for o in seen)
-    assert clean_call(next_obs) == (not pe)
-    assert clean_call(obs) == (not pi)
-    assert len(seen) >= 2  # the target's and the actor's draws at least
+    def spy(obs, *a, **kw):
+        out = sample(obs, *a, **kw)
+        seen.append(obs.detach().clone())
+        drawn.append(tuple(t.detach().clone() for t in out))
+        return out
+    learner.actor.sample = spy
+    obs, next_obs = torch.randn(8, 5), torch.randn(8, 5)
+    alpha = learner.alpha.clone()  # the actor loss's temperature (the alpha step comes after it)
+    logs = learner.update(obs, torch.rand(8, 2) * 2 - 1, torch.randn(8), next_obs, torch.zeros(8), torch.ones(8), 10)
+    # the actor's draws in order: the critic target's, then the actor loss's (then VALT-SOFT's adversary loss)
+    assert torch.equal(seen[0], next_obs) == (not pe)
+    assert torch.equal(seen[1], obs) == (not pi)
+    assert not any(torch.equal(o, obs) for o in seen[2:])
+    if not pi:  # the actor loss is then SAC's at the true s, by hand from its own draw
+        action, log_prob = drawn[1]
+        with torch.no_grad():
+            expected = (alpha * log_prob - learner.critic(obs, action).min(0).values).mean()
+        torch.testing.assert_close(logs["losses/actor_loss"], expected)
     if not pe:  # and the target is then SAC's, by hand
         learner.actor.sample = sample
         r, term = torch.tensor([1.0] * 8), torch.zeros(8)
