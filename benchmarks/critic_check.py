@@ -9,8 +9,10 @@ G_t = r_t + gamma * (G_{t+1} - alpha * log pi(a_{t+1} | s~_{t+1})) (alpha of the
 terminates, and at t < 500 the 1000-step truncation leaves gamma^500 < 0.7 % of the tail out) is set against
 min_j Q_j(s_t, a_t). A usable critic ranks states like G (Pearson r near 1); VALT's critics are trained toward the
 value under their adversary, so their bias should sit nearer the attacked G than the clean one. The last column is
-the critic's own view of the attack: the mean of Q(s, mu(s)) - Q(s, mu(s~_PGD)) over the clean states, the signal
-every Q-based adversary (PGD, VALT's) climbs; a critic flat in the action gives the adversary nothing to follow.
+the critic's own view of the attack: the mean of min_j Q_j(s, mu(s)) - min_j Q_j(s, mu(s~_PGD)) over the first clean
+episode's states (PGD minimises the mean of the twins, as attacks/pgd.py does), relative to the mean |Q|: the signal
+every Q-based adversary (PGD, VALT-EPS's) descends. It is small when the critic is flat in the action or when the
+actor's mu barely moves inside the ball; the two are not separated here.
 """
 from __future__ import annotations
 
@@ -29,8 +31,8 @@ from attacks.pgd import PGDAttacker  # noqa: E402
 
 
 def soft_returns(rewards, log_probs, alpha: float, gamma: float) -> np.ndarray:
-    """G_t = r_t + gamma * (G_{t+1} - alpha * log pi(a_{t+1} | s_{t+1})), 0 past the last step: the soft Q target
-    of SAC unrolled along one episode."""
+    """G_t = r_t + gamma * (G_{t+1} - alpha * log pi(a_{t+1} | s~_{t+1})), 0 past the last step (s~ = what the
+    policy saw: s when clean): the soft Q target of SAC (and VALT's V(s, s~)) unrolled along one episode."""
     returns, tail = np.zeros(len(rewards)), 0.0
     for t in reversed(range(len(rewards))):  # tail = the soft value of the next state
         returns[t] = rewards[t] + gamma * tail
@@ -84,7 +86,7 @@ def check(path: str, episodes: int, horizon: int, seed: int) -> dict:
         q_clean = victim.critic(clean_states, victim.actor.deterministic(clean_states)).min(0).values
         q_attacked = victim.critic(clean_states, victim.actor.deterministic(obs_tilde)).min(0).values
     row["critic_attack_drop"] = float((q_clean - q_attacked).mean())
-    row["critic_attack_drop_rel"] = float(((q_clean - q_attacked) / q_clean.abs().clamp_min(1e-6)).mean())
+    row["critic_attack_drop_rel"] = float((q_clean - q_attacked).mean() / q_clean.abs().mean().clamp_min(1e-6))
     return row
 
 
@@ -92,7 +94,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpts", nargs="+", required=True, help="SAC-kind checkpoints (slim ones are enough)")
     p.add_argument("--episodes", type=int, default=2, help="episodes per checkpoint and mode")
-    p.add_argument("--horizon", type=int, default=500, help="steps of each episode compared (G needs the steps after)")
+    p.add_argument("--horizon", type=int, default=500,
+                   help="steps of each episode compared: G treats the episode's last step as terminal, so keep the "
+                        "horizon well short of the time limit (at 500 of 1000 the missing tail weighs gamma^500 < 0.7%%)")
     p.add_argument("--seed", type=int, default=10_000)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="write the rows as JSON here")
