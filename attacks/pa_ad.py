@@ -1,7 +1,8 @@
 """PA-AD (Sun et al. 2022): a director policy picks a unit direction d in the victim's ACTION space (trained
 by RL with reward -r, SAC or PPO); the actor part realises it as an observation perturbation by PGD that
 ASCENDS  cos(mu(s~) - mu(s), d) + ||mu(s~) - mu(s)||  over the eps-ball (the old MuJoCo reference code had
-this step's sign inverted, SPEC §7). mu is the victim's deterministic action.
+this step's sign inverted, SPEC §7). mu is the victim's deterministic action (SAC kinds; PPO kinds: its unclipped
+Gaussian mean, as the reference: see policy_output).
 
     python attacks/pa_ad.py --ckpt runs/<run>/model.pt --algo sac --attack-budget 50000 --seeds 2
 """
@@ -21,10 +22,19 @@ NAME = "pa_ad"
 COLUMNS = {"sac": "PA-AD (SAC)", "ppo": "PA-AD (PPO)"}
 
 
+def policy_output(victim: Victim, obs: torch.Tensor) -> torch.Tensor:
+    """What the realisation moves. SAC kinds: the executed tanh action. PPO kinds: the Gaussian mean BEFORE the clip
+    to the action box, as the reference (paad_adv_rl code_mujoco/trainer_atla/policy_gradients/agent.py
+    perturb_obs_fgsm: policy_model(s)[0], the mean): the clipped action's gradient vanishes in every saturated
+    dimension, and trained PPO victims saturate often (the Hopper study's median seeds: 21-22 % of the dimensions,
+    at 47-59 % of the states of an episode), where the realisation could not pull the mean back into the box."""
+    return victim.actor.deterministic(obs) if victim.kind == "sac" else victim.actor.mean(obs)
+
+
 def pa_objective(victim: Victim, obs: torch.Tensor, obs_tilde: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        clean_action = victim.actor.deterministic(obs)
-    change = victim.actor.deterministic(obs_tilde) - clean_action
+        clean_action = policy_output(victim, obs)
+    change = policy_output(victim, obs_tilde) - clean_action
     return F.cosine_similarity(change, direction, dim=-1, eps=1e-8) + change.norm(dim=-1)
 
 

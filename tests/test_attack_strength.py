@@ -108,3 +108,24 @@ def test_pgd_minv_on_a_trained_ppo_victim_beats_uniform_and_reaches_95_percent()
     uniform_drop = (clean - uniform_values).mean()
     assert reference_drop > 5 * uniform_drop.abs(), (reference_drop, uniform_drop)  # a real attack surface
     assert (clean - pgd_values).mean() >= 0.95 * reference_drop
+
+
+def test_pa_ad_realisation_pulls_a_ppo_victims_saturated_mean_back():
+    """PPO-kind victims: the realisation moves the unclipped Gaussian mean (the reference's policy_model(s)[0]). At
+    states where the trained PPO fixture's mean lies outside the action box, a director asking to pull those
+    dimensions back in gets a perturbation that does so; on the clipped action their gradient is zero."""
+    from conftest import PPO_FIXTURE
+
+    victim, states = fixture_states(N_STATES, path=PPO_FIXTURE)
+    with torch.no_grad():
+        mean = victim.actor.mean(states)
+    saturated = (mean > victim.actor.action_high) | (mean < victim.actor.action_low)
+    assert saturated.float().mean() > 0.15, saturated.float().mean()  # the case that matters: a saturating victim
+    rows = saturated.any(-1)
+    states, mean, saturated = states[rows][:64], mean[rows][:64], saturated[rows][:64]
+    directions = F.normalize(torch.where(saturated, -mean.sign(), torch.zeros_like(mean)), dim=-1)
+    torch.manual_seed(0)
+    realised = torch.stack([pa_ad.pa_perturb(victim, s, d) for s, d in zip(states, directions)])
+    with torch.no_grad():
+        moved = ((victim.actor.mean(realised) - mean) * directions).sum(-1)
+    assert (moved > 0).float().mean() >= 0.9, moved
