@@ -31,13 +31,18 @@ class PGDAttacker:
     name = NAME
 
     def __init__(self, victim: Victim, steps: int = 10, step_size: float | None = None, critic=None, restarts: int = 5,
-                 start: str = "mixed"):
+                 start: str = "mixed", through_mean: bool = False):
         if steps < 1 or restarts < 1 or start not in PGD_STARTS:
             raise AttackError(f"PGD needs steps >= 1, restarts >= 1 and a start in {PGD_STARTS}")
         self.victim, self.steps, self.restarts, self.start = victim, steps, restarts, start
         self.step_size = victim.eps / steps if step_size is None else step_size
         self.critic = victim.critic if critic is None else critic  # Robust Sarsa plugs its own Q(s, a) here
         self.minimise_value = critic is None and victim.kind == "ppo"  # PPO victims have V(s), not Q(s, a)
+        if through_mean and victim.kind != "ppo":
+            raise AttackError("through_mean applies to PPO-kind victims (a SAC victim's action is its tanh mean)")
+        # Q's action input: the executed action, or (PPO victims, Robust Sarsa --rs-action mean) the unclipped
+        # Gaussian mean, whose gradient survives in the dimensions the clip to the action box saturates
+        self.action = victim.actor.mean if through_mean else victim.actor.deterministic
 
     def reset(self) -> None:
         pass
@@ -45,7 +50,7 @@ class PGDAttacker:
     def objective(self, obs: torch.Tensor, obs_tilde: torch.Tensor) -> torch.Tensor:
         if self.minimise_value:
             return self.critic(obs_tilde)
-        return self.critic(obs, self.victim.actor.deterministic(obs_tilde)).mean(0)
+        return self.critic(obs, self.action(obs_tilde)).mean(0)
 
     def __call__(self, obs_n: torch.Tensor) -> torch.Tensor:
         obs = obs_n.unsqueeze(0)

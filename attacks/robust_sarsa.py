@@ -15,6 +15,12 @@ grid is reported.
 - Attack: PGD (minQ) on the learned critic (same defaults as pgd.py: 10 steps of eps/10 from the step box, 5
   batched restarts), and RS+MAD ("sarsa+action"): PGD on (1 - r) * Q(s, mu(s~)) - r * mean(((m(s~) - m(s)) /
   (sigma / mean sigma))^2), r = --rs-mad-ratio (reference 0.5).
+- PPO-kind victims, Q's action input (`--rs-action`): "mean" is the reference's (Sarsa on the UNCLIPPED sampled
+  actions, the attack through the unclipped Gaussian mean, policy_model(states)[0] in apply_attack: the mean keeps
+  its gradient in the dimensions the clip to the action box saturates); "executed" trains on and attacks through
+  the clipped action the environment receives (no gradient in a saturated dimension, but nothing wasted pushing
+  a mean further out of the box); "both" (default) fits a critic of each per setting on the same data and keeps
+  the worst. SAC-kind victims have one input (the tanh action: nothing is clipped), and the flag does not apply.
 - Grid (`--rs-grid`): "paper" = sarsa_eps {0.02, 0.05, 0.1, 0.15, 0.2, 0.3} x sarsa_reg {0.1, 0.3, 1, 3, 10} (30
   critics, both objectives each); "quick" = sarsa_eps {0.05, 0.15} x sarsa_reg {0.3, 3}; or explicit
   `--rs-settings EPS:REG ...`.
@@ -42,32 +48,45 @@ GRIDS = {"paper": [(e, r) for e in (0.02, 0.05, 0.1, 0.15, 0.2, 0.3) for r in (0
          "quick": [(e, r) for e in (0.05, 0.15) for r in (0.3, 3.0)]}
 
 
+def unclipped_action(victim: Victim, obs_n: torch.Tensor, stochastic: bool) -> torch.Tensor:
+    """The victim's action before any clip to the action box: PPO kinds, the Gaussian sample (or mean); SAC kinds,
+    the executed tanh action itself."""
+    if victim.kind != "ppo":
+        return victim.act(obs_n, stochastic)
+    with torch.no_grad():
+        return victim.actor.sample(obs_n)[0] if stochastic else victim.actor.mean(obs_n)
+
+
 def collect_transitions(victim: Victim, steps: int, seed: int, explore: str = "stochastic") -> dict:
     """The victim's own rollouts as consecutive (s, a, r, s', a', terminated) tuples; a' is the action it takes (or,
-    after a truncation, would take) at s'."""
+    after a truncation, would take) at s'. "actions" are what the environment executed; "raw_actions" the same
+    before the clip to the action box (PPO kinds; identical for SAC kinds)."""
     env = victim.make_env()
     stochastic = explore == "stochastic"
     torch.manual_seed(seed)
-    obs_l, act_l, rew_l, next_l, next_act_l, term_l = [], [], [], [], [], []
+    clip = victim.actor.clip if victim.kind == "ppo" else (lambda a: a)
+    obs_l, raw_l, rew_l, next_l, next_raw_l, term_l = [], [], [], [], [], []
     obs, _ = env.reset(seed=seed)
     obs_n = victim.normalize(obs)
-    action = victim.act(obs_n.unsqueeze(0), stochastic)[0]
+    raw = unclipped_action(victim, obs_n.unsqueeze(0), stochastic)[0]
     for _ in range(steps):
-        raw_next, reward, terminated, truncated, _ = env.step(action.cpu().numpy())
+        raw_next, reward, terminated, truncated, _ = env.step(clip(raw).cpu().numpy())
         next_n = victim.normalize(raw_next)
-        next_action = victim.act(next_n.unsqueeze(0), stochastic)[0]
-        obs_l.append(obs_n), act_l.append(action), rew_l.append(float(reward))
-        next_l.append(next_n), next_act_l.append(next_action), term_l.append(float(terminated))
+        next_raw = unclipped_action(victim, next_n.unsqueeze(0), stochastic)[0]
+        obs_l.append(obs_n), raw_l.append(raw), rew_l.append(float(reward))
+        next_l.append(next_n), next_raw_l.append(next_raw), term_l.append(float(terminated))
         if terminated or truncated:
             obs, _ = env.reset()
             obs_n = victim.normalize(obs)
-            action = victim.act(obs_n.unsqueeze(0), stochastic)[0]
+            raw = unclipped_action(victim, obs_n.unsqueeze(0), stochastic)[0]
         else:
-            obs_n, action = next_n, next_action
+            obs_n, raw = next_n, next_raw
     env.close()
     dev = victim.device
-    return {"obs": torch.stack(obs_l), "actions": torch.stack(act_l), "rewards": torch.tensor(rew_l, device=dev),
-            "next_obs": torch.stack(next_l), "next_actions": torch.stack(next_act_l),
+    raw_actions, raw_next_actions = torch.stack(raw_l), torch.stack(next_raw_l)
+    return {"obs": torch.stack(obs_l), "actions": clip(raw_actions), "raw_actions": raw_actions,
+            "rewards": torch.tensor(rew_l, device=dev), "next_obs": torch.stack(next_l),
+            "next_actions": clip(raw_next_actions), "raw_next_actions": raw_next_actions,
             "terminated": torch.tensor(term_l, device=dev)}
 
 
@@ -87,9 +106,12 @@ def interval_bounds(q: sac.TwinCritic, obs: torch.Tensor, actions: torch.Tensor,
 
 def fit_sarsa(data: dict, obs_dim: int, act_dim: int, updates: int, sarsa_eps: float, sarsa_reg: float, seed: int,
               hidden=(256, 256), gamma: float = 0.99, lr: float = 3e-4, batch_size: int = REFERENCE_BATCH,
-              tau: float = 0.005, device=torch.device("cpu"), log: str | None = None) -> sac.TwinCritic:
+              tau: float = 0.005, device=torch.device("cpu"), log: str | None = None,
+              raw_actions: bool = False) -> sac.TwinCritic:
     """Sarsa policy evaluation of the fixed victim, Q(s,a) <- r + gamma (1 - term) Q'(s', a'), with the robustness
-    regulariser and the reference's schedules (radius ramp over the middle third, lr decay over the last third)."""
+    regulariser and the reference's schedules (radius ramp over the middle third, lr decay over the last third).
+    raw_actions: a and a' before the clip to the action box (the reference's input for PPO victims)."""
+    act_key, next_act_key = ("raw_actions", "raw_next_actions") if raw_actions else ("actions", "next_actions")
     gen = torch.Generator(device="cpu").manual_seed(seed)
     torch.manual_seed(seed)
     q = sac.TwinCritic(obs_dim, act_dim, list(hidden)).to(device)
@@ -104,10 +126,10 @@ def fit_sarsa(data: dict, obs_dim: int, act_dim: int, updates: int, sarsa_eps: f
         for group in optimizer.param_groups:
             group["lr"] = lr * min(1.0, max(updates - update, 0) / third)
         idx = torch.randint(0, n, (min(batch_size, n),), generator=gen).to(device)
-        obs, act = data["obs"][idx], data["actions"][idx]
+        obs, act = data["obs"][idx], data[act_key][idx]
         with torch.no_grad():
             target = data["rewards"][idx] + gamma * (1 - data["terminated"][idx]) * \
-                q_target(data["next_obs"][idx], data["next_actions"][idx])
+                q_target(data["next_obs"][idx], data[next_act_key][idx])
         value = q(obs, act)
         loss = F.smooth_l1_loss(value, target.expand_as(value))
         if sarsa_reg > 0 and sarsa_eps * ramp > 0:
@@ -168,6 +190,9 @@ def add_args(parser, with_pgd: bool = True) -> None:
     parser.add_argument("--rs-updates", type=int, default=REFERENCE_UPDATES, help="Sarsa gradient steps per setting")
     parser.add_argument("--rs-explore", choices=["stochastic", "deterministic"], default="stochastic",
                         help="victim actions while collecting Sarsa data (reference: its stochastic policy)")
+    parser.add_argument("--rs-action", choices=["both", "mean", "executed"], default="both",
+                        help="PPO-kind victims: Q's action input, the unclipped mean (reference) or the executed "
+                             "(clipped) action; both = a critic of each, the worst kept (SAC victims: one input)")
     parser.add_argument("--rs-mad-ratio", type=float, default=0.5, help="RS+MAD weight of the action change (0: RS only)")
     parser.add_argument("--rs-hidden", type=int, nargs="+", default=[256, 256])
     if with_pgd:
@@ -175,10 +200,17 @@ def add_args(parser, with_pgd: bool = True) -> None:
         parser.add_argument("--pgd-restarts", type=int, default=5, help="batched PGD restarts (lowest objective kept)")
 
 
-def settings_record(args, settings) -> dict:
+def action_inputs(victim: Victim, args) -> list[str]:
+    """Q's action inputs to fit and attack through: PPO kinds per --rs-action, SAC kinds their executed action."""
+    if victim.kind != "ppo":
+        return ["executed"]
+    return ["mean", "executed"] if args.rs_action == "both" else [args.rs_action]
+
+
+def settings_record(victim: Victim, args, settings) -> dict:
     return {"grid": "explicit" if args.rs_settings else args.rs_grid, "settings": [list(s) for s in settings],
             "data_steps": args.rs_steps, "updates": args.rs_updates, "explore": args.rs_explore,
-            "mad_ratio": args.rs_mad_ratio, "pgd_steps": args.pgd_steps, "pgd_restarts": args.pgd_restarts}
+            "action_inputs": action_inputs(victim, args), "mad_ratio": args.rs_mad_ratio, "pgd_steps": args.pgd_steps, "pgd_restarts": args.pgd_restarts}
 
 
 def evaluate(victim: Victim, args) -> dict:
@@ -190,21 +222,27 @@ def evaluate(victim: Victim, args) -> dict:
     data = collect_transitions(victim, args.rs_steps, args.seed + 7, args.rs_explore)
     best, per_setting = None, []
     for sarsa_eps, sarsa_reg in settings:
-        q = fit_sarsa(data, victim.obs_dim, victim.act_dim, args.rs_updates, sarsa_eps, sarsa_reg, args.seed,
-                      tuple(args.rs_hidden), device=victim.device, log=f"rs {sarsa_eps}:{sarsa_reg}")
-        start = getattr(args, "pgd_start", "mixed")
-        attackers = [("rs", PGDAttacker(victim, args.pgd_steps, critic=q, restarts=args.pgd_restarts, start=start))]
-        if args.rs_mad_ratio > 0:
-            attackers.append(("rs_mad", SarsaMADAttacker(victim, q, args.rs_mad_ratio, steps=args.pgd_steps,
-                                                         restarts=args.pgd_restarts, start=start)))
-        for objective, attacker in attackers:
-            stats = rollout(victim, attacker, args.episodes, args.seed, args.stochastic)
-            print(f"  [{objective} {sarsa_eps}:{sarsa_reg}] victim return {stats.mean:.1f} ± {stats.std:.1f}", flush=True)
-            per_setting.append({"sarsa_eps": sarsa_eps, "sarsa_reg": sarsa_reg, "objective": objective,
-                                "mean": stats.mean, "std": stats.std})
-            if best is None or stats.mean < best[0].mean:
-                best = (stats, per_setting[-1])
-    return {"stats": best[0], "per_setting": per_setting, "strongest": best[1], "search": settings_record(args, settings)}
+        for action_input in action_inputs(victim, args):
+            mean_input = action_input == "mean"
+            label = f"{sarsa_eps}:{sarsa_reg}" + (f" {action_input}" if victim.kind == "ppo" else "")
+            q = fit_sarsa(data, victim.obs_dim, victim.act_dim, args.rs_updates, sarsa_eps, sarsa_reg, args.seed,
+                          tuple(args.rs_hidden), device=victim.device, log=f"rs {label}", raw_actions=mean_input)
+            start = getattr(args, "pgd_start", "mixed")
+            attackers = [("rs", PGDAttacker(victim, args.pgd_steps, critic=q, restarts=args.pgd_restarts, start=start,
+                                            through_mean=mean_input))]
+            if args.rs_mad_ratio > 0:
+                attackers.append(("rs_mad", SarsaMADAttacker(victim, q, args.rs_mad_ratio, steps=args.pgd_steps,
+                                                             restarts=args.pgd_restarts, start=start,
+                                                             through_mean=mean_input)))
+            for objective, attacker in attackers:
+                stats = rollout(victim, attacker, args.episodes, args.seed, args.stochastic)
+                print(f"  [{objective} {label}] victim return {stats.mean:.1f} ± {stats.std:.1f}", flush=True)
+                per_setting.append({"sarsa_eps": sarsa_eps, "sarsa_reg": sarsa_reg, "action_input": action_input,
+                                    "objective": objective, "mean": stats.mean, "std": stats.std})
+                if best is None or stats.mean < best[0].mean:
+                    best = (stats, per_setting[-1])
+    return {"stats": best[0], "per_setting": per_setting, "strongest": best[1],
+            "search": settings_record(victim, args, settings)}
 
 
 if __name__ == "__main__":

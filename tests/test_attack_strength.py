@@ -63,6 +63,25 @@ def test_robust_sarsa_final_pgd_reaches_95_percent_of_a_strong_reference():
     assert drop >= 0.95 * reference_drop, (drop.item(), reference_drop.item())
 
 
+def test_robust_sarsa_through_the_mean_reaches_95_percent_on_a_ppo_victim():
+    """PPO-kind victims, the reference's input (Sarsa on the raw sampled actions, PGD through the unclipped mean):
+    the same standard on the trained PPO fixture's states."""
+    from conftest import PPO_FIXTURE
+
+    victim, states = fixture_states(N_STATES, path=PPO_FIXTURE)
+    data = robust_sarsa.collect_transitions(victim, 3000, seed=5)
+    q = robust_sarsa.fit_sarsa(data, victim.obs_dim, victim.act_dim, 600, 0.05, 1.0, seed=0, hidden=(64, 64),
+                               raw_actions=True)
+    attacker = PGDAttacker(victim, critic=q, through_mean=True)
+    with torch.no_grad():
+        clean = attacker.objective(states, states)
+        torch.testing.assert_close(clean, q(states, victim.actor.mean(states)).mean(0))
+    reference_drop = (clean - strongest_reference(attacker.objective, states, victim.eps)).mean()
+    drop = (clean - default_attack_value(attacker, states)).mean()
+    assert reference_drop > 0
+    assert drop >= 0.95 * reference_drop, (drop.item(), reference_drop.item())
+
+
 def test_pa_ad_inner_pgd_reaches_95_percent_of_a_strong_reference():
     """PA-AD's realisation ascends cos(mu(s~) - mu(s), d) + |mu(s~) - mu(s)| for the director's d."""
     victim, states = fixture_states(N_STATES)

@@ -195,6 +195,48 @@ def test_sarsa_tuples_are_consecutive_steps(victim):
     torch.testing.assert_close(data["actions"][1:][cont], data["next_actions"][:-1][cont])
 
 
+def test_sarsa_data_of_a_ppo_victim_keep_its_unclipped_actions():
+    """PPO-kind victims: what the environment executed is the clip of the stored raw action (the reference's Sarsa
+    input), and the trained fixture's raw actions do leave the box; a' is the raw action then taken at s'."""
+    from conftest import PPO_FIXTURE
+
+    victim = common.load_victim(PPO_FIXTURE)
+    data = robust_sarsa.collect_transitions(victim, 300, seed=0)
+    torch.testing.assert_close(data["actions"], victim.actor.clip(data["raw_actions"]))
+    torch.testing.assert_close(data["next_actions"], victim.actor.clip(data["raw_next_actions"]))
+    assert (data["raw_actions"].abs() > 1).float().mean() > 0.05  # a saturating victim: the inputs differ
+    cont = (data["terminated"][:-1] == 0) & (data["obs"][1:] == data["next_obs"][:-1]).all(-1)
+    torch.testing.assert_close(data["raw_actions"][1:][cont], data["raw_next_actions"][:-1][cont])
+    deterministic = robust_sarsa.collect_transitions(victim, 50, seed=0, explore="deterministic")
+    torch.testing.assert_close(deterministic["raw_actions"], victim.actor.mean(deterministic["obs"]))
+
+
+def rs_args(**overrides):
+    parser = argparse.ArgumentParser()
+    robust_sarsa.add_args(parser)
+    args = parser.parse_args(["--rs-settings", "0.05:0.1", "--rs-steps", "200", "--rs-updates", "20",
+                              "--rs-hidden", "16", "16", "--pgd-steps", "2", "--pgd-restarts", "1"])
+    args.episodes, args.seed, args.stochastic = 1, 0, False
+    for k, v in overrides.items():
+        setattr(args, k, v)
+    return args
+
+
+def test_rs_fits_both_action_inputs_of_a_ppo_victim_and_keeps_the_worst(ppo_ckpt, sac_ckpt):
+    row = robust_sarsa.evaluate(common.load_victim(ppo_ckpt), rs_args())
+    assert {(r["action_input"], r["objective"]) for r in row["per_setting"]} == \
+        {(i, o) for i in ("mean", "executed") for o in ("rs", "rs_mad")}
+    assert row["stats"].mean == min(r["mean"] for r in row["per_setting"]) == row["strongest"]["mean"]
+    assert row["search"]["action_inputs"] == ["mean", "executed"]
+    row = robust_sarsa.evaluate(common.load_victim(ppo_ckpt), rs_args(rs_action="mean"))
+    assert {r["action_input"] for r in row["per_setting"]} == {"mean"}
+    sac_victim = common.load_victim(sac_ckpt)  # one input: nothing is clipped
+    row = robust_sarsa.evaluate(sac_victim, rs_args(rs_action="mean"))
+    assert {r["action_input"] for r in row["per_setting"]} == {"executed"}
+    with pytest.raises(common.AttackError, match="PPO-kind"):
+        pgd.PGDAttacker(sac_victim, critic=sac_victim.critic, through_mean=True)
+
+
 def test_interval_bounds_contain_the_critic_on_the_ball():
     torch.manual_seed(0)
     q = sac.TwinCritic(5, 2, [32, 32])
