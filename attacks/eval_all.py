@@ -121,7 +121,8 @@ def search_label(args, names: list[str]) -> str:
     """One line for the table: the search preset of the searched columns (RS grid, learned attackers)."""
     parts = []
     if "rs" in names:
-        parts.append(f"RS {'explicit' if args.rs_settings else args.rs_grid}")
+        rs_action = "" if getattr(args, "rs_action", "both") == "both" else f", PPO input {args.rs_action}"
+        parts.append(f"RS {'explicit' if args.rs_settings else args.rs_grid}{rs_action}")
     if any(n in names for n in ("sa_rl_sac", "pa_ad_sac", "sa_rl_ppo", "pa_ad_ppo")):
         budget = f", {args.attack_budget} steps" if args.attack_budget else ""
         parts.append(f"learned {args.search}{budget}")

@@ -22,8 +22,8 @@ grid is reported.
   a mean further out of the box); "both" (default) fits a critic of each per setting on the same data and keeps
   the worst. SAC-kind victims have one input (the tanh action: nothing is clipped), and the flag does not apply.
 - Grid (`--rs-grid`): "paper" = sarsa_eps {0.02, 0.05, 0.1, 0.15, 0.2, 0.3} x sarsa_reg {0.1, 0.3, 1, 3, 10} (30
-  critics, both objectives each); "quick" = sarsa_eps {0.05, 0.15} x sarsa_reg {0.3, 3}; or explicit
-  `--rs-settings EPS:REG ...`.
+  critics, both objectives each; twice that on PPO victims with --rs-action both); "quick" = sarsa_eps
+  {0.05, 0.15} x sarsa_reg {0.3, 3}; or explicit `--rs-settings EPS:REG ...`.
 
     python attacks/robust_sarsa.py --ckpt runs/<run>/model.pt --rs-grid quick
 """
@@ -210,7 +210,8 @@ def action_inputs(victim: Victim, args) -> list[str]:
 def settings_record(victim: Victim, args, settings) -> dict:
     return {"grid": "explicit" if args.rs_settings else args.rs_grid, "settings": [list(s) for s in settings],
             "data_steps": args.rs_steps, "updates": args.rs_updates, "explore": args.rs_explore,
-            "action_inputs": action_inputs(victim, args), "mad_ratio": args.rs_mad_ratio, "pgd_steps": args.pgd_steps, "pgd_restarts": args.pgd_restarts}
+            "action_inputs": action_inputs(victim, args), "mad_ratio": args.rs_mad_ratio,
+            "pgd_steps": args.pgd_steps, "pgd_restarts": args.pgd_restarts}
 
 
 def evaluate(victim: Victim, args) -> dict:

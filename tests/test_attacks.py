@@ -209,6 +209,10 @@ def test_sarsa_data_of_a_ppo_victim_keep_its_unclipped_actions():
     torch.testing.assert_close(data["raw_actions"][1:][cont], data["raw_next_actions"][:-1][cont])
     deterministic = robust_sarsa.collect_transitions(victim, 50, seed=0, explore="deterministic")
     torch.testing.assert_close(deterministic["raw_actions"], victim.actor.mean(deterministic["obs"]))
+    env = victim.make_env()  # the environment received the clipped action (its control cost says which)
+    env.reset(seed=0)
+    replayed = [env.step(a.numpy())[1] for a in data["actions"][:20]]
+    np.testing.assert_allclose(replayed, data["rewards"][:20].numpy(), rtol=1e-5)
 
 
 def rs_args(**overrides):
@@ -222,10 +226,23 @@ def rs_args(**overrides):
     return args
 
 
-def test_rs_fits_both_action_inputs_of_a_ppo_victim_and_keeps_the_worst(ppo_ckpt, sac_ckpt):
+def test_rs_fits_both_action_inputs_of_a_ppo_victim_and_keeps_the_worst(ppo_ckpt, sac_ckpt, monkeypatch):
+    """Each input fits its own critic on its own actions and attacks through its own action: recorded per call."""
+    calls, fit = [], robust_sarsa.fit_sarsa
+    monkeypatch.setattr(robust_sarsa, "fit_sarsa",
+                        lambda *a, **k: calls.append(("fit", k["raw_actions"])) or fit(*a, **k))
+    init = pgd.PGDAttacker.__init__
+
+    def recording_init(self, *a, **k):
+        calls.append((type(self).__name__, k.get("through_mean", False)))
+        init(self, *a, **k)
+
+    monkeypatch.setattr(pgd.PGDAttacker, "__init__", recording_init)
     row = robust_sarsa.evaluate(common.load_victim(ppo_ckpt), rs_args())
-    assert {(r["action_input"], r["objective"]) for r in row["per_setting"]} == \
-        {(i, o) for i in ("mean", "executed") for o in ("rs", "rs_mad")}
+    assert calls == [("fit", True), ("PGDAttacker", True), ("SarsaMADAttacker", True),
+                     ("fit", False), ("PGDAttacker", False), ("SarsaMADAttacker", False)]
+    assert [(r["action_input"], r["objective"]) for r in row["per_setting"]] == \
+        [(i, o) for i in ("mean", "executed") for o in ("rs", "rs_mad")]
     assert row["stats"].mean == min(r["mean"] for r in row["per_setting"]) == row["strongest"]["mean"]
     assert row["search"]["action_inputs"] == ["mean", "executed"]
     row = robust_sarsa.evaluate(common.load_victim(ppo_ckpt), rs_args(rs_action="mean"))
