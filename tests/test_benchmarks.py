@@ -1,5 +1,6 @@
 """The diagnostics under benchmarks/ that published numbers rest on."""
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -28,3 +29,39 @@ def test_trained_critic_tracks_the_returns_and_ppo_is_refused():
     assert row["critic_attack_drop"] > 0  # and lowers the critic's own Q at the clean states
     with pytest.raises(critic_check.AttackError, match="SAC critic"):
         critic_check.check(PPO_FIXTURE, episodes=1, horizon=10, seed=0)
+
+
+def test_pa_ad_director_check_runs_its_controls_and_negates_the_director(tmp_path):
+    """A (tiny) director trained on the PPO fixture: every control arm is evaluated, and the negated arm's realised
+    action change points against the director's direction where the director's own points along it."""
+    import torch
+
+    import pa_ad_director_check as check_mod
+    from attacks import pa_ad, rl
+    from attacks.common import load_victim
+    from conftest import fixture_states
+
+    victim = load_victim(PPO_FIXTURE)
+    realize = pa_ad.realizer(victim, 2, 1)
+    policy = rl.train_sac(rl.AttackEnv(victim, victim.act_dim, realize, "pa_ad"), 200, 0, (16, 16), learning_starts=100)
+    path = str(tmp_path / "director.pt")
+    rl.save_attacker(path, policy, {"kind": "pa_ad", "algo": "sac", "obs_dim": victim.obs_dim,
+                                    "act_dim": victim.act_dim, "hidden": [16, 16]})
+    row = check_mod.check(PPO_FIXTURE, path, episodes=1, pa_steps=2, pa_restarts=1)
+    assert set(row["arms"]) == {"natural", "director", "negated director", "constant mean direction",
+                                "random directions"}
+    for arm in row["arms"].values():
+        assert arm["reward_per_step"] == pytest.approx(arm["mean"] / arm["mean_length"])
+    _, states = fixture_states(40, path=PPO_FIXTURE)
+    own = lambda o: policy.deterministic(o.unsqueeze(0))[0].detach()
+    for sign, arm in ((1, check_mod.DirectionAttacker("d", own, realize)),
+                      (-1, check_mod.DirectionAttacker("n", lambda o: -own(o), realize))):
+        torch.manual_seed(0)
+        perturbed = torch.stack([arm(s) for s in states])
+        with torch.no_grad():
+            change = victim.actor.mean(perturbed) - victim.actor.mean(states)
+            along = (change * torch.stack([own(s) for s in states])).sum(-1)
+        assert (sign * along > 0).float().mean() >= 0.9
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "pa_ad_director_check.py"), "--ckpt",
+                           PPO_FIXTURE, "--attacker", str(tmp_path / "missing.pt")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "trained attacker not found" in proc.stderr and "Traceback" not in proc.stderr
