@@ -184,6 +184,45 @@ def median_seed(results: list[dict]) -> dict:
     return ordered[(len(ordered) - 1) // 2]
 
 
+# What a trial's or an attack's result depends on: every invocation into one --out must agree on these (the grid
+# keys methods/envs/seeds may grow; trials are named by method, env and seed only, so a changed setting would
+# silently mix two experiments in one table).
+DEFINING = ("budget_scale", "train_args", "attacks", "attack_args", "episodes", "seed_attacks", "seed_attack_args")
+
+
+def _canonical(key: str, value):
+    if key == "train_args":
+        return json.loads(value)
+    if key in ("attack_args", "seed_attack_args"):
+        return value.split()
+    return value
+
+
+def record_sweep(path: str, settings: dict, argv: list) -> None:
+    """sweep.json: the settings of the study in --out, the union of the grids run into it, every invocation's argv.
+    A setting in DEFINING that differs from the recorded one is refused (ValueError): another experiment, another
+    --out."""
+    settings = {k: v for k, v in settings.items()}
+    record = {**settings, "invocations": [list(argv)]}
+    if os.path.isfile(path):
+        with open(path) as f:
+            old = json.load(f)
+        differ = [k for k in DEFINING if k in old and _canonical(k, old[k]) != _canonical(k, settings[k])]
+        if differ:
+            was = ", ".join(f"--{k.replace('_', '-')} {old[k]!r}" for k in differ)
+            raise ValueError(f"{os.path.dirname(path)} holds a study run with {was}: give a different setting its own "
+                             f"--out (trials are named by method, env and seed only)")
+        record = {**old, "invocations": old.get("invocations", [old["argv"]] if "argv" in old else []) + [list(argv)]}
+        record.pop("argv", None)
+        for key in ("methods", "envs"):
+            record[key] = old.get(key, []) + [v for v in settings[key] if v not in old.get(key, [])]
+        record["seeds"] = max(old.get("seeds", 0), settings["seeds"])
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=1)
+    os.replace(tmp, path)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", nargs="+", default=METHODS)
@@ -228,8 +267,10 @@ def main(argv=None) -> None:
         extra["hidden_sizes"] = tuple(extra["hidden_sizes"])
     out = os.path.abspath(a.out)
     os.makedirs(os.path.join(out, "attacks"), exist_ok=True)
-    with open(os.path.join(out, "sweep.json"), "w") as f:
-        json.dump({**vars(a), "argv": sys.argv}, f, indent=1)
+    try:
+        record_sweep(os.path.join(out, "sweep.json"), vars(a), sys.argv)
+    except ValueError as e:
+        p.error(str(e))
 
     import ray
 

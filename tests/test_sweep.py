@@ -9,11 +9,33 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from conftest import ROOT
 
 import sweep
+
+
+def test_sweep_json_keeps_the_union_of_grids_and_refuses_a_changed_setting(tmp_path):
+    path = str(tmp_path / "sweep.json")
+    base = {"methods": ["sac", "sac_ppo"], "envs": ["HalfCheetah-v4"], "seeds": 3, "budget_scale": 0.05,
+            "train_args": "{}", "attacks": "all", "attack_args": "--search quick", "episodes": 20,
+            "seed_attacks": "natural,pgd", "seed_attack_args": "", "local_cpus": 2}
+    sweep.record_sweep(path, base, ["sweep.py", "first"])
+    # a later invocation runs part of the grid (its own methods, other CPUs, spacing of the same arguments)
+    sweep.record_sweep(path, {**base, "methods": ["robust_sac", "sac"], "seeds": 2, "local_cpus": 1,
+                              "train_args": "{ }", "attack_args": " --search  quick"}, ["sweep.py", "second"])
+    record = json.load(open(path))
+    assert record["methods"] == ["sac", "sac_ppo", "robust_sac"] and record["seeds"] == 3
+    assert record["invocations"] == [["sweep.py", "first"], ["sweep.py", "second"]]
+    for key, value in (("train_args", '{"reg_coef": 0}'), ("budget_scale", 0.1), ("attack_args", "--search paper")):
+        with pytest.raises(ValueError, match=f"--{key.replace('_', '-')}"):
+            sweep.record_sweep(path, {**base, key: value}, ["sweep.py", "third"])
+    assert len(json.load(open(path))["invocations"]) == 2  # a refused invocation leaves no trace
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "sweep.py"), "--out", str(tmp_path), "--methods", "sac",
+                           "--budget-scale", "0.5"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "its own --out" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_median_seed_and_scaled_schedules():
