@@ -202,7 +202,6 @@ def record_sweep(path: str, settings: dict, argv: list) -> None:
     """sweep.json: the settings of the study in --out, the union of the grids run into it, every invocation's argv.
     A setting in DEFINING that differs from the recorded one is refused (ValueError): another experiment, another
     --out."""
-    settings = {k: v for k, v in settings.items()}
     record = {**settings, "invocations": [list(argv)]}
     if os.path.isfile(path):
         with open(path) as f:

@@ -57,8 +57,8 @@ def visited_states(victim, n: int, seed: int) -> torch.Tensor:
 
 def check(ckpt: str, attacker_path: str, episodes: int = 3, seed: int = 100, pa_steps: int = 10,
           pa_restarts: int = 5) -> dict:
-    if episodes < 1:
-        raise AttackError("--episodes must be >= 1")
+    if episodes < 1 or pa_steps < 1 or pa_restarts < 1:
+        raise AttackError("--episodes, --pa-steps and --pa-restarts must be >= 1")
     victim = load_victim(ckpt)
     policy, meta = rl.load_attacker(attacker_path, victim, "pa_ad")
     realize = pa_ad.realizer(victim, pa_steps, pa_restarts)

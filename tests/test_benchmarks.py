@@ -65,3 +65,6 @@ def test_pa_ad_director_check_runs_its_controls_and_negates_the_director(tmp_pat
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "pa_ad_director_check.py"), "--ckpt",
                            PPO_FIXTURE, "--attacker", str(tmp_path / "missing.pt")], capture_output=True, text=True)
     assert proc.returncode == 2 and "trained attacker not found" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "pa_ad_director_check.py"), "--ckpt",
+                           PPO_FIXTURE, "--attacker", path, "--pa-steps", "0"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "--pa-steps" in proc.stderr and "Traceback" not in proc.stderr
