@@ -376,14 +376,14 @@ def main(argv=None) -> None:
                     shutil.copyfile(slim, ckpt)
                 print(f"[sweep] attacking {method} {env_id}: median seed {chosen['seed']} "
                       f"(clean {chosen['eval_mean']:.1f})", flush=True)
-                jobs[attack_task.remote(ckpt, out_json, attack_args)] = (method, env_id)
+                jobs[attack_task.remote(ckpt, out_json, attack_args)] = (method, env_id, ckpt)
         while jobs:
             ready, _ = ray.wait(list(jobs), num_returns=1, timeout=1.0)
             if stop["signal"] is not None:
                 preempt(ray, jobs, stop["signal"])
             if not ready:
                 continue
-            method, env_id = jobs.pop(ready[0])
+            method, env_id, ckpt = jobs.pop(ready[0])
             try:
                 row = ray.get(ready[0])
             except Exception as e:
@@ -392,7 +392,11 @@ def main(argv=None) -> None:
                 continue
             print(f"[sweep] attacked {method} {env_id}: worst {worst_text(row)}", flush=True)
             if a.git_commit:
-                git_commit([os.path.join(out, "attacks", f"{method}__{env_id}{ext}") for ext in (".json", ".log")],
+                # the attacked copy, its row, and every trained attacker and Sarsa critic: a later suite with other
+                # evaluation settings (or on another machine) reads them back instead of retraining
+                stem = os.path.splitext(ckpt)[0]
+                git_commit([os.path.join(out, "attacks", f"{method}__{env_id}{ext}") for ext in (".json", ".log")] +
+                           [ckpt, f"{stem}_attacks.json", f"{stem}_attacks.md", os.path.join(out, "attacks", "attackers")],
                            f"study {os.path.basename(out)}: {method} {env_id} median seed attacked")
     ray.shutdown()
     import results

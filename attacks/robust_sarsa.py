@@ -21,6 +21,11 @@ grid is reported.
   the clipped action the environment receives (no gradient in a saturated dimension, but nothing wasted pushing
   a mean further out of the box); "both" (default) fits a critic of each per setting on the same data and keeps
   the worst. SAC-kind victims have one input (the tanh action: nothing is clipped), and the flag does not apply.
+- Resumable: each fitted critic is saved with the victim returns it produced (`<save dir>/<ckpt stem>_rs_...pt` and
+  .json, save dir as the learned attackers': `--save-dir`, default `attackers/` next to the checkpoint). A re-run
+  with the same victim, Sarsa settings and evaluation reads the returns back; a re-run with other evaluation
+  settings re-evaluates the saved critic. Every fit and rollout is seeded, so a suite cut short and resumed gives
+  the numbers an uncut one would.
 - Grid (`--rs-grid`): "paper" = sarsa_eps {0.02, 0.05, 0.1, 0.15, 0.2, 0.3} x sarsa_reg {0.1, 0.3, 1, 3, 10} (30
   critics, both objectives each; twice that on PPO victims with --rs-action both); "quick" = sarsa_eps
   {0.05, 0.15} x sarsa_reg {0.3, 3}; or explicit `--rs-settings EPS:REG ...`.
@@ -29,6 +34,8 @@ grid is reported.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
 import time
@@ -38,7 +45,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import sac  # noqa: E402
-from attacks.common import AttackError, Victim, pgd_minimize, rollout, standalone  # noqa: E402
+from attacks.common import AttackError, EpisodeStats, Victim, pgd_minimize, rollout, standalone  # noqa: E402
 from attacks.pgd import PGDAttacker  # noqa: E402
 
 NAME, COLUMN = "rs", "RS"
@@ -183,6 +190,7 @@ def parse_settings(args) -> list[tuple[float, float]]:
 
 
 def add_args(parser, with_pgd: bool = True) -> None:
+    """with_pgd: the standalone CLI's own PGD and --save-dir flags (eval_all has its shared ones)."""
     parser.add_argument("--rs-grid", choices=sorted(GRIDS), default="paper",
                         help="Sarsa (eps, reg) grid: paper = SA-PPO scan_attacks.sh (30 critics), quick = 4")
     parser.add_argument("--rs-settings", nargs="+", default=None, help="explicit SARSA_EPS:SARSA_REG pairs (override the grid)")
@@ -198,6 +206,8 @@ def add_args(parser, with_pgd: bool = True) -> None:
     if with_pgd:
         parser.add_argument("--pgd-steps", type=int, default=10, help="PGD iterations on the Sarsa critic")
         parser.add_argument("--pgd-restarts", type=int, default=5, help="batched PGD restarts (lowest objective kept)")
+        parser.add_argument("--save-dir", default=None,
+                            help="where fitted Sarsa critics and their returns go (default: attackers/ next to the checkpoint)")
 
 
 def action_inputs(victim: Victim, args) -> list[str]:
@@ -214,32 +224,96 @@ def settings_record(victim: Victim, args, settings) -> dict:
             "pgd_steps": args.pgd_steps, "pgd_restarts": args.pgd_restarts}
 
 
+def cache_paths(victim: Victim, args, fit: dict) -> tuple[str, str]:
+    """(critic .pt, record .json) of one fitted critic: named by its grid cell and input, and a digest of every
+    setting that defines the fit (a different --rs-steps is a different critic, never a cache hit)."""
+    save_dir = getattr(args, "save_dir", None) or os.path.join(os.path.dirname(os.path.abspath(victim.ckpt_path)),
+                                                                 "attackers")
+    stem = os.path.splitext(os.path.basename(victim.ckpt_path))[0]
+    digest = hashlib.sha1(json.dumps(fit, sort_keys=True).encode()).hexdigest()[:8]
+    base = os.path.join(save_dir, f"{stem}_rs_e{fit['sarsa_eps']:g}_r{fit['sarsa_reg']:g}_{fit['action_input']}_"
+                                  f"eps{victim.eps:g}_{digest}")
+    return base + ".pt", base + ".json"
+
+
+def write_atomically(path: str, save) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    save(tmp)
+    os.replace(tmp, path)
+
+
+def write_json(path: str, obj: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1)
+
+
+def load_critic(path: str, victim: Victim, hidden) -> sac.TwinCritic:
+    q = sac.TwinCritic(victim.obs_dim, victim.act_dim, list(hidden))
+    q.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    q.requires_grad_(False)
+    return q.to(victim.device).eval()
+
+
 def evaluate(victim: Victim, args) -> dict:
     settings = parse_settings(args)
     if args.rs_steps <= 0 or args.rs_updates <= 0:
         raise AttackError("--rs-steps and --rs-updates must be positive")
     if not 0 <= args.rs_mad_ratio <= 1:
         raise AttackError(f"--rs-mad-ratio must lie in [0, 1], got {args.rs_mad_ratio}")
-    data = collect_transitions(victim, args.rs_steps, args.seed + 7, args.rs_explore)
-    best, per_setting = None, []
+    from attacks.search import victim_identity
+
+    identity = victim_identity(victim)
+    start = getattr(args, "pgd_start", "mixed")
+    evaluation = {"episodes": args.episodes, "seed": args.seed, "stochastic": bool(args.stochastic),
+                  "pgd_steps": args.pgd_steps, "pgd_restarts": args.pgd_restarts, "pgd_start": start,
+                  "mad_ratio": args.rs_mad_ratio}
+    data, best, per_setting = None, None, []
     for sarsa_eps, sarsa_reg in settings:
         for action_input in action_inputs(victim, args):
             mean_input = action_input == "mean"
             label = f"{sarsa_eps}:{sarsa_reg}" + (f" {action_input}" if victim.kind == "ppo" else "")
-            q = fit_sarsa(data, victim.obs_dim, victim.act_dim, args.rs_updates, sarsa_eps, sarsa_reg, args.seed,
-                          tuple(args.rs_hidden), device=victim.device, log=f"rs {label}", raw_actions=mean_input)
-            start = getattr(args, "pgd_start", "mixed")
-            attackers = [("rs", PGDAttacker(victim, args.pgd_steps, critic=q, restarts=args.pgd_restarts, start=start,
-                                            through_mean=mean_input))]
-            if args.rs_mad_ratio > 0:
-                attackers.append(("rs_mad", SarsaMADAttacker(victim, q, args.rs_mad_ratio, steps=args.pgd_steps,
-                                                             restarts=args.pgd_restarts, start=start,
-                                                             through_mean=mean_input)))
-            for objective, attacker in attackers:
-                stats = rollout(victim, attacker, args.episodes, args.seed, args.stochastic)
-                print(f"  [{objective} {label}] victim return {stats.mean:.1f} ± {stats.std:.1f}", flush=True)
+            fit = {"sarsa_eps": sarsa_eps, "sarsa_reg": sarsa_reg, "action_input": action_input,
+                   "data_steps": args.rs_steps, "data_seed": args.seed + 7, "explore": args.rs_explore,
+                   "updates": args.rs_updates, "fit_seed": args.seed, "hidden": list(args.rs_hidden)}
+            critic_path, record_path = cache_paths(victim, args, fit)
+            record = json.load(open(record_path)) if os.path.isfile(record_path) else None
+            same_fit = record is not None and record.get("identity") == identity and record.get("fit") == fit
+            if same_fit and record.get("evaluation") == evaluation:
+                print(f"  [rs {label}] found in {record_path}", flush=True)
+                results, cached = record["results"], True
+            else:
+                if same_fit and os.path.isfile(critic_path):  # fitted earlier, evaluated with other settings
+                    q = load_critic(critic_path, victim, args.rs_hidden)
+                else:
+                    if data is None:  # only when some critic must be fitted: a fully cached grid skips it
+                        data = collect_transitions(victim, args.rs_steps, args.seed + 7, args.rs_explore)
+                    q = fit_sarsa(data, victim.obs_dim, victim.act_dim, args.rs_updates, sarsa_eps, sarsa_reg,
+                                  args.seed, tuple(args.rs_hidden), device=victim.device, log=f"rs {label}",
+                                  raw_actions=mean_input)
+                    write_atomically(critic_path, lambda tmp: torch.save(
+                        {k: v.cpu() for k, v in q.state_dict().items()}, tmp))
+                attackers = [("rs", PGDAttacker(victim, args.pgd_steps, critic=q, restarts=args.pgd_restarts,
+                                                start=start, through_mean=mean_input))]
+                if args.rs_mad_ratio > 0:
+                    attackers.append(("rs_mad", SarsaMADAttacker(victim, q, args.rs_mad_ratio, steps=args.pgd_steps,
+                                                                 restarts=args.pgd_restarts, start=start,
+                                                                 through_mean=mean_input)))
+                results, cached = [], False
+                for objective, attacker in attackers:
+                    stats = rollout(victim, attacker, args.episodes, args.seed, args.stochastic)
+                    results.append({"objective": objective, "returns": stats.returns, "lengths": stats.lengths,
+                                    "seconds": round(stats.seconds, 2)})
+                record = {"identity": identity, "fit": fit, "evaluation": evaluation, "critic": critic_path,
+                          "results": results}
+                write_atomically(record_path, lambda tmp: write_json(tmp, record))
+            for result in results:
+                stats = EpisodeStats(result["returns"], result["lengths"], result["seconds"])
+                print(f"  [{result['objective']} {label}] victim return {stats.mean:.1f} ± {stats.std:.1f}"
+                      f"{' (saved earlier)' if cached else ''}", flush=True)
                 per_setting.append({"sarsa_eps": sarsa_eps, "sarsa_reg": sarsa_reg, "action_input": action_input,
-                                    "objective": objective, "mean": stats.mean, "std": stats.std})
+                                    "objective": result["objective"], "mean": stats.mean, "std": stats.std,
+                                    "cached": cached})
                 if best is None or stats.mean < best[0].mean:
                     best = (stats, per_setting[-1])
     return {"stats": best[0], "per_setting": per_setting, "strongest": best[1],

@@ -3,6 +3,7 @@ Sarsa learns Q^pi, learned attackers train/save/reload, eval_all writes the tabl
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 
 import numpy as np
@@ -215,18 +216,45 @@ def test_sarsa_data_of_a_ppo_victim_keep_its_unclipped_actions():
     np.testing.assert_allclose(replayed, data["rewards"][:20].numpy(), rtol=1e-5)
 
 
-def rs_args(**overrides):
+def rs_args(save_dir, **overrides):
+    """save_dir is required: fitted critics are cached there, and a shared one would let one test read another's."""
     parser = argparse.ArgumentParser()
     robust_sarsa.add_args(parser)
     args = parser.parse_args(["--rs-settings", "0.05:0.1", "--rs-steps", "200", "--rs-updates", "20",
-                              "--rs-hidden", "16", "16", "--pgd-steps", "2", "--pgd-restarts", "1"])
+                              "--rs-hidden", "16", "16", "--pgd-steps", "2", "--pgd-restarts", "1",
+                              "--save-dir", str(save_dir)])
     args.episodes, args.seed, args.stochastic = 1, 0, False
     for k, v in overrides.items():
         setattr(args, k, v)
     return args
 
 
-def test_rs_fits_both_action_inputs_of_a_ppo_victim_and_keeps_the_worst(ppo_ckpt, sac_ckpt, monkeypatch):
+def test_rs_resumes_from_saved_critics_with_the_numbers_of_an_uncut_run(sac_ckpt, monkeypatch, tmp_path):
+    """A suite cut after one grid cell refits only the missing cell on the re-run and reports what an uncut run
+    reports; other evaluation settings re-evaluate a saved critic without refitting; other Sarsa settings refit."""
+    victim = common.load_victim(sac_ckpt)
+    grid = ["0.05:0.1", "0.15:1"]
+    uncut = robust_sarsa.evaluate(victim, rs_args(tmp_path / "uncut", rs_settings=grid))
+    fits, fit = [], robust_sarsa.fit_sarsa
+    monkeypatch.setattr(robust_sarsa, "fit_sarsa", lambda *a, **k: fits.append(a[4:6]) or fit(*a, **k))
+    robust_sarsa.evaluate(victim, rs_args(tmp_path / "cut", rs_settings=grid[:1]))  # the run that was stopped
+    resumed = robust_sarsa.evaluate(victim, rs_args(tmp_path / "cut", rs_settings=grid))
+    assert fits == [(0.05, 0.1), (0.15, 1.0)]  # the second call fitted only the cell the first one lacked
+    assert [r["cached"] for r in resumed["per_setting"]] == [True, True, False, False]
+    strip = lambda row: [{k: v for k, v in r.items() if k != "cached"} for r in row["per_setting"]]
+    assert strip(resumed) == strip(uncut) and resumed["stats"].returns == uncut["stats"].returns
+    record_path = glob.glob(str(tmp_path / "cut" / "*_rs_e0.05_r0.1_*.json"))[0]
+    before = json.load(open(record_path))["results"]
+    longer = robust_sarsa.evaluate(victim, rs_args(tmp_path / "cut", rs_settings=grid, episodes=2))
+    assert len(fits) == 2 and not any(r["cached"] for r in longer["per_setting"])  # saved critics, re-evaluated
+    after = json.load(open(record_path))["results"]
+    assert [len(r["returns"]) for r in after] == [2, 2]
+    assert [r["returns"][0] for r in after] == [r["returns"][0] for r in before]  # the loaded critic is the fitted one
+    robust_sarsa.evaluate(victim, rs_args(tmp_path / "cut", rs_settings=grid[:1], rs_updates=21))
+    assert fits[2:] == [(0.05, 0.1)]  # a different fit is a different critic
+
+
+def test_rs_fits_both_action_inputs_of_a_ppo_victim_and_keeps_the_worst(ppo_ckpt, sac_ckpt, monkeypatch, tmp_path):
     """Each input fits its own critic on its own actions and attacks through its own action: recorded per call."""
     calls, fit = [], robust_sarsa.fit_sarsa
     monkeypatch.setattr(robust_sarsa, "fit_sarsa",
@@ -238,17 +266,17 @@ def test_rs_fits_both_action_inputs_of_a_ppo_victim_and_keeps_the_worst(ppo_ckpt
         init(self, *a, **k)
 
     monkeypatch.setattr(pgd.PGDAttacker, "__init__", recording_init)
-    row = robust_sarsa.evaluate(common.load_victim(ppo_ckpt), rs_args())
+    row = robust_sarsa.evaluate(common.load_victim(ppo_ckpt), rs_args(tmp_path))
     assert calls == [("fit", True), ("PGDAttacker", True), ("SarsaMADAttacker", True),
                      ("fit", False), ("PGDAttacker", False), ("SarsaMADAttacker", False)]
     assert [(r["action_input"], r["objective"]) for r in row["per_setting"]] == \
         [(i, o) for i in ("mean", "executed") for o in ("rs", "rs_mad")]
     assert row["stats"].mean == min(r["mean"] for r in row["per_setting"]) == row["strongest"]["mean"]
     assert row["search"]["action_inputs"] == ["mean", "executed"]
-    row = robust_sarsa.evaluate(common.load_victim(ppo_ckpt), rs_args(rs_action="mean"))
+    row = robust_sarsa.evaluate(common.load_victim(ppo_ckpt), rs_args(tmp_path, rs_action="mean"))
     assert {r["action_input"] for r in row["per_setting"]} == {"mean"}
     sac_victim = common.load_victim(sac_ckpt)  # one input: nothing is clipped
-    row = robust_sarsa.evaluate(sac_victim, rs_args(rs_action="mean"))
+    row = robust_sarsa.evaluate(sac_victim, rs_args(tmp_path, rs_action="mean"))
     assert {r["action_input"] for r in row["per_setting"]} == {"executed"}
     with pytest.raises(common.AttackError, match="PPO-kind"):
         pgd.PGDAttacker(sac_victim, critic=sac_victim.critic, through_mean=True)
