@@ -120,9 +120,10 @@ class Args:
     q_weight: Optional[float] = None  # kappa's final value; default per task (q_weight: 0.8, HalfCheetah 0.5)
     q_weight_schedule: Optional[str] = None  # linear (kappa = q_weight k/K), exp ((q_weight k/K)^3: Walker2d), constant
     worst_action_steps: int = 50  # signed steps of box/steps that minimise Q_w over the policy's action box (maxiter)
-    worst_action_eps: Optional[float] = None
-    """radius of the state ball whose action box bounds a_w; default the regulariser's scheduled eps (the reference
-    computes that value but passes a fixed 0.01)"""
+    worst_action_eps: Optional[float] = 0.01
+    """radius of the state ball whose action box bounds a_w. Default 0.01, the reference's (WocaR-PPO steps.py
+    worst_q_step: worst_action_pgd(..., eps=0.01), which produced the paper's row); None = the attack's scheduled
+    eps (the regulariser's ramp), what the WocaR paper's text describes and the reference computes but never passes"""
 
 
 # --- Environment -----------------------------------------------------------------------------------
@@ -527,6 +528,11 @@ class Learner:
             nn.utils.clip_grad_norm_(params, self.args.max_grad_norm)
         optimizer.step()
 
+    def worst_action_radius(self, iteration: float) -> float:
+        """Radius of the state ball whose policy-action box a_w searches (--worst-action-eps; None: scheduled)."""
+        eps = self.args.worst_action_eps
+        return self.reg_eps(iteration) if eps is None else eps
+
     def update(self, rollout: Rollout, iteration: int) -> dict:
         """Value epochs, then policy epochs (SA-PPO take_steps order) on one rollout. Returns scalar tensors."""
         args = self.args
@@ -538,8 +544,8 @@ class Learner:
             for idx in self.minibatches(n):
                 value_loss = self.value_loss(rollout.obs[idx], targets[idx], rollout.values[idx])
                 self.step(self.critic_optimizer, value_loss, self.critic.parameters())
-        # value step -> worst-case Q step -> policy step (WocaR take_steps order), the Q radius the scheduled eps
-        worst_eps = args.worst_action_eps if args.worst_action_eps is not None else self.reg_eps(iteration)
+        # value step -> worst-case Q step -> policy step (WocaR take_steps order)
+        worst_eps = self.worst_action_radius(iteration)
         worst_q_loss = self.worst_q_update(rollout, worst_eps)
         kappa = self.q_weight(iteration)
         with torch.no_grad():  # the target does not move during the policy epochs: once for the whole rollout

@@ -79,6 +79,12 @@ def test_worst_q_target_matches_a_hand_computation(monkeypatch):
     assert any(moved)  # the Polyak target follows (tau 0.001)
 
 
+def test_worst_action_radius_is_the_references_fixed_value_unless_scheduled():
+    assert learner().worst_action_radius(0) == learner().worst_action_radius(90) == 0.01  # WocaR steps.py eps=0.01
+    scheduled = learner(worst_action_eps=None)
+    assert scheduled.worst_action_radius(0) == 0.0 and scheduled.worst_action_radius(90) == scheduled.reg_eps(90) > 0.05
+
+
 def test_kappa_schedules():
     assert learner().q_weight(50) == pytest.approx(0.8 * 0.5)  # Hopper: linear to 0.8
     walker = wocar_ppo.Learner(wocar_ppo.resolve_args(wocar_ppo.Args(env_id="Walker2d-v4", hidden_sizes=(32, 32))),
