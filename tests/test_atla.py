@@ -42,6 +42,9 @@ def test_settings_are_the_references(workdir):
     assert (p.adv_policy_lr, p.adv_value_lr, p.adv_ent_coef, p.adv_clip_coef) == (1e-2, 1e-3, 3e-4, 0.4)
     assert (p.reg_coef, p.reg_sgld_steps, p.pa_steps) == (0.3, 2, 1)
     assert atla_ppo.resolve_args(atla_ppo.Args(env_id="Ant-v4", pa=True)).total_timesteps == 4882 * 2048
+    # the paper's Walker2d rows: plain "ATLA-PPO", "PA-ATLA-PPO +reg."
+    assert atla_ppo.resolve_args(atla_ppo.Args(env_id="Walker2d-v4")).reg_coef == 0.0
+    assert atla_ppo.resolve_args(atla_ppo.Args(env_id="Walker2d-v4", pa=True)).reg_coef == 0.1
 
 
 def test_adversary_rollout_freezes_the_normalizer_and_negates_scaled_rewards(workdir, monkeypatch):
