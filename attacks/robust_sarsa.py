@@ -261,7 +261,7 @@ def evaluate(victim: Victim, args) -> dict:
         raise AttackError("--rs-steps and --rs-updates must be positive")
     if not 0 <= args.rs_mad_ratio <= 1:
         raise AttackError(f"--rs-mad-ratio must lie in [0, 1], got {args.rs_mad_ratio}")
-    from attacks.search import victim_identity
+    from attacks.search import same_victim, victim_identity
 
     identity = victim_identity(victim)
     start = getattr(args, "pgd_start", "mixed")
@@ -278,7 +278,7 @@ def evaluate(victim: Victim, args) -> dict:
                    "updates": args.rs_updates, "fit_seed": args.seed, "hidden": list(args.rs_hidden)}
             critic_path, record_path = cache_paths(victim, args, fit)
             record = json.load(open(record_path)) if os.path.isfile(record_path) else None
-            same_fit = record is not None and record.get("identity") == identity and record.get("fit") == fit
+            same_fit = same_victim(record, victim) and record.get("fit") == fit
             if same_fit and record.get("evaluation") == evaluation:
                 print(f"  [rs {label}] found in {record_path}", flush=True)
                 results, cached = record["results"], True

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import itertools
 import json
 import os
@@ -112,7 +113,21 @@ def realize_tag(kind: str, pa_steps: int, pa_restarts: int) -> str:
 
 
 def victim_identity(victim: Victim) -> dict:
-    return {"victim": os.path.abspath(victim.ckpt_path), "victim_step": victim.ckpt["global_step"], "eps": victim.eps}
+    """What an attacker (or a Sarsa critic) trained against a victim is valid for: the checkpoint's content, not
+    its path, so a study cloned to another machine or directory finds what it trained; its step; the radius."""
+    digest = getattr(victim, "_content_sha1", None)
+    if digest is None:
+        with open(victim.ckpt_path, "rb") as f:
+            digest = victim._content_sha1 = hashlib.sha1(f.read()).hexdigest()
+    return {"victim_sha1": digest, "victim_step": victim.ckpt["global_step"], "eps": victim.eps}
+
+
+def same_victim(record: Optional[dict], victim: Victim) -> bool:
+    """The record was made against this victim (records written before the content hash name its absolute path)."""
+    if record is None:
+        return False
+    legacy = {"victim": os.path.abspath(victim.ckpt_path), "victim_step": victim.ckpt["global_step"], "eps": victim.eps}
+    return record.get("identity") in (victim_identity(victim), legacy)
 
 
 def train_one(victim: Victim, config: AttackerConfig, realize: Callable, action_dim: int, save_dir: str,
@@ -129,12 +144,12 @@ def train_one(victim: Victim, config: AttackerConfig, realize: Callable, action_
     identity = victim_identity(victim)
     evaluation = {"episodes": episodes, "seed": eval_seed, "stochastic": stochastic}
     record = json.load(open(record_path)) if os.path.isfile(record_path) else None
-    same_victim = record is not None and record.get("identity") == identity
-    if same_victim and record.get("evaluation") == evaluation:
+    known_victim = same_victim(record, victim)
+    if known_victim and record.get("evaluation") == evaluation:
         return record
     name = f"{config.kind}_{config.algo}"
     start = time.time()
-    if same_victim and os.path.isfile(path):  # trained earlier against this victim, evaluated on other episodes
+    if known_victim and os.path.isfile(path):  # trained earlier against this victim, evaluated on other episodes
         policy, _ = load_attacker(path, victim, config.kind)
         train_seconds = 0.0
     else:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -429,6 +431,24 @@ def test_search_resumes_and_eval_all_reads_the_trained_attackers(sac_ckpt, tmp_p
     assert column["search"]["preset"] == "quick" and column["search"]["configurations"] == 2
     assert column["mean"] == min(json.loads(p.read_text())["mean"] for p in records)
     assert "learned quick" in row["search"]
+    # the study cloned elsewhere: the same checkpoint at another path finds its attackers by content
+    moved = tmp_path / "elsewhere" / os.path.basename(sac_ckpt)
+    moved.parent.mkdir()
+    shutil.copyfile(sac_ckpt, moved)
+    moved_args = [str(moved) if a == sac_ckpt else a for a in common_args]
+    proc = run_script("attacks/eval_all.py", *moved_args, "--attacks", "sa_rl_ppo", cwd=str(tmp_path), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "att").iterdir()} == stamps
+    # records written before the content hash (identity = absolute path) are still read back
+    for p in records:
+        record = json.loads(p.read_text())
+        record["identity"] = {"victim": os.path.abspath(sac_ckpt), "victim_step": record["identity"]["victim_step"],
+                              "eps": record["identity"]["eps"]}
+        p.write_text(json.dumps(record))
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "att").iterdir()}
+    proc = run_script("attacks/eval_all.py", *common_args, "--attacks", "sa_rl_ppo", cwd=str(tmp_path), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "att").iterdir()} == stamps
     # another radius is another attacker: trained anew, never read back from the eps-0.x files
     proc = run_script("attacks/eval_all.py", *common_args, "--attacks", "sa_rl_ppo", "--eps", "0.01", cwd=str(tmp_path),
                       timeout=600)
