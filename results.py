@@ -4,7 +4,8 @@
 
 Table (table.md/.csv): one row per method and env, the median seed's returns under every attack (mean ± std over
 the evaluation episodes) and its worst, the worst case across seeds (mean ± 95 % t-interval of each seed's worst
-under the per-seed attacks), next to the paper's worst-case score (SPEC §8). per_seed.csv: every seed's clean
+under the per-seed attacks), next to the paper's worst-case score (SPEC §8; none for a sweep run with --train-args,
+whose method label names them). per_seed.csv: every seed's clean
 evaluation and its per-seed attack columns. Figures: clean-return training curves per env, mean ± std over seeds
 (paper Fig. 2); worst_case.png, the median seed's worst and natural; natural_vs_worst.png, one dot per seed and
 method (natural return against worst-case return), so a separation or its absence is visible at a glance.
@@ -36,6 +37,19 @@ PAPER_WORST = {
 }
 LABELS = {"ppo": "PPO", "robust_ppo": "Robust-PPO", "atla_ppo": "ATLA-PPO", "wocar_ppo": "WocaR-PPO", "sac": "SAC", "robust_sac": "Robust-SAC", "sac_ppo": "SAC-PPO", "sac_valt_eps": "VALT-EPS-SAC",
           "sac_valt_soft": "VALT-SOFT-SAC"}
+
+
+def sweep_variant(sweep: str) -> dict:
+    """The --train-args the sweep's trials ran with (sweep.json): a variant of the method (an ablation), which
+    the paper's number for the method does not describe."""
+    path = os.path.join(sweep, "sweep.json")
+    train_args = json.load(open(path)).get("train_args") if os.path.isfile(path) else None
+    return json.loads(train_args) if train_args else {}
+
+
+def method_label(method: str, variant: dict) -> str:
+    label = LABELS.get(method, method)
+    return f"{label} [{', '.join(f'{k}={v}' for k, v in variant.items())}]" if variant else label
 
 
 def load_sweep(sweep: str):
@@ -100,7 +114,7 @@ def write_per_seed(trials, out_dir: str) -> None:
         csv.writer(f).writerows(rows)
 
 
-def write_table(trials, rows, out_dir: str) -> str:
+def write_table(trials, rows, out_dir: str, variant: dict | None = None) -> str:
     used = [(k, label) for k, label in COLUMNS if any(k in r["attacks"] for r in rows.values())]
     header = ["Env", "Method", "Seeds", "Median seed", "Steps"] + [label for _, label in used] + \
              ["Worst (median seed)", "Worst across seeds (mean ± 95 % CI)", "Worst (paper)"]
@@ -111,7 +125,7 @@ def write_table(trials, rows, out_dir: str) -> str:
         seeds = [t for t in trials if t["method"] == method and t["env_id"] == env_id]
         stem = os.path.splitext(os.path.basename(row["ckpt"]))[0]  # attacks/<trial>.pt, or trials/<trial>/model.pt
         median = (stem if "__s" in stem else os.path.basename(os.path.dirname(row["ckpt"]))).split("__s")[-1]
-        cells = [env_id, LABELS.get(method, method), str(len(seeds)), median, str(row["global_step"])]
+        cells = [env_id, method_label(method, variant), str(len(seeds)), median, str(row["global_step"])]
         for key, _ in used:
             a = row["attacks"].get(key)
             cells.append(f"{a['mean']:.0f} ± {a['std']:.0f}" if a else "–")
@@ -123,7 +137,7 @@ def write_table(trials, rows, out_dir: str) -> str:
             cells.append(f"{mean:.0f} ± {half:.0f} (n={len(per_seed)})")
         else:
             cells.append("–")
-        cells.append(PAPER_WORST.get(env_id, {}).get(method, "–"))
+        cells.append("– (a variant)" if variant else PAPER_WORST.get(env_id, {}).get(method, "–"))
         md.append("| " + " | ".join(cells) + " |")
         csv_rows.append(cells)
     with open(os.path.join(out_dir, "table.csv"), "w", newline="") as f:
@@ -221,7 +235,7 @@ def main(argv=None) -> None:
     out_dir = a.out or os.path.join(a.sweep, "results")
     os.makedirs(out_dir, exist_ok=True)
     write_per_seed(trials, out_dir)
-    print(write_table(trials, rows, out_dir) if rows else "(no median-seed attack evaluations yet)")
+    print(write_table(trials, rows, out_dir, sweep_variant(a.sweep)) if rows else "(no median-seed attack evaluations yet)")
     if not a.no_figures:
         try:
             for path in write_figures(a.sweep, trials, rows, out_dir):

@@ -1,0 +1,44 @@
+"""results.py on a hand-made sweep folder: the table's cells come from the attack JSONs, the interval from the
+per-seed worsts, and a sweep run with --train-args (an ablation) is labelled as such, without the paper's number."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import results
+
+
+def make_sweep(root, train_args: str) -> None:
+    for seed, (clean, worst) in enumerate([(3000.0, 1000.0), (3500.0, 1500.0), (4000.0, 2300.0)], start=1):
+        name = f"sac_valt_eps__HalfCheetah-v4__s{seed}"
+        (root / "trials" / name).mkdir(parents=True)
+        (root / "trials" / name / "done.json").write_text(json.dumps(
+            {"method": "sac_valt_eps", "env_id": "HalfCheetah-v4", "seed": seed, "global_step": 50000,
+             "eval_mean": clean}))
+        (root / "models").mkdir(exist_ok=True)
+        attacks = {"natural": {"mean": clean, "std": 1.0}, "pgd": {"mean": worst, "std": 2.0}}
+        (root / "models" / f"{name}_attacks.json").write_text(json.dumps({"attacks": attacks}))
+    (root / "attacks").mkdir()
+    row = {"ckpt": "x/attacks/sac_valt_eps__HalfCheetah-v4__s2.pt", "env_id": "HalfCheetah-v4", "global_step": 50000,
+           "attacks": {"natural": {"mean": 3500.0, "std": 10.0}, "pgd": {"mean": 1500.0, "std": 20.0},
+                       "rs": {"mean": 1200.0, "std": 30.0}},
+           "worst": {"attack": "rs", "mean": 1200.0, "std": 30.0}}
+    (root / "attacks" / "sac_valt_eps__HalfCheetah-v4.json").write_text(json.dumps(row))
+    (root / "sweep.json").write_text(json.dumps({"train_args": train_args}))
+
+
+@pytest.mark.parametrize("train_args", ["", '{"pe_adversary": false}'])
+def test_table_cells_interval_and_variant_label(tmp_path, train_args):
+    make_sweep(tmp_path, train_args)
+    results.main(["--sweep", str(tmp_path), "--no-figures"])
+    line = (tmp_path / "results" / "table.md").read_text().splitlines()[2]
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[3:5] == ["2", "50000"] and cells[5:8] == ["3500 ± 10", "1500 ± 20", "1200 ± 30"]
+    assert cells[8] == "1200 ± 30"
+    # per-seed worsts 1000, 1500, 2300: mean 1600, sd 655.7, t(2) 4.303 -> half-width 1629
+    assert cells[9] == "1600 ± 1629 (n=3)"
+    if train_args:
+        assert cells[1] == "VALT-EPS-SAC [pe_adversary=False]" and cells[10] == "– (a variant)"
+    else:
+        assert cells[1] == "VALT-EPS-SAC" and cells[10] == "4647 ± 180"
