@@ -178,6 +178,20 @@ def trial_files(out: str, name: str) -> list[str]:
         [os.path.join(out, "models", f"{name}.pt")]
 
 
+def attacked_trial(row: dict) -> str:
+    """The trial an attack row belongs to: its checkpoint is attacks/<trial>.pt, models/<trial>.pt or
+    trials/<trial>/model.pt."""
+    stem = os.path.splitext(os.path.basename(row["ckpt"]))[0]
+    return stem if "__s" in stem else os.path.basename(os.path.dirname(row["ckpt"]))
+
+
+def same_attacks(a) -> bool:
+    """The median seed's suite asks for exactly the per-seed attacks, with the same settings."""
+    names = lambda spec: sorted(n.strip() for n in spec.split(",") if n.strip())  # noqa: E731
+    return (a.attacks != "all" and names(a.attacks) == names(a.seed_attacks)
+            and a.attack_args.split() == a.seed_attack_args.split())
+
+
 def median_seed(results: list[dict]) -> dict:
     """The run whose final clean return is the median (lower median for an even count)."""
     ordered = sorted(results, key=lambda r: r["eval_mean"])
@@ -361,10 +375,25 @@ def main(argv=None) -> None:
                     continue
                 chosen = median_seed(runs)
                 out_json = os.path.join(out, "attacks", f"{method}__{env_id}.json")
-                if os.path.isfile(out_json):
-                    print(f"[sweep] attacks finished earlier, skipped: {method} {env_id}", flush=True)
-                    continue
                 name = trial_name(method, env_id, chosen["seed"])
+                if os.path.isfile(out_json):
+                    earlier = attacked_trial(json.load(open(out_json)))
+                    if earlier == name:
+                        print(f"[sweep] attacks finished earlier, skipped: {method} {env_id}", flush=True)
+                        continue
+                    # more seeds moved the median: the suite belongs on the new one
+                    print(f"[sweep] the median seed of {method} {env_id} is now {chosen['seed']} "
+                          f"(the suite attacked {earlier}): attacking it", flush=True)
+                seed_row = os.path.join(out, "models", f"{name}_attacks.json")
+                if same_attacks(a) and os.path.isfile(seed_row):  # the suite IS the per-seed attacks: reuse them
+                    import shutil
+
+                    shutil.copyfile(seed_row, out_json)
+                    print(f"[sweep] attacks of {method} {env_id}: the median seed's per-seed attacks "
+                          f"(the same attacks and settings)", flush=True)
+                    if a.git_commit:
+                        git_commit([out_json], f"study {os.path.basename(out)}: {method} {env_id} median seed attacked")
+                    continue
                 ckpt = os.path.join(out, "attacks", f"{name}.pt")  # its own copy: its _attacks.json lands beside it
                 if not os.path.isfile(ckpt):
                     import shutil

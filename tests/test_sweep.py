@@ -2,6 +2,7 @@
 a re-run skips what is finished; results.py aggregates."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -36,6 +37,17 @@ def test_sweep_json_keeps_the_union_of_grids_and_refuses_a_changed_setting(tmp_p
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "sweep.py"), "--out", str(tmp_path), "--methods", "sac",
                            "--budget-scale", "0.5"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "its own --out" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_suite_bookkeeping_finds_the_attacked_trial_and_reuses_identical_per_seed_attacks():
+    for ckpt in ("o/attacks/sac__Hopper-v4__s2.pt", "o/models/sac__Hopper-v4__s2.pt", "o/trials/sac__Hopper-v4__s2/model.pt"):
+        assert sweep.attacked_trial({"ckpt": ckpt}) == "sac__Hopper-v4__s2"
+    args = lambda **kw: argparse.Namespace(**{"attacks": "pgd,natural", "seed_attacks": "natural, pgd",  # noqa: E731
+                                              "attack_args": "", "seed_attack_args": "", **kw})
+    assert sweep.same_attacks(args())
+    assert not sweep.same_attacks(args(attacks="all", seed_attacks="all"))  # "all" adds the own adversary
+    assert not sweep.same_attacks(args(attacks="natural,pgd,rs"))
+    assert not sweep.same_attacks(args(attack_args="--pgd-steps 20"))
 
 
 def test_median_seed_and_scaled_schedules():
