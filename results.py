@@ -59,6 +59,8 @@ def load_sweep(sweep: str):
         t["attacks"] = json.load(open(path)) if os.path.isfile(path) else None
     rows = {}
     for p in sorted(glob.glob(os.path.join(sweep, "attacks", "*.json"))):
+        if p.endswith("_attacks.json"):  # eval_all's copy next to an attacked checkpoint, maybe an earlier median's
+            continue
         row = json.load(open(p))
         method = os.path.basename(p).split("__")[0]
         rows[(method, row["env_id"])] = row

@@ -25,6 +25,9 @@ def make_sweep(root, train_args: str) -> None:
                        "rs": {"mean": 1200.0, "std": 30.0}},
            "worst": {"attack": "rs", "mean": 1200.0, "std": 30.0}}
     (root / "attacks" / "sac_valt_eps__HalfCheetah-v4.json").write_text(json.dumps(row))
+    # eval_all's row next to an earlier median seed's attacked copy: not the suite's row
+    stale = dict(row, attacks={"natural": {"mean": 1.0, "std": 0.0}}, worst=None)
+    (root / "attacks" / "sac_valt_eps__HalfCheetah-v4__s1_attacks.json").write_text(json.dumps(stale))
     (root / "sweep.json").write_text(json.dumps({"train_args": train_args}))
 
 
