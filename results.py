@@ -4,8 +4,8 @@
 
 Table (table.md/.csv): one row per method and env, the median seed's returns under every attack (mean ± std over
 the evaluation episodes) and its worst, the worst case across seeds (mean ± 95 % t-interval of each seed's worst
-under the per-seed attacks), next to the paper's worst-case score (SPEC §8; none for a sweep run with --train-args,
-whose method label names them). per_seed.csv: every seed's clean
+under the per-seed attacks), next to the paper's worst-case score (SPEC §8); a sweep run with --train-args (an
+ablation, a smaller network) gets a last column that names them. per_seed.csv: every seed's clean
 evaluation and its per-seed attack columns. Figures: clean-return training curves per env, mean ± std over seeds
 (paper Fig. 2); worst_case.png, the median seed's worst and natural; natural_vs_worst.png, one dot per seed and
 method (natural return against worst-case return), so a separation or its absence is visible at a glance.
@@ -45,11 +45,6 @@ def sweep_variant(sweep: str) -> dict:
     path = os.path.join(sweep, "sweep.json")
     train_args = json.load(open(path)).get("train_args") if os.path.isfile(path) else None
     return json.loads(train_args) if train_args else {}
-
-
-def method_label(method: str, variant: dict) -> str:
-    label = LABELS.get(method, method)
-    return f"{label} [{', '.join(f'{k}={v}' for k, v in variant.items())}]" if variant else label
 
 
 def load_sweep(sweep: str):
@@ -119,7 +114,8 @@ def write_per_seed(trials, out_dir: str) -> None:
 def write_table(trials, rows, out_dir: str, variant: dict | None = None) -> str:
     used = [(k, label) for k, label in COLUMNS if any(k in r["attacks"] for r in rows.values())]
     header = ["Env", "Method", "Seeds", "Median seed", "Steps"] + [label for _, label in used] + \
-             ["Worst (median seed)", "Worst across seeds (mean ± 95 % CI)", "Worst (paper)"]
+             ["Worst (median seed)", "Worst across seeds (mean ± 95 % CI)", "Worst (paper)"] + \
+             (["Run with (--train-args; the paper's number is the unmodified method's)"] if variant else [])
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     csv_rows = [header]
     for (method, env_id), row in sorted(rows.items(), key=lambda kv: (kv[0][1], list(LABELS).index(kv[0][0])
@@ -127,7 +123,7 @@ def write_table(trials, rows, out_dir: str, variant: dict | None = None) -> str:
         seeds = [t for t in trials if t["method"] == method and t["env_id"] == env_id]
         stem = os.path.splitext(os.path.basename(row["ckpt"]))[0]  # attacks/<trial>.pt, or trials/<trial>/model.pt
         median = (stem if "__s" in stem else os.path.basename(os.path.dirname(row["ckpt"]))).split("__s")[-1]
-        cells = [env_id, method_label(method, variant), str(len(seeds)), median, str(row["global_step"])]
+        cells = [env_id, LABELS.get(method, method), str(len(seeds)), median, str(row["global_step"])]
         for key, _ in used:
             a = row["attacks"].get(key)
             cells.append(f"{a['mean']:.0f} ± {a['std']:.0f}" if a else "–")
@@ -139,7 +135,9 @@ def write_table(trials, rows, out_dir: str, variant: dict | None = None) -> str:
             cells.append(f"{mean:.0f} ± {half:.0f} (n={len(per_seed)})")
         else:
             cells.append("–")
-        cells.append("– (a variant)" if variant else PAPER_WORST.get(env_id, {}).get(method, "–"))
+        cells.append(PAPER_WORST.get(env_id, {}).get(method, "–"))
+        if variant:
+            cells.append(", ".join(f"{k}={v}" for k, v in variant.items()))
         md.append("| " + " | ".join(cells) + " |")
         csv_rows.append(cells)
     with open(os.path.join(out_dir, "table.csv"), "w", newline="") as f:
