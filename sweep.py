@@ -149,18 +149,22 @@ def slim_model(out: str, name: str) -> Optional[str]:
     return slim
 
 
-def git_commit(paths: list[str], message: str) -> None:
-    """Commits exactly these paths (other changes in the work tree stay as they are); a failure is reported, the
-    study goes on."""
+def git_commit(paths: list[str], message: str, force: tuple = (), repo: str = ROOT) -> None:
+    """Commits exactly these paths (other changes in the work tree stay as they are); `force`: paths among them that
+    .gitignore excludes (a PPO trial's resume checkpoint). A failure is reported, the study goes on."""
     import subprocess
 
     paths = [p for p in paths if os.path.exists(p)]
+    forced = [p for p in force if p in paths]
     if not paths:
         return
+    adds = [["git", "add", "-f", "--", *forced]] if forced else []
+    plain = [p for p in paths if p not in forced]
+    adds += [["git", "add", "--", *plain]] if plain else []
     try:
-        for cmd in (["git", "add", "--", *paths], ["git", "commit", "-q", "-m", message, "--", *paths]):
+        for cmd in (*adds, ["git", "commit", "-q", "-m", message, "--", *paths]):
             for attempt in range(10):  # another commit (a second sweep, a person) may hold the index lock
-                proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+                proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
                 if proc.returncode == 0 or "index.lock" not in proc.stderr:
                     break
                 time.sleep(3)
@@ -172,10 +176,47 @@ def git_commit(paths: list[str], message: str) -> None:
         print(f"[sweep] git commit failed ({e}); the files stay in the work tree", flush=True)
 
 
-def trial_files(out: str, name: str) -> list[str]:
+def trial_files(out: str, name: str, repo: str = ROOT) -> list[str]:
     trial_dir = os.path.join(out, "trials", name)
-    return [os.path.join(trial_dir, f) for f in ("done.json", "attempts.jsonl", "train.log", "runs")] + \
+    files = [os.path.join(trial_dir, f) for f in ("done.json", "attempts.jsonl", "train.log", "runs")] + \
         [os.path.join(out, "models", f"{name}.pt")]
+    ckpt = os.path.join(trial_dir, "model.pt")
+    if tracked(ckpt, repo):  # a progress commit tracked the resume checkpoint: its final state goes in with the rest
+        files.append(ckpt)
+    return files
+
+
+def tracked(path: str, repo: str = ROOT) -> bool:
+    import subprocess
+
+    return subprocess.run(["git", "ls-files", "--error-unmatch", "--", path], cwd=repo,
+                          capture_output=True).returncode == 0
+
+
+def commit_progress(out: str, names, committed: dict, repo: str = ROOT) -> list[str]:
+    """Commits the resume checkpoint (with its log, attempts and events) of each unfinished PPO-family trial whose
+    checkpoint changed since its last progress commit, so a study cut at a session's end continues from it on a fresh
+    clone (run_trial resumes from trials/<name>/model.pt). A PPO checkpoint is small (networks, Adam moments,
+    normalizer, no buffer); SAC-family trials are left out: their resume state includes the replay buffer (GBs).
+    `committed` maps trial -> the checkpoint mtime last committed; returns the trials committed now."""
+    import torch
+
+    now = []
+    for name in names:
+        ckpt = os.path.join(out, "trials", name, "model.pt")
+        if name.split("__")[0] not in PPO_METHODS or not os.path.isfile(ckpt):
+            continue
+        stamp = os.stat(ckpt).st_mtime_ns
+        if committed.get(name) == stamp:
+            continue
+        step = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
+        files = [f for f in trial_files(out, name, repo) if not f.endswith(("done.json", f"{name}.pt", "model.pt"))]
+        files.append(ckpt)
+        git_commit(files, f"study {os.path.basename(out)}: trial {name} in progress (step {step})",
+                   force=(ckpt,), repo=repo)
+        committed[name] = stamp
+        now.append(name)
+    return now
 
 
 def attacked_trial(row: dict) -> str:
@@ -259,9 +300,12 @@ def main(argv=None) -> None:
     p.add_argument("--skip-attacks", action="store_true", help="train only (no per-seed, no median-seed attacks)")
     p.add_argument("--git-commit", action="store_true",
                    help="commit each finished trial (marker, log, events, slim model) and attack JSON as it lands")
+    p.add_argument("--commit-progress-min", type=float, default=20.0,
+                   help="with --git-commit: every N minutes, and when the sweep is stopped, commit each running "
+                        "PPO-family trial's resume checkpoint, so a fresh clone continues it (0: never)")
     a = p.parse_args(argv)
-    if not 0 < a.budget_scale <= 10 or a.seeds < 1:
-        p.error("--budget-scale must be in (0, 10] and --seeds >= 1")
+    if not 0 < a.budget_scale <= 10 or a.seeds < 1 or a.commit_progress_min < 0:
+        p.error("--budget-scale must be in (0, 10], --seeds >= 1 and --commit-progress-min >= 0")
     unknown = [m for m in a.methods if not os.path.isfile(os.path.join(ROOT, f"{m}.py"))]
     if unknown:
         p.error(f"unknown method(s) {unknown}")
@@ -329,6 +373,13 @@ def main(argv=None) -> None:
     start = time.time()
     failed: list[str] = []
     stop = install_stop_handler()
+    progress: dict = {}  # trial -> mtime of its last committed resume checkpoint
+    last_progress = time.time()
+
+    def progress_commit() -> None:
+        if a.git_commit and a.commit_progress_min > 0:
+            for name in commit_progress(out, sorted(pending.values()), progress):
+                print(f"[sweep] progress of {name} committed (its resume checkpoint)", flush=True)
 
     def seed_attacks_landed(ref) -> None:
         name = seed_jobs.pop(ref)
@@ -346,7 +397,10 @@ def main(argv=None) -> None:
     while pending or seed_jobs:  # trainings and per-seed attacks, each handled (and committed) as it lands
         ready, _ = ray.wait(list(pending) + list(seed_jobs), num_returns=1, timeout=1.0)
         if stop["signal"] is not None:
-            preempt(ray, {**pending, **seed_jobs}, stop["signal"])
+            preempt(ray, {**pending, **seed_jobs}, stop["signal"], on_stopped=progress_commit)
+        if a.commit_progress_min > 0 and time.time() - last_progress > 60 * a.commit_progress_min:
+            progress_commit()
+            last_progress = time.time()
         if not ready:
             continue
         if ready[0] in seed_jobs:
@@ -464,14 +518,16 @@ def install_stop_handler() -> dict:
     return stop
 
 
-def preempt(ray, pending: dict, signum: int, grace_s: float = 120.0) -> None:
+def preempt(ray, pending: dict, signum: int, grace_s: float = 120.0, on_stopped=None) -> None:
     """Interrupts the running trials (Ray raises KeyboardInterrupt in each, which the method scripts' SIGINT
-    handler turns into: finish the step, save with the buffer, stop), waits for them, exits 128 + signum. A re-run
-    resumes every trial from its checkpoint."""
+    handler turns into: finish the step, save with the buffer, stop), waits for them, runs on_stopped (the progress
+    commit), exits 128 + signum. A re-run resumes every trial from its checkpoint."""
     for ref in pending:
         ray.cancel(ref, force=False)
     ray.wait(list(pending), num_returns=len(pending), timeout=grace_s)
     ray.shutdown()
+    if on_stopped is not None:
+        on_stopped()
     print(f"[sweep] stopped; {len(pending)} unfinished trial(s) resume from their checkpoints on a re-run", flush=True)
     sys.exit(128 + signum)
 

@@ -400,6 +400,25 @@ def interval_bounds(net: nn.Sequential, low: torch.Tensor, high: torch.Tensor):
     return low, high
 
 
+def action_gradient(net: nn.Sequential, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """d net([obs, action]) / d action for a Linear/Tanh MLP with one output, by its hand-written backward pass: the
+    same numbers as autograd (tests/test_wocar.py) at about half the cost, which matters because the worst-action
+    search runs it 50 times per minibatch (without it, ~85 % of a WocaR update on a CPU)."""
+    linears = list(net)[::2]
+    if not all(isinstance(m, nn.Linear) for m in linears) or not all(isinstance(m, nn.Tanh) for m in list(net)[1::2]):
+        raise TypeError("action_gradient: expects alternating Linear and Tanh layers")
+    first = linears[0]
+    h = torch.tanh(torch.addmm(first.bias, torch.cat([obs, action], -1), first.weight.t()))
+    hidden = [h]
+    for layer in linears[1:-1]:
+        h = torch.tanh(torch.addmm(layer.bias, h, layer.weight.t()))
+        hidden.append(h)
+    grad = linears[-1].weight  # [1, width]: broadcast over the batch
+    for layer, h in zip(reversed(linears[1:-1]), reversed(hidden[1:])):
+        grad = (grad * (1 - h * h)) @ layer.weight
+    return (grad * (1 - hidden[0] * hidden[0])) @ first.weight[:, obs.shape[-1]:]
+
+
 # --- Method: WocaR-PPO update ----------------------------------------------------------------------
 class Learner:
     """Networks, optimizers and the gradient update of the method."""
@@ -440,12 +459,11 @@ class Learner:
         with torch.no_grad():
             low, high = interval_bounds(self.actor.mean, obs - eps, obs + eps)
             action = self.actor.mean(obs).clamp(low, high)
-        step = (high - low) / self.args.worst_action_steps
-        for _ in range(self.args.worst_action_steps):
-            action = action.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(self.worst_q(obs, action).sum(), action)
-            action = torch.max(torch.min(action.detach() - step * grad.sign(), high), low)
-        return action.detach()
+            step = (high - low) / self.args.worst_action_steps
+            for _ in range(self.args.worst_action_steps):
+                action = torch.max(torch.min(action - step * action_gradient(self.worst_q.net, obs, action).sign(),
+                                             high), low)
+        return action
 
     def worst_q_update(self, rollout: Rollout, eps: float) -> torch.Tensor:
         """--q-epochs over the rollout's minibatches: Q_w(s, a) toward r + gamma (1 - terminated) Q_w'(s', a_w(s'))

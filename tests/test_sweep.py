@@ -154,3 +154,40 @@ def test_a_ppo_family_sweep_trains_attacks_and_tabulates(tmp_path):
     assert row["attacks"]["pgd"]["column"] == "PGD (minV)"
     table = (out / "results" / "table.md").read_text()
     assert "| PPO |" in table and "871 ± 146" in table
+
+
+def test_progress_commit_tracks_a_ppo_trials_resume_checkpoint_so_a_fresh_clone_continues(tmp_path):
+    """A PPO-family trial cut at a session's end: its resume checkpoint is committed (despite .gitignore), again only
+    when it changed, and a clone holds the latest one; a SAC trial's (buffer-sized) resume state is never committed."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = lambda *cmd, cwd=repo: subprocess.run(["git", *cmd], cwd=cwd, check=True, capture_output=True,  # noqa: E731
+                                                text=True).stdout
+    git("init", "-q")
+    git("config", "user.email", "t@t")
+    git("config", "user.name", "t")
+    (repo / ".gitignore").write_text("results/*/trials/*/model*.pt\n")
+    git("add", ".gitignore")
+    git("commit", "-q", "-m", "init")
+    out = repo / "results" / "study"
+    names = ["ppo__Hopper-v4__s1", "sac__Hopper-v4__s1"]
+    for name in names:
+        trial = out / "trials" / name
+        trial.mkdir(parents=True)
+        torch.save({"global_step": 4096}, trial / "model.pt")
+        (trial / "train.log").write_text("step 4096\n")
+    ppo_ckpt = out / "trials" / names[0] / "model.pt"
+    committed: dict = {}
+    assert sweep.commit_progress(str(out), names, committed, repo=str(repo)) == [names[0]]
+    files = git("ls-files").split()
+    assert f"results/study/trials/{names[0]}/model.pt" in files and f"results/study/trials/{names[0]}/train.log" in files
+    assert not any(f.startswith(f"results/study/trials/{names[1]}") for f in files)
+    assert "in progress (step 4096)" in git("log", "-1", "--format=%s")
+    assert sweep.commit_progress(str(out), names, committed, repo=str(repo)) == []  # unchanged: no new commit
+    torch.save({"global_step": 8192}, ppo_ckpt)
+    os.utime(ppo_ckpt, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+    assert sweep.commit_progress(str(out), names, committed, repo=str(repo)) == [names[0]]
+    git("clone", "-q", str(repo), str(tmp_path / "clone"), cwd=tmp_path)
+    cloned = tmp_path / "clone" / "results" / "study" / "trials" / names[0] / "model.pt"
+    assert torch.load(cloned, weights_only=True)["global_step"] == 8192
+    assert str(ppo_ckpt) in sweep.trial_files(str(out), names[0], repo=str(repo))  # the finish commit takes it along

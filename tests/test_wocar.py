@@ -57,6 +57,31 @@ def test_worst_action_stays_in_the_policy_box_and_lowers_q():
         assert (lrn.worst_q(obs, action) < lrn.worst_q(obs, mean_action)).float().mean() > 0.9
 
 
+@pytest.mark.parametrize("hidden", [(32,), (32, 32), (16, 24, 8)])
+def test_hand_written_action_gradient_is_autograds_and_the_search_is_the_autograd_search(hidden):
+    torch.manual_seed(2)
+    net = wocar_ppo.mlp([11 + 3, *hidden, 1], output_gain=1.0)
+    for p in net.parameters():  # not the init's zero biases: every term of the backward pass matters
+        p.data.normal_(0, 0.5)
+    obs, action = torch.randn(64, 11), torch.randn(64, 3).requires_grad_(True)
+    (expected,) = torch.autograd.grad(net(torch.cat([obs, action], -1)).sum(), action)
+    torch.testing.assert_close(wocar_ppo.action_gradient(net, obs, action.detach()), expected)
+    with pytest.raises(TypeError, match="alternating Linear and Tanh"):
+        wocar_ppo.action_gradient(nn.Sequential(nn.Linear(14, 8), nn.ReLU(), nn.Linear(8, 1)), obs, action.detach())
+    lrn = learner()
+    lrn.worst_q.net = net
+    eps = 0.1
+    with torch.no_grad():
+        low, high = wocar_ppo.interval_bounds(lrn.actor.mean, obs - eps, obs + eps)
+        searched = lrn.actor.mean(obs).clamp(low, high)
+    step = (high - low) / lrn.args.worst_action_steps
+    for _ in range(lrn.args.worst_action_steps):  # the reference's search, with autograd
+        searched.requires_grad_(True)
+        (grad,) = torch.autograd.grad(lrn.worst_q(obs, searched).sum(), searched)
+        searched = torch.max(torch.min(searched.detach() - step * grad.sign(), high), low)
+    torch.testing.assert_close(lrn.worst_action(obs, eps), searched)
+
+
 def test_worst_q_target_matches_a_hand_computation(monkeypatch):
     """One epoch, one minibatch: the loss is mean((Q_w(s, a) - (r + gamma (1 - term) Q_w'(s', a_w(s'))))^2)."""
     lrn = learner(q_epochs=1, num_minibatches=1, num_steps=8)
