@@ -95,6 +95,40 @@ def test_pa_realisation_stays_in_the_ball_and_ascends_the_directional_objective(
     torch.testing.assert_close(sa.perturb(obs, u) - obs, sa.eps * u.clamp(-1, 1))  # SA-RL: eps * hardtanh(u)
 
 
+@pytest.mark.parametrize("hidden", [(32,), (64, 64), (16, 24, 8)])
+def test_hand_written_director_gradient_is_autograds_and_the_realisation_is_the_autograd_one(hidden):
+    torch.manual_seed(3)
+    net = atla_ppo.mlp([11, *hidden, 3], output_gain=1.0)
+    for p in net.parameters():  # not the init's zero biases: every term of the backward pass matters
+        p.data.normal_(0, 0.5)
+    obs, u = torch.randn(128, 11), torch.randn(128, 3)
+    with torch.no_grad():
+        clean = net(obs)
+    x = (obs + 0.01 * torch.randn_like(obs)).requires_grad_(True)
+    change = net(x) - clean
+    objective = torch.nn.functional.cosine_similarity(change, u, dim=-1, eps=1e-8) + change.norm(dim=-1)
+    (expected,) = torch.autograd.grad(objective.sum(), x)
+    # float32 rounding, amplified by 1/|c| near the start point
+    torch.testing.assert_close(atla_ppo.director_gradient(net, x.detach(), clean, u), expected, rtol=1e-4, atol=1e-4)
+    for steps in (1, 4):  # FGSM (the default) and PGD realisations equal the autograd search from the same start
+        args = atla_ppo.resolve_args(atla_ppo.Args(env_id="Hopper-v4", pa=True, pa_steps=steps, hidden_sizes=hidden))
+        learner = atla_ppo.Learner(args, 11, 3, -np.ones(3), np.ones(3), CPU, num_iterations=10)
+        learner.actor.mean = net
+        eps = learner.eps
+        torch.manual_seed(4)
+        realised = learner.perturb(obs, u)
+        torch.manual_seed(4)
+        z = obs + (eps / 10) * (2 * torch.rand_like(obs) - 1)
+        for _ in range(steps):
+            z.requires_grad_(True)
+            change = net(z) - clean
+            objective = torch.nn.functional.cosine_similarity(change, u, dim=-1, eps=1e-8) + change.norm(dim=-1)
+            (grad,) = torch.autograd.grad(objective.sum(), z)
+            z = obs + eps * grad.sign() if steps == 1 else (z.detach() + eps / steps * grad.sign()).clamp(obs - eps,
+                                                                                                        obs + eps)
+        torch.testing.assert_close(realised, z.detach())
+
+
 @pytest.mark.parametrize("pa", [False, True])
 def test_resume_continues_exactly(workdir, pa):
     common_args = dict(env_id="Hopper-v4", total_timesteps=384, seed=3, pa=pa, **TINY_PPO)
