@@ -227,6 +227,32 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def read_record(path: str) -> Optional[dict]:
+    """A cache record (a trained attacker's or a Sarsa critic's JSON); None when absent. Records are written
+    atomically, so an unreadable one was damaged outside this code: it is reported and recomputed, not trusted."""
+    import json
+
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        print(f"[cache] {path} is unreadable ({type(e).__name__}): recomputing it", flush=True)
+        return None
+
+
+def writable_dir(path: str) -> str:
+    """Creates `path` if needed and checks it takes files, before any attacker is trained into it."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise AttackError(f"cannot create the save directory {path} ({e.strerror})")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise AttackError(f"the save directory {path} is not writable")
+    return path
+
+
 def run_cli(main: Callable[[], None]) -> None:
     try:
         main()

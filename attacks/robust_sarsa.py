@@ -45,7 +45,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import sac  # noqa: E402
-from attacks.common import AttackError, EpisodeStats, Victim, pgd_minimize, rollout, standalone  # noqa: E402
+from attacks.common import (AttackError, EpisodeStats, Victim, pgd_minimize, read_record, rollout,  # noqa: E402
+                            standalone, writable_dir)
 from attacks.pgd import PGDAttacker  # noqa: E402
 
 NAME, COLUMN = "rs", "RS"
@@ -224,11 +225,15 @@ def settings_record(victim: Victim, args, settings) -> dict:
             "pgd_steps": args.pgd_steps, "pgd_restarts": args.pgd_restarts}
 
 
+def cache_dir(victim: Victim, args) -> str:
+    return getattr(args, "save_dir", None) or os.path.join(os.path.dirname(os.path.abspath(victim.ckpt_path)),
+                                                           "attackers")
+
+
 def cache_paths(victim: Victim, args, fit: dict) -> tuple[str, str]:
     """(critic .pt, record .json) of one fitted critic: named by its grid cell and input, and a digest of every
     setting that defines the fit (a different --rs-steps is a different critic, never a cache hit)."""
-    save_dir = getattr(args, "save_dir", None) or os.path.join(os.path.dirname(os.path.abspath(victim.ckpt_path)),
-                                                                 "attackers")
+    save_dir = cache_dir(victim, args)
     stem = os.path.splitext(os.path.basename(victim.ckpt_path))[0]
     digest = hashlib.sha1(json.dumps(fit, sort_keys=True).encode()).hexdigest()[:8]
     base = os.path.join(save_dir, f"{stem}_rs_e{fit['sarsa_eps']:g}_r{fit['sarsa_reg']:g}_{fit['action_input']}_"
@@ -263,6 +268,7 @@ def evaluate(victim: Victim, args) -> dict:
         raise AttackError(f"--rs-mad-ratio must lie in [0, 1], got {args.rs_mad_ratio}")
     from attacks.search import same_victim, victim_identity
 
+    writable_dir(cache_dir(victim, args))  # before a critic is fitted, not after
     identity = victim_identity(victim)
     start = getattr(args, "pgd_start", "mixed")
     evaluation = {"episodes": args.episodes, "seed": args.seed, "stochastic": bool(args.stochastic),
@@ -277,7 +283,7 @@ def evaluate(victim: Victim, args) -> dict:
                    "data_steps": args.rs_steps, "data_seed": args.seed + 7, "explore": args.rs_explore,
                    "updates": args.rs_updates, "fit_seed": args.seed, "hidden": list(args.rs_hidden)}
             critic_path, record_path = cache_paths(victim, args, fit)
-            record = json.load(open(record_path)) if os.path.isfile(record_path) else None
+            record = read_record(record_path)
             same_fit = same_victim(record, victim) and record.get("fit") == fit
             if same_fit and record.get("evaluation") == evaluation:
                 print(f"  [rs {label}] found in {record_path}", flush=True)

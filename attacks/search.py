@@ -35,7 +35,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import sac  # noqa: E402
-from attacks.common import AttackError, EpisodeStats, Victim, load_victim, rollout, run_cli  # noqa: E402
+from attacks.common import (AttackError, EpisodeStats, Victim, load_victim, read_record, rollout,  # noqa: E402
+                            run_cli, writable_dir)
 
 PRESETS = ("quick", "paper")
 QUICK_BUDGET = 50_000
@@ -143,7 +144,7 @@ def train_one(victim: Victim, config: AttackerConfig, realize: Callable, action_
     record_path = path[:-3] + ".json"
     identity = victim_identity(victim)
     evaluation = {"episodes": episodes, "seed": eval_seed, "stochastic": stochastic}
-    record = json.load(open(record_path)) if os.path.isfile(record_path) else None
+    record = read_record(record_path)
     known_victim = same_victim(record, victim)
     if known_victim and record.get("evaluation") == evaluation:
         return record
@@ -200,7 +201,7 @@ def run_search(victim: Victim, args, kind: str, action_dim: int, realize: Callab
                              args.attacker_hidden, args.ppo_steps, args.learning_starts, args.seed)
     if any(c.budget <= 0 for c in configs) or not configs:
         raise AttackError("--attack-budget and --seeds must be positive")
-    save_dir = args.save_dir or default_save_dir(victim)
+    save_dir = writable_dir(args.save_dir or default_save_dir(victim))
     tag = realize_tag(kind, getattr(args, "pa_steps", 10), getattr(args, "pa_restarts", 5))
     records = [train_one(victim, c, realize, action_dim, save_dir, args.episodes, args.seed, args.stochastic, tag=tag)
                for c in configs]
@@ -240,7 +241,7 @@ def main(argv=None) -> None:
     if a.episodes <= 0:
         raise AttackError("--episodes must be positive")
     victim = load_victim(a.ckpt)
-    save_dir = a.save_dir or default_save_dir(victim)
+    save_dir = writable_dir(a.save_dir or default_save_dir(victim))
     grid = {col: preset_configs(*COLUMNS[col], a.search, victim.env_id, a.attack_budget, a.seeds, a.attacker_hidden,
                                 a.ppo_steps, a.learning_starts, a.seed) for col in columns}
     total = sum(len(v) for v in grid.values())

@@ -256,6 +256,26 @@ def test_rs_resumes_from_saved_critics_with_the_numbers_of_an_uncut_run(sac_ckpt
     assert fits[2:] == [(0.05, 0.1)]  # a different fit is a different critic
 
 
+def test_a_damaged_cache_record_is_recomputed_and_an_unwritable_save_dir_is_one_line(sac_ckpt, capsys, tmp_path):
+    victim = common.load_victim(sac_ckpt)
+    first = robust_sarsa.evaluate(victim, rs_args(tmp_path / "rs"))
+    record_path = glob.glob(str(tmp_path / "rs" / "*_rs_*.json"))[0]
+    with open(record_path, "w") as f:
+        f.write('{"results": [')  # damaged outside this code (records are written atomically)
+    again = robust_sarsa.evaluate(victim, rs_args(tmp_path / "rs"))
+    assert "is unreadable (JSONDecodeError): recomputing it" in capsys.readouterr().out
+    assert not any(r["cached"] for r in again["per_setting"]) and again["stats"].returns == first["stats"].returns
+    assert json.load(open(record_path))["results"]  # rewritten whole
+    blocked = tmp_path / "file"
+    blocked.write_text("")  # a file where the directory should be: nothing can be created under it
+    with pytest.raises(common.AttackError, match="cannot create the save directory"):
+        robust_sarsa.evaluate(victim, rs_args(blocked / "attackers"))
+    proc = run_script("attacks/eval_all.py", "--ckpt", sac_ckpt, "--episodes", "1", "--attacks", "sa_rl_ppo",
+                      "--attack-budget", "200", "--save-dir", str(blocked / "attackers"), cwd=str(tmp_path), timeout=300)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"error: cannot create the save directory {blocked / 'attackers'} (Not a directory)"]
+
+
 def test_rs_fits_both_action_inputs_of_a_ppo_victim_and_keeps_the_worst(ppo_ckpt, sac_ckpt, monkeypatch, tmp_path):
     """Each input fits its own critic on its own actions and attacks through its own action: recorded per call."""
     calls, fit = [], robust_sarsa.fit_sarsa
