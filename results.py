@@ -26,7 +26,7 @@ COLUMNS = [("natural", "Natural"), ("uniform", "Uniform"), ("mad", "MAD"), ("pgd
 PAPER_WORST = {
     "HalfCheetah-v4": {"sac": "-512 ± 67", "robust_sac": "2026 ± 417", "sac_ppo": "1823 ± 871",
                        "sac_valt_eps": "4647 ± 180", "sac_valt_soft": "3584 ± 61"},
-    "Hopper-v4": {"ppo": "871 ± 146", "robust_ppo": "1528 ± 353", "atla_ppo": "1806 ± 665 (PA-ATLA: 1020 ± 134)",
+    "Hopper-v4": {"ppo": "871 ± 146", "robust_ppo": "1528 ± 353", "atla_ppo": "1806 ± 665", "pa_atla_ppo": "1020 ± 134",
                   "wocar_ppo": "1575 ± 410",
                   "sac": "2979 ± 1", "robust_sac": "2947 ± 6", "sac_ppo": "3198 ± 2", "sac_valt_eps": "3212 ± 4",
                   "sac_valt_soft": "2986 ± 3"},
@@ -35,7 +35,8 @@ PAPER_WORST = {
     "Ant-v4": {"sac": "-1953 ± 1213", "robust_sac": "~681", "sac_ppo": "-354 ± 468", "sac_valt_eps": "1487 ± 1176",
                "sac_valt_soft": "2757 ± 1297"},
 }
-LABELS = {"ppo": "PPO", "robust_ppo": "Robust-PPO", "atla_ppo": "ATLA-PPO", "wocar_ppo": "WocaR-PPO", "sac": "SAC", "robust_sac": "Robust-SAC", "sac_ppo": "SAC-PPO", "sac_valt_eps": "VALT-EPS-SAC",
+LABELS = {"ppo": "PPO", "robust_ppo": "Robust-PPO", "atla_ppo": "ATLA-PPO", "pa_atla_ppo": "PA-ATLA-PPO",
+          "wocar_ppo": "WocaR-PPO", "sac": "SAC", "robust_sac": "Robust-SAC", "sac_ppo": "SAC-PPO", "sac_valt_eps": "VALT-EPS-SAC",
           "sac_valt_soft": "VALT-SOFT-SAC"}
 
 
@@ -45,6 +46,15 @@ def sweep_variant(sweep: str) -> dict:
     path = os.path.join(sweep, "sweep.json")
     train_args = json.load(open(path)).get("train_args") if os.path.isfile(path) else None
     return json.loads(train_args) if train_args else {}
+
+
+def paper_rows(variant: dict) -> tuple[dict, dict]:
+    """(method -> paper row key, the variant left to name). A --train-args variant that IS a row of the paper's
+    table is labelled and compared as that row: PA-ATLA-PPO is atla_ppo with pa=True (sweep.py runs it into its own
+    --out)."""
+    if variant.get("pa") is True:
+        return {"atla_ppo": "pa_atla_ppo"}, {k: v for k, v in variant.items() if k != "pa"}
+    return {}, variant
 
 
 def load_sweep(sweep: str):
@@ -112,6 +122,7 @@ def write_per_seed(trials, out_dir: str) -> None:
 
 
 def write_table(trials, rows, out_dir: str, variant: dict | None = None) -> str:
+    keys, variant = paper_rows(variant or {})
     used = [(k, label) for k, label in COLUMNS if any(k in r["attacks"] for r in rows.values())]
     header = ["Env", "Method", "Seeds", "Median seed", "Steps"] + [label for _, label in used] + \
              ["Worst (median seed)", "Worst across seeds (mean ± 95 % CI)", "Worst (paper)"] + \
@@ -123,7 +134,8 @@ def write_table(trials, rows, out_dir: str, variant: dict | None = None) -> str:
         seeds = [t for t in trials if t["method"] == method and t["env_id"] == env_id]
         stem = os.path.splitext(os.path.basename(row["ckpt"]))[0]  # attacks/<trial>.pt, or trials/<trial>/model.pt
         median = (stem if "__s" in stem else os.path.basename(os.path.dirname(row["ckpt"]))).split("__s")[-1]
-        cells = [env_id, LABELS.get(method, method), str(len(seeds)), median, str(row["global_step"])]
+        paper_row = keys.get(method, method)
+        cells = [env_id, LABELS.get(paper_row, paper_row), str(len(seeds)), median, str(row["global_step"])]
         for key, _ in used:
             a = row["attacks"].get(key)
             cells.append(f"{a['mean']:.0f} ± {a['std']:.0f}" if a else "–")
@@ -135,7 +147,7 @@ def write_table(trials, rows, out_dir: str, variant: dict | None = None) -> str:
             cells.append(f"{mean:.0f} ± {half:.0f} (n={len(per_seed)})")
         else:
             cells.append("–")
-        cells.append(PAPER_WORST.get(env_id, {}).get(method, "–"))
+        cells.append(PAPER_WORST.get(env_id, {}).get(paper_row, "–"))
         if variant:
             cells.append(", ".join(f"{k}={v}" for k, v in variant.items()))
         md.append("| " + " | ".join(cells) + " |")
@@ -148,8 +160,11 @@ def write_table(trials, rows, out_dir: str, variant: dict | None = None) -> str:
     return text
 
 
-def write_figures(sweep: str, trials, rows, out_dir: str) -> list[str]:
+def write_figures(sweep: str, trials, rows, out_dir: str, variant: dict | None = None) -> list[str]:
     import matplotlib
+
+    keys, _ = paper_rows(variant or {})
+    label = lambda method: LABELS.get(keys.get(method, method), method)  # noqa: E731
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -167,7 +182,7 @@ def write_figures(sweep: str, trials, rows, out_dir: str) -> list[str]:
             steps = sorted(set.intersection(*[set(s for s, _ in c) for c in curves]))
             values = np.array([[dict(c)[s] for s in steps] for c in curves])
             mean, std = values.mean(0), values.std(0)
-            ax.plot(steps, mean, label=f"{LABELS[method]} ({len(curves)} seeds)")
+            ax.plot(steps, mean, label=f"{label(method)} ({len(curves)} seeds)")
             ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
         ax.set_xlabel("environment steps (agent)")
         ax.set_ylabel("clean evaluation return")
@@ -187,7 +202,7 @@ def write_figures(sweep: str, trials, rows, out_dir: str) -> list[str]:
                 pts = [(t["attacks"]["attacks"]["natural"]["mean"] if "natural" in t["attacks"]["attacks"]
                         else t["eval_mean"], seed_worst(t)) for t in seeded
                        if t["method"] == method and t["env_id"] == env_id]
-                ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=f"{LABELS[method]} ({len(pts)})",
+                ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=f"{label(method)} ({len(pts)})",
                            color=f"C{i}", s=40, alpha=0.8)
             lims = [min(ax.get_xlim()[0], ax.get_ylim()[0]), max(ax.get_xlim()[1], ax.get_ylim()[1])]
             ax.plot(lims, lims, "k:", lw=0.8, label="worst = natural")
@@ -207,7 +222,7 @@ def write_figures(sweep: str, trials, rows, out_dir: str) -> list[str]:
         for ax, env_id in zip(axes[0], envs):
             items = [(m, r) for (m, e), r in rows.items() if e == env_id]
             items.sort(key=lambda kv: list(LABELS).index(kv[0]) if kv[0] in LABELS else 99)
-            names = [LABELS.get(m, m) for m, _ in items]
+            names = [label(m) for m, _ in items]
             ax.bar(names, [r["worst"]["mean"] for _, r in items], yerr=[r["worst"]["std"] for _, r in items],
                    color="tab:red", alpha=0.7, label="worst case")
             ax.scatter(names, [r["attacks"]["natural"]["mean"] if "natural" in r["attacks"] else np.nan
@@ -238,7 +253,7 @@ def main(argv=None) -> None:
     print(write_table(trials, rows, out_dir, sweep_variant(a.sweep)) if rows else "(no median-seed attack evaluations yet)")
     if not a.no_figures:
         try:
-            for path in write_figures(a.sweep, trials, rows, out_dir):
+            for path in write_figures(a.sweep, trials, rows, out_dir, sweep_variant(a.sweep)):
                 print("wrote", path)
         except ImportError:
             print("matplotlib is not installed: figures skipped (pip install -r requirements.txt)")

@@ -9,25 +9,25 @@ import pytest
 import results
 
 
-def make_sweep(root, train_args: str) -> None:
+def make_sweep(root, train_args: str, method: str = "sac_valt_eps", env_id: str = "HalfCheetah-v4") -> None:
     for seed, (clean, worst) in enumerate([(3000.0, 1000.0), (3500.0, 1500.0), (4000.0, 2300.0)], start=1):
-        name = f"sac_valt_eps__HalfCheetah-v4__s{seed}"
+        name = f"{method}__{env_id}__s{seed}"
         (root / "trials" / name).mkdir(parents=True)
         (root / "trials" / name / "done.json").write_text(json.dumps(
-            {"method": "sac_valt_eps", "env_id": "HalfCheetah-v4", "seed": seed, "global_step": 50000,
+            {"method": method, "env_id": env_id, "seed": seed, "global_step": 50000,
              "eval_mean": clean}))
         (root / "models").mkdir(exist_ok=True)
         attacks = {"natural": {"mean": clean, "std": 1.0}, "pgd": {"mean": worst, "std": 2.0}}
         (root / "models" / f"{name}_attacks.json").write_text(json.dumps({"attacks": attacks}))
     (root / "attacks").mkdir()
-    row = {"ckpt": "x/attacks/sac_valt_eps__HalfCheetah-v4__s2.pt", "env_id": "HalfCheetah-v4", "global_step": 50000,
+    row = {"ckpt": f"x/attacks/{method}__{env_id}__s2.pt", "env_id": env_id, "global_step": 50000,
            "attacks": {"natural": {"mean": 3500.0, "std": 10.0}, "pgd": {"mean": 1500.0, "std": 20.0},
                        "rs": {"mean": 1200.0, "std": 30.0}},
            "worst": {"attack": "rs", "mean": 1200.0, "std": 30.0}}
-    (root / "attacks" / "sac_valt_eps__HalfCheetah-v4.json").write_text(json.dumps(row))
+    (root / "attacks" / f"{method}__{env_id}.json").write_text(json.dumps(row))
     # eval_all's row next to an earlier median seed's attacked copy: not the suite's row
     stale = dict(row, attacks={"natural": {"mean": 1.0, "std": 0.0}}, worst=None)
-    (root / "attacks" / "sac_valt_eps__HalfCheetah-v4__s1_attacks.json").write_text(json.dumps(stale))
+    (root / "attacks" / f"{method}__{env_id}__s1_attacks.json").write_text(json.dumps(stale))
     (root / "sweep.json").write_text(json.dumps({"train_args": train_args}))
 
 
@@ -43,3 +43,14 @@ def test_table_cells_interval_and_variant_label(tmp_path, train_args):
     assert cells[9] == "1600 ± 1629 (n=3)"
     assert cells[1] == "VALT-EPS-SAC" and cells[10] == "4647 ± 180"
     assert cells[11:] == (["pe_adversary=False"] if train_args else [])  # the variant is named, never hidden
+
+
+@pytest.mark.parametrize("train_args, label, paper, rest", [
+    ("", "ATLA-PPO", "1806 ± 665", []),
+    ('{"pa": true}', "PA-ATLA-PPO", "1020 ± 134", []),  # a variant that is the paper's own row: no variant column
+    ('{"pa": true, "reg_coef": 0.0}', "PA-ATLA-PPO", "1020 ± 134", ["reg_coef=0.0"])])
+def test_pa_atla_is_labelled_and_compared_as_its_own_paper_row(tmp_path, train_args, label, paper, rest):
+    make_sweep(tmp_path, train_args, method="atla_ppo", env_id="Hopper-v4")
+    results.main(["--sweep", str(tmp_path), "--no-figures"])
+    cells = [c.strip() for c in (tmp_path / "results" / "table.md").read_text().splitlines()[2].strip("|").split("|")]
+    assert cells[1] == label and cells[10] == paper and cells[11:] == rest
