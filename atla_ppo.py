@@ -402,8 +402,8 @@ def director_gradient(net: nn.Sequential, x: torch.Tensor, clean: torch.Tensor, 
         h = torch.tanh(torch.addmm(layer.bias, h, layer.weight.t()))
         hidden.append(h)
     change = torch.addmm(linears[-1].bias, h, linears[-1].weight.t()) - clean
-    length = change.norm(dim=-1, keepdim=True)
-    c_unit, u_unit = change / length, u / u.norm(dim=-1, keepdim=True)
+    length = change.norm(dim=-1, keepdim=True).clamp_min(1e-8)  # (cosine_similarity's eps: c = 0 is not NaN)
+    c_unit, u_unit = change / length, u / u.norm(dim=-1, keepdim=True).clamp_min(1e-8)
     grad = (u_unit - (c_unit * u_unit).sum(-1, keepdim=True) * c_unit) / length + c_unit
     for layer, h in zip(reversed(linears), reversed(hidden)):
         grad = (grad @ layer.weight) * (1 - h * h)

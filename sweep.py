@@ -18,8 +18,9 @@ needs) with models/<trial>_attacks.{json,md} (the per-seed attacks); attacks/<me
 seed's full suite, attacked on attacks/<trial>.pt); sweep.json (the grid and its settings).
 
 A study meant to survive the machine: `--git-commit` commits each finished piece as it lands (a trial's
-done-marker, log, tensorboard events and slim model; each attack JSON), never the full checkpoints or buffers
-(.gitignore), so a later run on a fresh clone skips everything finished.
+done-marker, log, tensorboard events and slim model; each attack JSON), never replay buffers or SAC-family
+checkpoints (.gitignore), so a later run on a fresh clone skips everything finished; a running PPO-family trial's
+small resume checkpoint is committed every --commit-progress-min minutes and at a stop, so the clone continues it.
 """
 from __future__ import annotations
 
@@ -149,31 +150,37 @@ def slim_model(out: str, name: str) -> Optional[str]:
     return slim
 
 
-def git_commit(paths: list[str], message: str, force: tuple = (), repo: str = ROOT) -> None:
+def git_commit(paths: list[str], message: str, force: tuple = (), repo: str = ROOT) -> bool:
     """Commits exactly these paths (other changes in the work tree stay as they are); `force`: paths among them that
-    .gitignore excludes (a PPO trial's resume checkpoint). A failure is reported, the study goes on."""
+    .gitignore excludes (a PPO trial's resume checkpoint). If anything fails the paths are unstaged again, so a failed
+    commit never leaves them (a checkpoint above all) in the index for someone else's commit. A failure is reported, the study goes on;
+    returns whether the paths are committed (True also when nothing had changed)."""
     import subprocess
 
     paths = [p for p in paths if os.path.exists(p)]
     forced = [p for p in force if p in paths]
     if not paths:
-        return
-    adds = [["git", "add", "-f", "--", *forced]] if forced else []
+        return True
     plain = [p for p in paths if p not in forced]
-    adds += [["git", "add", "--", *plain]] if plain else []
+    steps = ([["git", "add", "--", *plain]] if plain else []) + ([["git", "add", "-f", "--", *forced]] if forced else [])
+    steps.append(["git", "commit", "-q", "-m", message, "--", *paths])
     try:
-        for cmd in (*adds, ["git", "commit", "-q", "-m", message, "--", *paths]):
+        for cmd in steps:
             for attempt in range(10):  # another commit (a second sweep, a person) may hold the index lock
                 proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
                 if proc.returncode == 0 or "index.lock" not in proc.stderr:
                     break
                 time.sleep(3)
-            if proc.returncode != 0 and "nothing to commit" not in proc.stdout + proc.stderr:
-                reason = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[0][:200]
+            said = proc.stdout + proc.stderr
+            if proc.returncode != 0 and "nothing to commit" not in said and "nothing added to commit" not in said:
+                reason = (said.strip().splitlines() or [f"exit status {proc.returncode}"])[0][:200]
                 print(f"[sweep] git {cmd[1]} failed ({reason}); the files stay in the work tree", flush=True)
-                return
+                subprocess.run(["git", "reset", "-q", "--", *paths], cwd=repo, capture_output=True)
+                return False
     except OSError as e:
         print(f"[sweep] git commit failed ({e}); the files stay in the work tree", flush=True)
+        return False
+    return True
 
 
 def trial_files(out: str, name: str, repo: str = ROOT) -> list[str]:
@@ -206,16 +213,18 @@ def commit_progress(out: str, names, committed: dict, repo: str = ROOT) -> list[
         ckpt = os.path.join(out, "trials", name, "model.pt")
         if name.split("__")[0] not in PPO_METHODS or not os.path.isfile(ckpt):
             continue
-        stamp = os.stat(ckpt).st_mtime_ns
-        if committed.get(name) == stamp:
-            continue
-        step = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
-        files = [f for f in trial_files(out, name, repo) if not f.endswith(("done.json", f"{name}.pt", "model.pt"))]
-        files.append(ckpt)
-        git_commit(files, f"study {os.path.basename(out)}: trial {name} in progress (step {step})",
-                   force=(ckpt,), repo=repo)
-        committed[name] = stamp
-        now.append(name)
+        try:
+            stamp = os.stat(ckpt).st_mtime_ns
+            if committed.get(name) == stamp:
+                continue
+            step = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
+            files = [f for f in trial_files(out, name, repo) if not f.endswith(("done.json", f"{name}.pt", "model.pt"))]
+            if git_commit(files + [ckpt], f"study {os.path.basename(out)}: trial {name} in progress (step {step})",
+                          force=(ckpt,), repo=repo):
+                committed[name] = stamp
+                now.append(name)
+        except Exception as e:  # the study goes on; the next progress commit tries again
+            print(f"[sweep] progress commit of {name} failed ({type(e).__name__}: {str(e)[:200]})", flush=True)
     return now
 
 
@@ -526,10 +535,13 @@ def preempt(ray, pending: dict, signum: int, grace_s: float = 120.0, on_stopped=
         ray.cancel(ref, force=False)
     ray.wait(list(pending), num_returns=len(pending), timeout=grace_s)
     ray.shutdown()
-    if on_stopped is not None:
-        on_stopped()
-    print(f"[sweep] stopped; {len(pending)} unfinished trial(s) resume from their checkpoints on a re-run", flush=True)
-    sys.exit(128 + signum)
+    try:
+        if on_stopped is not None:
+            on_stopped()
+    finally:
+        print(f"[sweep] stopped; {len(pending)} unfinished trial(s) resume from their checkpoints on a re-run",
+              flush=True)
+        sys.exit(128 + signum)
 
 
 if __name__ == "__main__":

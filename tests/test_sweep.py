@@ -178,6 +178,12 @@ def test_progress_commit_tracks_a_ppo_trials_resume_checkpoint_so_a_fresh_clone_
         (trial / "train.log").write_text("step 4096\n")
     ppo_ckpt = out / "trials" / names[0] / "model.pt"
     committed: dict = {}
+    hook = repo / ".git" / "hooks" / "pre-commit"
+    hook.write_text("#!/bin/sh\nexit 1\n")  # a commit that fails: nothing recorded, nothing left staged
+    hook.chmod(0o755)
+    assert sweep.commit_progress(str(out), names, committed, repo=str(repo)) == [] and committed == {}
+    assert git("diff", "--cached", "--name-only") == ""
+    hook.unlink()
     assert sweep.commit_progress(str(out), names, committed, repo=str(repo)) == [names[0]]
     files = git("ls-files").split()
     assert f"results/study/trials/{names[0]}/model.pt" in files and f"results/study/trials/{names[0]}/train.log" in files
