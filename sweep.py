@@ -337,6 +337,8 @@ def main(argv=None) -> None:
         record_sweep(os.path.join(out, "sweep.json"), vars(a), sys.argv)
     except ValueError as e:
         p.error(str(e))
+    if a.git_commit:  # the study's settings first: a fresh clone refuses a changed setting only if it has them
+        git_commit([os.path.join(out, "sweep.json")], f"study {os.path.basename(out)}: settings and invocations")
 
     import ray
 
