@@ -471,10 +471,15 @@ def main(argv=None) -> None:
                 print(f"[sweep] attacking {method} {env_id}: median seed {chosen['seed']} "
                       f"(clean {chosen['eval_mean']:.1f})", flush=True)
                 jobs[attack_task.remote(ckpt, out_json, attack_args)] = (method, env_id, ckpt)
+        def commit_caches() -> None:  # a suite cut short keeps what it trained: a re-run reads it back
+            if a.git_commit:
+                git_commit([os.path.join(out, "attacks", "attackers")],
+                           f"study {os.path.basename(out)}: attackers and Sarsa critics of an unfinished suite")
+
         while jobs:
             ready, _ = ray.wait(list(jobs), num_returns=1, timeout=1.0)
             if stop["signal"] is not None:
-                preempt(ray, jobs, stop["signal"])
+                preempt(ray, jobs, stop["signal"], on_stopped=commit_caches)
             if not ready:
                 continue
             method, env_id, ckpt = jobs.pop(ready[0])
