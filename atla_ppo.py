@@ -503,13 +503,14 @@ class Learner:
                     reg_eps: float = 0.0):
         advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)  # per minibatch (surrogate_reward)
         dist = policy(obs)
-        ratio = (policy.log_prob(obs, actions, dist) - old_log_probs).exp()
+        log_ratio = policy.log_prob(obs, actions, dist) - old_log_probs
+        ratio = log_ratio.exp()
         clipped = ratio.clamp(1 - clip, 1 + clip)
         surrogate = -torch.min(ratio * advantages, clipped * advantages).mean()
         entropy = policy.entropy()
         use_reg = policy is self.actor and self.args.reg_coef > 0 and reg_eps > 0
         reg = self.sa_regularizer(obs, reg_eps, dist[0]) if use_reg else torch.zeros(())
-        return surrogate - ent_coef * entropy + self.args.reg_coef * reg, surrogate, entropy, ratio, reg
+        return surrogate - ent_coef * entropy + self.args.reg_coef * reg, surrogate, entropy, log_ratio, reg
 
     def step(self, optimizer, loss, params) -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -540,12 +541,14 @@ class Learner:
         for epoch in range(args.update_epochs):
             for b, idx in enumerate(self.minibatches(n)):
                 reg_eps = 0.0 if adversary else self.reg_eps(iteration + (epoch * args.num_minibatches + b) / total)
-                loss, surrogate, entropy, ratio, reg = self.policy_loss(policy, rollout.obs[idx], rollout.actions[idx],
+                loss, surrogate, entropy, log_ratio, reg = self.policy_loss(policy, rollout.obs[idx], rollout.actions[idx],
                                                                         rollout.log_probs[idx], advantages[idx], clip,
                                                                         ent_coef, reg_eps)
                 self.step(policy_opt, loss, policy.parameters())
         with torch.no_grad():
-            approx_kl = ((ratio - 1) - ratio.log()).mean()
+            # from the log-ratio: a ratio that underflows to 0 (a large policy step; the adversary's lr is 10x
+            # the agent's) leaves this diagnostic finite instead of tripping the divergence guard
+            approx_kl = ((log_ratio.exp() - 1) - log_ratio).mean()
         prefix = "adversary/" if adversary else "losses/"
         logs = {f"{prefix}value_loss": value_loss.detach(), f"{prefix}policy_loss": surrogate.detach(),
                 f"{prefix}entropy": entropy.detach(), f"{prefix}approx_kl": approx_kl}

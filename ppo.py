@@ -377,11 +377,12 @@ class Learner:
 
     def policy_loss(self, obs, actions, old_log_probs, advantages):
         advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)  # per minibatch (surrogate_reward)
-        ratio = (self.actor.log_prob(obs, actions) - old_log_probs).exp()
+        log_ratio = self.actor.log_prob(obs, actions) - old_log_probs
+        ratio = log_ratio.exp()
         clipped = ratio.clamp(1 - self.args.clip_coef, 1 + self.args.clip_coef)
         surrogate = -torch.min(ratio * advantages, clipped * advantages).mean()
         entropy = self.actor.entropy()
-        return surrogate - self.args.ent_coef * entropy, surrogate, entropy, ratio
+        return surrogate - self.args.ent_coef * entropy, surrogate, entropy, log_ratio
 
     def step(self, optimizer, loss, params) -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -403,11 +404,13 @@ class Learner:
                 self.step(self.critic_optimizer, value_loss, self.critic.parameters())
         for _ in range(args.update_epochs):
             for idx in self.minibatches(n):
-                loss, surrogate, entropy, ratio = self.policy_loss(rollout.obs[idx], rollout.actions[idx],
+                loss, surrogate, entropy, log_ratio = self.policy_loss(rollout.obs[idx], rollout.actions[idx],
                                                                    rollout.log_probs[idx], advantages[idx])
                 self.step(self.actor_optimizer, loss, self.actor.parameters())
         with torch.no_grad():
-            approx_kl = ((ratio - 1) - ratio.log()).mean()
+            # from the log-ratio: a ratio that underflows to 0 (a large policy step; the adversary's lr is 10x
+            # the agent's) leaves this diagnostic finite instead of tripping the divergence guard
+            approx_kl = ((log_ratio.exp() - 1) - log_ratio).mean()
         return {"losses/value_loss": value_loss.detach(), "losses/policy_loss": surrogate.detach(),
                 "losses/entropy": entropy.detach(), "losses/approx_kl": approx_kl,
                 "charts/std": self.actor.log_std.detach().exp().mean(),

@@ -532,12 +532,13 @@ class Learner:
                 worst = self.worst_q_target(obs, actions)
         advantages = zscore(advantages) + kappa * zscore(worst)
         dist = self.actor(obs)
-        ratio = (self.actor.log_prob(obs, actions, dist) - old_log_probs).exp()
+        log_ratio = self.actor.log_prob(obs, actions, dist) - old_log_probs
+        ratio = log_ratio.exp()
         clipped = ratio.clamp(1 - self.args.clip_coef, 1 + self.args.clip_coef)
         surrogate = -torch.min(ratio * advantages, clipped * advantages).mean()
         entropy = self.actor.entropy()
         reg = self.sa_regularizer(obs, reg_eps, dist[0]) if self.args.reg_coef > 0 and reg_eps > 0 else torch.zeros(())
-        return surrogate - self.args.ent_coef * entropy + self.args.reg_coef * reg, surrogate, entropy, ratio, reg
+        return surrogate - self.args.ent_coef * entropy + self.args.reg_coef * reg, surrogate, entropy, log_ratio, reg
 
     def step(self, optimizer, loss, params) -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -572,12 +573,14 @@ class Learner:
         for epoch in range(args.update_epochs):
             for b, idx in enumerate(self.minibatches(n)):
                 reg_eps = self.reg_eps(iteration + (epoch * args.num_minibatches + b) / total)
-                loss, surrogate, entropy, ratio, reg = self.policy_loss(rollout.obs[idx], rollout.actions[idx],
+                loss, surrogate, entropy, log_ratio, reg = self.policy_loss(rollout.obs[idx], rollout.actions[idx],
                                                                         rollout.log_probs[idx], advantages[idx], reg_eps,
                                                                         kappa, worst_values[idx])
                 self.step(self.actor_optimizer, loss, self.actor.parameters())
         with torch.no_grad():
-            approx_kl = ((ratio - 1) - ratio.log()).mean()
+            # from the log-ratio: a ratio that underflows to 0 (a large policy step; the adversary's lr is 10x
+            # the agent's) leaves this diagnostic finite instead of tripping the divergence guard
+            approx_kl = ((log_ratio.exp() - 1) - log_ratio).mean()
         return {"losses/value_loss": value_loss.detach(), "losses/policy_loss": surrogate.detach(),
                 "losses/entropy": entropy.detach(), "losses/approx_kl": approx_kl, "losses/sa_reg": reg.detach(),
                 "losses/worst_q_loss": worst_q_loss, "charts/q_weight": torch.tensor(kappa),

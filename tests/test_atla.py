@@ -158,3 +158,23 @@ def test_attacks_on_atla_checkpoints_include_the_own_adversary(workdir, pa):
     assert proc.returncode == 0, proc.stderr[-2000:]
     row = json.load(open(out["save_path"].replace(".pt", "_attacks.json")))
     assert row["attacks"]["pgd"]["column"] == "PGD (minV)" and "valt_soft_adv" in row["attacks"]
+
+
+def test_a_policy_step_that_underflows_the_ratio_is_not_called_divergence():
+    """Session 8's ATLA Hopper seed 1 was stopped at step 980992 by a non-finite adversary/approx_kl: the
+    adversary's (lr 3e-3, the reference's) log-ratio reached -168 on some samples, exp() underflowed to 0 and the
+    old estimator (r - 1) - log r was inf while the loss and every parameter were finite."""
+    args = atla_ppo.resolve_args(atla_ppo.Args(env_id="Hopper-v4", hidden_sizes=(16, 16), num_steps=64,
+                                               num_minibatches=2, update_epochs=1, value_epochs=1))
+    learner = atla_ppo.Learner(args, 11, 3, -np.ones(3), np.ones(3), CPU, num_iterations=10)
+    torch.manual_seed(0)
+    rollout = atla_ppo.Rollout(64, 11, 11, CPU)
+    rollout.obs.normal_()
+    rollout.actions.normal_()
+    rollout.rewards.normal_()
+    with torch.no_grad():
+        rollout.log_probs.copy_(learner.adversary.log_prob(rollout.obs, rollout.actions))
+    rollout.log_probs[:8] += 200.0  # these samples' ratio exp(-200) is 0 in float32
+    logs = learner.update(rollout, 0, adversary=True)
+    assert all(torch.isfinite(v).all() for v in logs.values()), logs
+    assert logs["adversary/approx_kl"] > 20  # the step is still reported as a large one
