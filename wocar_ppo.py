@@ -578,8 +578,8 @@ class Learner:
                                                                         kappa, worst_values[idx])
                 self.step(self.actor_optimizer, loss, self.actor.parameters())
         with torch.no_grad():
-            # from the log-ratio: a ratio that underflows to 0 (a large policy step; the adversary's lr is 10x
-            # the agent's) leaves this diagnostic finite instead of tripping the divergence guard
+            # from the log-ratio: a ratio that underflows to 0 (a large policy step) leaves this diagnostic
+            # finite instead of tripping the divergence guard (atla_ppo.py's adversary hit it)
             approx_kl = ((log_ratio.exp() - 1) - log_ratio).mean()
         return {"losses/value_loss": value_loss.detach(), "losses/policy_loss": surrogate.detach(),
                 "losses/entropy": entropy.detach(), "losses/approx_kl": approx_kl, "losses/sa_reg": reg.detach(),
