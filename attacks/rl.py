@@ -274,8 +274,11 @@ def load_attacker(path: str, victim: Victim, expected_kind: str):
         raise AttackError(f"{path} is not a readable attacker file ({type(e).__name__})")
     if not isinstance(state, dict) or state.get("kind") != expected_kind:
         raise AttackError(f"{path} is not a {expected_kind} attacker")
-    policy = build_policy(state["algo"], state["obs_dim"], state["act_dim"], tuple(state["hidden"]))
-    policy.load_state_dict(state["attacker"])
+    try:
+        policy = build_policy(state["algo"], state["obs_dim"], state["act_dim"], tuple(state["hidden"]))
+        policy.load_state_dict(state["attacker"])
+    except (KeyError, TypeError, RuntimeError) as e:
+        raise AttackError(f"{path} is not a readable attacker file ({type(e).__name__})")
     return policy.to(victim.device).eval(), state
 
 

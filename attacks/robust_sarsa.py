@@ -39,6 +39,7 @@ import json
 import os
 import sys
 import time
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -253,9 +254,14 @@ def write_json(path: str, obj: dict) -> None:
         json.dump(obj, f, indent=1)
 
 
-def load_critic(path: str, victim: Victim, hidden) -> sac.TwinCritic:
+def load_critic(path: str, victim: Victim, hidden) -> Optional[sac.TwinCritic]:
+    """A saved Sarsa critic; None (reported) when the file was damaged outside this code (saves are atomic)."""
     q = sac.TwinCritic(victim.obs_dim, victim.act_dim, list(hidden))
-    q.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    try:
+        q.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as e:  # unpickling and state-dict errors have no common type
+        print(f"[cache] {path} is unreadable ({type(e).__name__}): refitting it", flush=True)
+        return None
     q.requires_grad_(False)
     return q.to(victim.device).eval()
 
@@ -289,9 +295,10 @@ def evaluate(victim: Victim, args) -> dict:
                 print(f"  [rs {label}] found in {record_path}", flush=True)
                 results, cached = record["results"], True
             else:
+                q = None
                 if same_fit and os.path.isfile(critic_path):  # fitted earlier, evaluated with other settings
                     q = load_critic(critic_path, victim, args.rs_hidden)
-                else:
+                if q is None:
                     if data is None:  # only when some critic must be fitted: a fully cached grid skips it
                         data = collect_transitions(victim, args.rs_steps, args.seed + 7, args.rs_explore)
                     q = fit_sarsa(data, victim.obs_dim, victim.act_dim, args.rs_updates, sarsa_eps, sarsa_reg,

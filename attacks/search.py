@@ -150,10 +150,13 @@ def train_one(victim: Victim, config: AttackerConfig, realize: Callable, action_
         return record
     name = f"{config.kind}_{config.algo}"
     start = time.time()
+    policy, train_seconds = None, 0.0
     if known_victim and os.path.isfile(path):  # trained earlier against this victim, evaluated on other episodes
-        policy, _ = load_attacker(path, victim, config.kind)
-        train_seconds = 0.0
-    else:
+        try:
+            policy, _ = load_attacker(path, victim, config.kind)
+        except AttackError as e:  # damaged outside this code (saves are atomic): one attacker retrained, not a stop
+            print(f"[cache] {e}: retraining it", flush=True)
+    if policy is None:
         env = AttackEnv(victim, action_dim, realize, name)
         label = f"{name} {config.id}" if log else None
         if config.algo == "sac":

@@ -266,6 +266,13 @@ def test_a_damaged_cache_record_is_recomputed_and_an_unwritable_save_dir_is_one_
     assert "is unreadable (JSONDecodeError): recomputing it" in capsys.readouterr().out
     assert not any(r["cached"] for r in again["per_setting"]) and again["stats"].returns == first["stats"].returns
     assert json.load(open(record_path))["results"]  # rewritten whole
+    critic_path = json.load(open(record_path))["critic"]
+    with open(critic_path, "wb") as f:
+        f.write(b"\x80\x02 truncated")  # a damaged critic: reached when the record asks for other episodes
+    longer = robust_sarsa.evaluate(victim, rs_args(tmp_path / "rs", episodes=2))
+    assert f"{critic_path} is unreadable (UnpicklingError): refitting it" in capsys.readouterr().out
+    assert longer["stats"].returns[0] == first["stats"].returns[0]  # refitted: the same critic as the first fit
+    assert robust_sarsa.load_critic(critic_path, victim, [16, 16]) is not None  # and saved whole again
     blocked = tmp_path / "file"
     blocked.write_text("")  # a file where the directory should be: nothing can be created under it
     with pytest.raises(common.AttackError, match="cannot create the save directory"):
@@ -334,6 +341,21 @@ def test_learned_attackers_train_save_and_reload(victim, tmp_path, module, algo)
     with pytest.raises(common.AttackError, match="is not a"):
         other = sa_rl if module is pa_ad else pa_ad
         other.evaluate(victim, learned_args(algo=algo, load=result["attacker_path"]))
+
+
+def test_a_damaged_trained_attacker_is_retrained_not_a_stop(victim, capsys, tmp_path):
+    """An attacker file damaged outside this code (saves are atomic) costs that attacker, not the search."""
+    from attacks import search
+
+    config = search.AttackerConfig("sa_rl", "ppo", budget=300, seed=1000, hidden=(16, 16), n_steps=150)
+    realize = sa_rl.realizer(victim)
+    first = search.train_one(victim, config, realize, victim.obs_dim, str(tmp_path), episodes=1, eval_seed=0)
+    with open(first["path"], "wb") as f:
+        f.write(b"PK\x03\x04 truncated")
+    again = search.train_one(victim, config, realize, victim.obs_dim, str(tmp_path), episodes=2, eval_seed=0)
+    assert f"{first['path']} is not a readable attacker file" in capsys.readouterr().out
+    assert again["train_seconds"] > 0 and again["returns"][0] == first["returns"][0]  # the same seed, retrained
+    rl.load_attacker(first["path"], victim, "sa_rl")  # saved whole again
 
 
 def test_gae_matches_hand_computation():
