@@ -172,7 +172,8 @@ def git_commit(paths: list[str], message: str, force: tuple = (), repo: str = RO
                     break
                 time.sleep(3)
             said = proc.stdout + proc.stderr
-            if proc.returncode != 0 and "nothing to commit" not in said and "nothing added to commit" not in said:
+            unchanged = ("nothing to commit", "nothing added to commit", "no changes added to commit")  # the last: other
+            if proc.returncode != 0 and not any(m in said for m in unchanged):  # files changed, these did not
                 reason = (said.strip().splitlines() or [f"exit status {proc.returncode}"])[0][:200]
                 print(f"[sweep] git {cmd[1]} failed ({reason}); the files stay in the work tree", flush=True)
                 subprocess.run(["git", "reset", "-q", "--", *paths], cwd=repo, capture_output=True)
