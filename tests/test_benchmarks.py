@@ -68,3 +68,19 @@ def test_pa_ad_director_check_runs_its_controls_and_negates_the_director(tmp_pat
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "pa_ad_director_check.py"), "--ckpt",
                            PPO_FIXTURE, "--attacker", path, "--pa-steps", "0"], capture_output=True, text=True)
     assert proc.returncode == 2 and "--pa-steps" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_gpu_speed_times_the_updating_phase_from_the_progress_lines():
+    """benchmarks/gpu_speed.py reads the scripts' progress lines: a changed line format must fail here, not on a
+    lent GPU. Run on whatever device is present (the CPU in CI), small budget."""
+    import argparse
+
+    import gpu_speed
+
+    cmd = gpu_speed.variant_command("sac_valt_eps --compile", "Hopper-v4", 100, 400, 100)
+    assert cmd[-1] == "--compile" and "--worst-rate" in cmd and cmd[cmd.index("--total-timesteps") + 1] == "400"
+    a = argparse.Namespace(env="Hopper-v4", learning_starts=100, warmup_steps=100, steps=200, log_every=100)
+    row = gpu_speed.measure("sac", a)
+    assert row["returncode"] == 0 and "error" not in row, row
+    # the timed window (200 updates) is part of the run: its rate is at least steps over the whole run's time
+    assert 200 / row["seconds_total"] < row["sps"] < 1e5

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-CPU = torch.device("cpu")
+# On a GPU machine the CUDA path is checked too (compiled Triton kernels, fused CUDA Adam); CI has the CPU alone.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 OBS_DIM, ACT_DIM, BATCH = 6, 3, 64
 
 # Every part of each update active: VALT-EPS halfway up its k_w ramp (both mixture components), the SA
@@ -39,15 +40,17 @@ def run_updates(learner, batches, seed: int) -> list[dict]:
 
 @pytest.mark.parametrize("module_name", sorted(CASES))
 @pytest.mark.parametrize("fast", ["fused", "compile"])
-def test_fast_path_matches_plain_path(module_name, fast):
+@pytest.mark.parametrize("device", DEVICES)
+def test_fast_path_matches_plain_path(module_name, fast, device):
+    device = torch.device(device)
     module = importlib.import_module(module_name)
     args = module.Args(hidden_sizes=(32, 32), **CASES[module_name])
     torch.manual_seed(0)
-    plain = module.Learner(args, OBS_DIM, ACT_DIM, -np.ones(ACT_DIM), np.ones(ACT_DIM), CPU)
+    plain = module.Learner(args, OBS_DIM, ACT_DIM, -np.ones(ACT_DIM), np.ones(ACT_DIM), device)
     fast_args = copy.deepcopy(args)
     fast_args.compile = fast == "compile"
     torch.manual_seed(0)
-    quick = module.Learner(fast_args, OBS_DIM, ACT_DIM, -np.ones(ACT_DIM), np.ones(ACT_DIM), CPU)
+    quick = module.Learner(fast_args, OBS_DIM, ACT_DIM, -np.ones(ACT_DIM), np.ones(ACT_DIM), device)
     plain_optimizers(plain)
     for net in ("actor", "critic", "critic_target"):  # the fast learner really runs compiled modules
         assert (getattr(quick, net)._compiled_call_impl is not None) == (fast == "compile")
@@ -57,6 +60,7 @@ def test_fast_path_matches_plain_path(module_name, fast):
     batches = [(torch.randn(BATCH, OBS_DIM, generator=g), torch.rand(BATCH, ACT_DIM, generator=g) * 2 - 1,
                 torch.randn(BATCH, generator=g), torch.randn(BATCH, OBS_DIM, generator=g),
                 (torch.rand(BATCH, generator=g) < 0.1).float(), torch.rand(BATCH, generator=g)) for _ in range(3)]
+    batches = [tuple(t.to(device) for t in batch) for batch in batches]
     logs_plain, logs_fast = run_updates(plain, batches, 7), run_updates(quick, batches, 7)
     for a, b in zip(logs_plain, logs_fast):
         assert a.keys() == b.keys()
@@ -67,5 +71,5 @@ def test_fast_path_matches_plain_path(module_name, fast):
             torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=f"{net}.{name}")
     # and the updates did move the networks (a comparison of two idle learners would prove nothing)
     torch.manual_seed(0)
-    fresh = module.Learner(args, OBS_DIM, ACT_DIM, -np.ones(ACT_DIM), np.ones(ACT_DIM), CPU)
+    fresh = module.Learner(args, OBS_DIM, ACT_DIM, -np.ones(ACT_DIM), np.ones(ACT_DIM), device)
     assert not torch.allclose(next(fresh.critic.parameters()), next(quick.critic.parameters()), atol=1e-4)
