@@ -43,6 +43,7 @@ def run_updates(learner, batches, seed: int) -> list[dict]:
 @pytest.mark.parametrize("device", DEVICES)
 def test_fast_path_matches_plain_path(module_name, fast, device):
     device = torch.device(device)
+    torch._dynamo.reset()  # a fresh compile cache per case: never a silent eager fallback at the recompile limit
     module = importlib.import_module(module_name)
     args = module.Args(hidden_sizes=(32, 32), **CASES[module_name])
     torch.manual_seed(0)
