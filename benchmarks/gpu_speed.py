@@ -34,24 +34,26 @@ DEFAULT = ["sac", "sac --compile", "sac_valt_eps --compile", "sac_valt_eps", "sa
            "robust_sac --compile"]
 
 
-def variant_command(name: str, env: str, learning_starts: int, total: int, log_every: int) -> list[str]:
+def variant_command(name: str, env: str, learning_starts: int, total: int, log_every: int,
+                    workdir: str = "/tmp/gpu_speed") -> list[str]:
     compiled = name.endswith(" --compile")
     script, extra = VARIANTS[name.removesuffix(" --compile")] if compiled else VARIANTS[name]
     run = name.replace(" ", "_").replace("-", "")
     return [sys.executable, os.path.join(ROOT, f"{script}.py"), "--env-id", env, "--total-timesteps", str(total),
             "--learning-starts", str(learning_starts), "--eval-every", "0", "--eval-episodes", "1", "--save-every", "0",
             "--log-every", str(log_every), "--run-name", f"gpu_speed_{run}", "--save-path",
-            f"/tmp/gpu_speed/{run}/model.pt", *extra, *(["--compile"] if compiled else [])]
+            os.path.join(workdir, run, "model.pt"), *extra, *(["--compile"] if compiled else [])]
 
 
-def measure(name: str, a: argparse.Namespace, timeout: float | None = None) -> dict:
+def measure(name: str, a: argparse.Namespace, timeout: float | None = None, workdir: str = "/tmp/gpu_speed") -> dict:
     """Run one variant; time its progress lines as they arrive (step -> seconds since launch). The child is killed
     after `timeout` seconds (then the row is an error)."""
     start_measured = a.learning_starts + a.warmup_steps
     total = start_measured + a.steps
-    cmd = variant_command(name, a.env, a.learning_starts, total, a.log_every)
+    cmd = variant_command(name, a.env, a.learning_starts, total, a.log_every, workdir)
+    os.makedirs(workdir, exist_ok=True)
     launched = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd="/tmp", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1"})
     watchdog = threading.Timer(timeout, proc.kill) if timeout else None
     if watchdog:
@@ -127,6 +129,10 @@ def main() -> None:
     p.add_argument("--out", default="", help="append one JSON line per variant here")
     p.add_argument("--count-ops", action="store_true", help="count one SAC step's tensor operations and exit")
     a = p.parse_args()
+    import gymnasium as gym
+
+    if a.env not in gym.registry:
+        p.error(f"unknown environment id {a.env!r}")
     if a.count_ops:
         counts = count_ops(a.env)
         for name, n in counts.items():

@@ -70,7 +70,7 @@ def test_pa_ad_director_check_runs_its_controls_and_negates_the_director(tmp_pat
     assert proc.returncode == 2 and "--pa-steps" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_gpu_speed_times_the_updating_phase_from_the_progress_lines():
+def test_gpu_speed_times_the_updating_phase_from_the_progress_lines(tmp_path):
     """benchmarks/gpu_speed.py reads the scripts' progress lines: a changed line format must fail here, not on a
     lent GPU. Run on whatever device is present (the CPU in CI), small budget."""
     import argparse
@@ -84,9 +84,12 @@ def test_gpu_speed_times_the_updating_phase_from_the_progress_lines():
     cmd = gpu_speed.variant_command("sac_valt_eps --compile", "Hopper-v4", 300, 600, 100)
     assert cmd[-1] == "--compile" and "--worst-rate" in cmd and cmd[cmd.index("--total-timesteps") + 1] == "600"
     a = argparse.Namespace(env="Hopper-v4", learning_starts=300, warmup_steps=100, steps=200, log_every=100)
-    row = gpu_speed.measure("sac", a, timeout=600)
+    row = gpu_speed.measure("sac", a, timeout=600, workdir=str(tmp_path))
     assert row["returncode"] == 0 and "error" not in row, row
     # the window holds updating steps only: its rate is the run's own updating-phase rate (a window that took in the
     # random-action phase, ~10x faster, or missed steps would be far off)
-    summary = torch.load("/tmp/gpu_speed/sac/model.pt", weights_only=True)["summary"]
+    summary = torch.load(tmp_path / "sac" / "model.pt", weights_only=True)["summary"]
     assert 0.5 < row["sps"] / summary["sps_updating"] < 2, (row, summary["sps_updating"])
+    bad = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu_speed.py"), "--env", "Nope-v0",
+                          "--count-ops"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown environment id" in bad.stderr and "Traceback" not in bad.stderr
