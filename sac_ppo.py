@@ -376,12 +376,12 @@ class PrioritizedReplayBuffer:
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 
-def mlp(sizes: list[int]) -> nn.Sequential:
+def mlp(sizes: list[int], activation=nn.ReLU) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(nn.Linear(fan_in, fan_out))
         if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
+            layers.append(activation())
     return nn.Sequential(*layers)
 
 
@@ -448,18 +448,13 @@ class PPOAdversary(nn.Module):
     """PPO actor-critic of the adversary: Gaussian over u (state-independent log std), tanh hidden units.
     Observation mode: s~ = s + eps tanh(u). Director mode (--pa): d = tanh(u) / |tanh(u)| in action space."""
 
-    def __init__(self, obs_dim, out_dim, hidden_sizes, eps):
+    def __init__(self, obs_dim, out_dim, hidden_sizes):
         super().__init__()
-        self.trunk = mlp([obs_dim, *hidden_sizes])
-        self.trunk.append(nn.ReLU())
-        self.value_net = mlp([obs_dim, *hidden_sizes, 1])
-        for net in (self.trunk, self.value_net):
-            for i, layer in enumerate(net):
-                if isinstance(layer, nn.ReLU):
-                    net[i] = nn.Tanh()
+        self.trunk = mlp([obs_dim, *hidden_sizes], nn.Tanh)
+        self.trunk.append(nn.Tanh())
+        self.value_net = mlp([obs_dim, *hidden_sizes, 1], nn.Tanh)
         self.mean = nn.Linear(hidden_sizes[-1], out_dim)
         self.log_std = nn.Parameter(torch.zeros(out_dim))
-        self.eps = eps
 
     def dist(self, obs):
         return torch.distributions.Normal(self.mean(self.trunk(obs)), self.log_std.exp())
@@ -535,8 +530,7 @@ class Learner:
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=args.q_lr, fused=True)
         self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=args.alpha_lr, fused=True) if args.autotune else None
         self.eps = args.attack_eps
-        self.adversary = PPOAdversary(obs_dim, act_dim if args.pa else obs_dim, list(args.adv_hidden_sizes),
-                                      self.eps).to(device)
+        self.adversary = PPOAdversary(obs_dim, act_dim if args.pa else obs_dim, list(args.adv_hidden_sizes)).to(device)
         self.adversary_optimizer = torch.optim.Adam(self.adversary.policy_parameters(), lr=args.adv_policy_lr, eps=1e-5,
                                                     fused=True)
         self.adversary_value_optimizer = torch.optim.Adam(self.adversary.value_net.parameters(), lr=args.adv_value_lr,
@@ -717,23 +711,17 @@ class AdversaryTrainer:
     def iteration(self, learner: Learner, normalizer: RunningNormalizer) -> dict:
         args, adversary, device = self.args, learner.adversary, learner.device
         n = args.adv_ppo_steps
-        obs_b, u_b, logp_b = [], [], []
-        rewards, values, next_values = np.zeros(n), np.zeros(n), np.zeros(n)
-        terminated_b, end_b = np.zeros(n), np.zeros(n)
+        obs_b, u_b, next_b = [], [], []
+        rewards, terminated_b, end_b = np.zeros(n), np.zeros(n), np.zeros(n)
         for t in range(n):
             obs_n = normalizer.normalize(torch.as_tensor(self.raw_obs, dtype=torch.float32, device=device))
             with torch.no_grad():
-                dist = adversary.dist(obs_n)
-                u = dist.sample()
-                logp_b.append(dist.log_prob(u).sum())
-                values[t] = adversary.value(obs_n).item()
-            obs_tilde = learner.realize(obs_n.unsqueeze(0), u.unsqueeze(0))
+                u = adversary.dist(obs_n).sample()
+            obs_tilde = learner.realize(obs_n.unsqueeze(0), u.unsqueeze(0))  # (PA-AD's PGD needs autograd)
             with torch.no_grad():
                 action = learner.actor.sample(obs_tilde)[0][0].cpu().numpy()
             self.raw_obs, reward, terminated, truncated, _ = self.env.step(action)
-            next_n = normalizer.normalize(torch.as_tensor(self.raw_obs, dtype=torch.float32, device=device))
-            with torch.no_grad():
-                next_values[t] = adversary.value(next_n).item()
+            next_b.append(normalizer.normalize(torch.as_tensor(self.raw_obs, dtype=torch.float32, device=device)))
             obs_b.append(obs_n), u_b.append(u)
             rewards[t] = self.scale(-float(reward), terminated or truncated)
             terminated_b[t], end_b[t] = float(terminated), float(terminated or truncated)
@@ -743,8 +731,11 @@ class AdversaryTrainer:
                 self.episode_return = 0.0
                 self.raw_obs, _ = self.env.reset()
         self.env_steps += n
+        obs_t, u_t = torch.stack(obs_b), torch.stack(u_b)
+        with torch.no_grad():  # behaviour log-probs and values of the whole rollout, one batch each (no per-step sync)
+            logp_t = adversary.dist(obs_t).log_prob(u_t).sum(-1)
+            values, next_values = (adversary.value(x).double().cpu().numpy() for x in (obs_t, torch.stack(next_b)))
         advantages, returns = gae(rewards, values, next_values, terminated_b, end_b, args.gamma, args.adv_gae_lambda)
-        obs_t, u_t, logp_t = torch.stack(obs_b), torch.stack(u_b), torch.stack(logp_b)
         adv_t = torch.as_tensor(advantages, dtype=torch.float32, device=device)
         ret_t = torch.as_tensor(returns, dtype=torch.float32, device=device)
         for _ in range(args.adv_epochs):
@@ -868,23 +859,18 @@ def resolve_args(args: Args) -> Args:
         raise UserError(f"--attack-eps must be > 0, got {args.attack_eps}")
     if args.attack_eps is None:
         raise UserError(f"no default attack radius for {args.env_id}: pass --attack-eps")
-    if task not in ADV_ITERATIONS and None in (args.adv_iterations, args.adv_ratio, args.reg_coef):
-        raise UserError(f"no paper defaults for {args.env_id}: pass --adv-iterations, --adv-ratio, --reg-coef")
-    if task not in ADV_POLICY_LR and None in (args.adv_policy_lr, args.adv_value_lr, args.adv_ent_coef):
-        raise UserError(f"no paper defaults for {args.env_id}: pass --adv-policy-lr, --adv-value-lr, --adv-ent-coef")
-    if args.adv_iterations is None:
-        args.adv_iterations = ADV_ITERATIONS[task]
-    args.adv_policy_lr = ADV_POLICY_LR[task] if args.adv_policy_lr is None else args.adv_policy_lr
-    args.adv_value_lr = ADV_VALUE_LR[task] if args.adv_value_lr is None else args.adv_value_lr
-    args.adv_ent_coef = ADV_ENT_COEF[task] if args.adv_ent_coef is None else args.adv_ent_coef
+    per_task = {"adv_iterations": ADV_ITERATIONS, "adv_ratio": ADV_RATIO, "reg_coef": REG_COEF,
+                "adv_policy_lr": ADV_POLICY_LR, "adv_value_lr": ADV_VALUE_LR, "adv_ent_coef": ADV_ENT_COEF}
+    if task not in ADV_ITERATIONS and any(getattr(args, name) is None for name in per_task):
+        raise UserError(f"no paper defaults for {args.env_id}: pass "
+                        + ", ".join("--" + name.replace("_", "-") for name in per_task))
+    for name, table in per_task.items():
+        if getattr(args, name) is None:
+            setattr(args, name, table[task])
     if not (args.adv_policy_lr > 0 and args.adv_value_lr > 0 and args.adv_ent_coef >= 0):
         raise UserError("--adv-policy-lr and --adv-value-lr must be > 0, --adv-ent-coef >= 0")
-    if args.adv_ratio is None:
-        args.adv_ratio = ADV_RATIO[task]
     if args.adv_iterations < 0 or args.adv_ppo_steps < 1 or args.pa_steps < 1 or args.adv_minibatch < 1:
         raise UserError("--adv-iterations must be >= 0; --adv-ppo-steps, --pa-steps, --adv-minibatch >= 1")
-    if args.reg_coef is None:
-        args.reg_coef = REG_COEF[task]
     ramp = REG_EPS_RAMP.get(task, (0, 0))
     args.reg_eps_start_step = ramp[0] if args.reg_eps_start_step is None else args.reg_eps_start_step
     args.reg_eps_end_step = ramp[1] if args.reg_eps_end_step is None else args.reg_eps_end_step

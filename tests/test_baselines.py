@@ -97,6 +97,34 @@ def test_pa_director_perturbation_moves_action_along_direction():
     assert cos.mean() > cos_random.mean() + 0.3
 
 
+def test_sac_ppo_adversary_rollout_matches_its_behaviour_policy(monkeypatch):
+    """The rollout's stored log-probs and values (computed in one batch after the rollout) must be those of the
+    policy that acted: with an lr too small to move any weight the PPO ratio is 1 and the clipped loss of
+    normalized advantages is 0; V(s_{t+1}) must be the next step's V(s_t) within an episode."""
+    args = sac_ppo.Args(hidden_sizes=(32, 32), attack_eps=0.075, adv_iterations=1, adv_ratio=0.5, reg_coef=0.0,
+                        reg_eps_start_step=0, reg_eps_end_step=0, adv_policy_lr=1e-30, adv_value_lr=1e-30,
+                        adv_ent_coef=0.0, adv_ppo_steps=256, adv_minibatch=64, adv_epochs=1)
+    torch.manual_seed(0)
+    env = sac_ppo.make_env("Hopper-v4", {})
+    learner = sac_ppo.Learner(args, 11, 3, env.action_space.low, env.action_space.high, CPU)
+    with torch.no_grad():
+        learner.adversary.log_std.fill_(0.5)  # a spread-out behaviour policy: a wrong log-prob shows in the ratio
+    normalizer = sac_ppo.RunningNormalizer(11, 10.0, CPU)
+    seen = {}
+    real_gae = sac_ppo.gae
+
+    def spy(rewards, values, next_values, terminated, episode_end, *rest):
+        seen.update(values=values, next_values=next_values, end=episode_end)
+        return real_gae(rewards, values, next_values, terminated, episode_end, *rest)
+
+    monkeypatch.setattr(sac_ppo, "gae", spy)
+    logs = sac_ppo.AdversaryTrainer(args, env, seed=0).iteration(learner, normalizer)
+    assert abs(logs["adversary/policy_loss"].item()) < 1e-5
+    within = seen["end"][:-1] == 0
+    assert within.sum() > 100 and (seen["end"] == 1).any(), "the rollout should cross an episode end"
+    np.testing.assert_allclose(seen["next_values"][:-1][within], seen["values"][1:][within], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("env_id", ["Hopper-v4", "Ant-v4"])
 def test_robust_sac_smoke(workdir, env_id):
     proc = run_script("robust_sac.py", "--env-id", env_id, "--total-timesteps", "500", "--run-name", "r", *TINY,
