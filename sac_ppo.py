@@ -861,9 +861,9 @@ def resolve_args(args: Args) -> Args:
         raise UserError(f"no default attack radius for {args.env_id}: pass --attack-eps")
     per_task = {"adv_iterations": ADV_ITERATIONS, "adv_ratio": ADV_RATIO, "reg_coef": REG_COEF,
                 "adv_policy_lr": ADV_POLICY_LR, "adv_value_lr": ADV_VALUE_LR, "adv_ent_coef": ADV_ENT_COEF}
-    if task not in ADV_ITERATIONS and any(getattr(args, name) is None for name in per_task):
-        raise UserError(f"no paper defaults for {args.env_id}: pass "
-                        + ", ".join("--" + name.replace("_", "-") for name in per_task))
+    missing = ["--" + name.replace("_", "-") for name in per_task if getattr(args, name) is None]
+    if task not in ADV_ITERATIONS and missing:
+        raise UserError(f"no paper defaults for {args.env_id}: pass {', '.join(missing)}")
     for name, table in per_task.items():
         if getattr(args, name) is None:
             setattr(args, name, table[task])
