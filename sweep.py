@@ -25,6 +25,7 @@ small resume checkpoint is committed every --commit-progress-min minutes and at 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import os
@@ -36,6 +37,8 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+# A SAC-family trial's resume checkpoint without its buffer, committed when the sweep stops (see commit_progress)
+RESUME_FILE = "resume.pt"
 METHODS = ["sac", "robust_sac", "sac_valt_eps", "sac_valt_soft"]
 # The PPO-family rows (--methods ppo robust_ppo atla_ppo wocar_ppo): on-policy, no replay buffer; budgets of the paper's Table 1
 # PPO rows in AGENT steps (atla_ppo's adversary takes as many again: the paper's 10M, Ant 20M, in all). PA-ATLA-PPO:
@@ -59,8 +62,16 @@ def trial_name(method: str, env_id: str, seed: int) -> str:
     return f"{method}__{env_id}__s{seed}"
 
 
+def checkpoint_path(out: str, name: str, state_dir: Optional[str] = None) -> str:
+    """Where a trial writes its full checkpoint: a SAC-family trial's (with its replay buffer beside it) in
+    --state-dir when one is given (outside the work tree), every other one in its trial folder."""
+    if state_dir and name.split("__")[0] not in PPO_METHODS:
+        return os.path.join(state_dir, os.path.basename(out), name, "model.pt")
+    return os.path.join(out, "trials", name, "model.pt")
+
+
 def trial_overrides(method: str, env_id: str, seed: int, scale: float, out: str, save_every_frac: float,
-                    extra: dict, threads: int = 1) -> dict:
+                    extra: dict, threads: int = 1, state_dir: Optional[str] = None) -> dict:
     """The Args of one trial: the paper's budget and schedules times `scale`."""
     import sac
 
@@ -78,7 +89,7 @@ def trial_overrides(method: str, env_id: str, seed: int, scale: float, out: str,
         return over
     steps = max(1, int(round(sac.TOTAL_TIMESTEPS[task] * scale)))
     over = {"env_id": env_id, "seed": seed, "total_timesteps": steps, "run_name": name,
-            "save_path": os.path.join(out, "trials", name, "model.pt"), "save_buffer": True,
+            "save_path": checkpoint_path(out, name, state_dir), "save_buffer": True,
             "save_every": max(1, int(steps * save_every_frac)), "eval_every": max(1000, steps // 20),
             "learning_starts": min(5000, max(1, steps // 10)),
             "threads": threads}  # never more torch threads than the CPUs Ray gives the trial
@@ -98,16 +109,20 @@ def run_trial(method: str, overrides: dict, trial_dir: str) -> dict:
     sys.path.insert(0, ROOT)
     mod = importlib.import_module(method)
     os.makedirs(trial_dir, exist_ok=True)
-    ckpt = overrides["save_path"]  # absolute
     args = mod.Args(**overrides)
-    start_step = 0
-    if os.path.isfile(ckpt):
-        import torch
-
-        args.resume = ckpt
-        start_step = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
+    attempt = {"pid": os.getpid(), "start_step": 0, "time": time.time()}
+    # the full checkpoint (with its buffer) or, on a machine without it, the committed one (no buffer)
+    found = [(saved_step(p), i, p) for i, p in enumerate([overrides["save_path"], os.path.join(trial_dir, RESUME_FILE)])
+             if os.path.isfile(p)]
+    if found:
+        start_step, _, args.resume = max(found, key=lambda f: (f[0], -f[1]))
+        buffer = os.path.splitext(args.resume)[0] + "_buffer.pt"
+        restored = os.path.isfile(buffer) and saved_step(buffer) == start_step
+        attempt.update(start_step=start_step, resumed_from=args.resume,
+                       replay_buffer=None if method in PPO_METHODS else "restored" if restored else "refilled from empty")
     with open(os.path.join(trial_dir, "attempts.jsonl"), "a") as f:
-        f.write(json.dumps({"pid": os.getpid(), "start_step": start_step, "time": time.time()}) + "\n")
+        f.write(json.dumps(attempt) + "\n")
+    start_step = attempt["start_step"]
     # tensorboard writes to runs/<run_name> under the working directory: keep it inside the trial folder
     cwd = os.getcwd()
     os.chdir(trial_dir)
@@ -124,6 +139,13 @@ def run_trial(method: str, overrides: dict, trial_dir: str) -> dict:
     return result
 
 
+def saved_step(path: str) -> int:
+    """global_step of a checkpoint or buffer file, read lazily (a buffer file is GBs)."""
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+
+
 def run_attacks(ckpt: str, out_json: str, attack_args: list[str]) -> dict:
     import subprocess
 
@@ -137,12 +159,12 @@ def run_attacks(ckpt: str, out_json: str, attack_args: list[str]) -> dict:
     return row
 
 
-def slim_model(out: str, name: str) -> Optional[str]:
+def slim_model(out: str, name: str, state_dir: Optional[str] = None) -> Optional[str]:
     """models/<name>.pt from the trial's final checkpoint (once); None if neither exists."""
     from attacks.common import slim_checkpoint
 
     slim = os.path.join(out, "models", f"{name}.pt")
-    full = os.path.join(out, "trials", name, "model.pt")
+    full = checkpoint_path(out, name, state_dir)
     if not os.path.isfile(slim):
         if not os.path.isfile(full):
             return None
@@ -157,7 +179,7 @@ def git_commit(paths: list[str], message: str, force: tuple = (), repo: str = RO
     returns whether the paths are committed (True also when nothing had changed)."""
     import subprocess
 
-    paths = [p for p in paths if os.path.exists(p)]
+    paths = [p for p in paths if os.path.exists(p) or tracked(p, repo)]  # a tracked path gone: its deletion
     forced = [p for p in force if p in paths]
     if not paths:
         return True
@@ -188,9 +210,9 @@ def trial_files(out: str, name: str, repo: str = ROOT) -> list[str]:
     trial_dir = os.path.join(out, "trials", name)
     files = [os.path.join(trial_dir, f) for f in ("done.json", "attempts.jsonl", "train.log", "runs")] + \
         [os.path.join(out, "models", f"{name}.pt")]
-    ckpt = os.path.join(trial_dir, "model.pt")
-    if tracked(ckpt, repo):  # a progress commit tracked the resume checkpoint: its final state goes in with the rest
-        files.append(ckpt)
+    for ckpt in (os.path.join(trial_dir, "model.pt"), os.path.join(trial_dir, RESUME_FILE)):
+        if tracked(ckpt, repo):  # a progress commit tracked a resume checkpoint: its final state goes in with the rest
+            files.append(ckpt)
     return files
 
 
@@ -201,24 +223,33 @@ def tracked(path: str, repo: str = ROOT) -> bool:
                           capture_output=True).returncode == 0
 
 
-def commit_progress(out: str, names, committed: dict, repo: str = ROOT) -> list[str]:
-    """Commits the resume checkpoint (with its log, attempts and events) of each unfinished PPO-family trial whose
-    checkpoint changed since its last progress commit, so a study cut at a session's end continues from it on a fresh
-    clone (run_trial resumes from trials/<name>/model.pt). A PPO checkpoint is small (networks, Adam moments,
-    normalizer, no buffer); SAC-family trials are left out: their resume state includes the replay buffer (GBs).
-    `committed` maps trial -> the checkpoint mtime last committed; returns the trials committed now."""
-    import torch
+def commit_progress(out: str, names, committed: dict, repo: str = ROOT, sac_family: bool = False,
+                    state_dir: Optional[str] = None) -> list[str]:
+    """Commits the resume checkpoint (with its log, attempts and events) of each unfinished trial whose checkpoint
+    changed since its last progress commit, so a study cut at a session's end continues from it on a fresh clone.
+    A PPO-family trial's checkpoint is committed where it is (small: networks, Adam moments, normalizer). A
+    SAC-family trial's resume state includes a replay buffer (GBs): only with `sac_family` (when the sweep stops) is
+    its checkpoint, without the buffer (a few MB), copied to trials/<name>/resume.pt and committed; a run resumed
+    from it refills its buffer from empty (recorded in attempts.jsonl). `committed` maps trial -> the checkpoint
+    mtime last committed; returns the trials committed now."""
+    import shutil
 
     now = []
     for name in names:
-        ckpt = os.path.join(out, "trials", name, "model.pt")
-        if name.split("__")[0] not in PPO_METHODS or not os.path.isfile(ckpt):
+        ppo = name.split("__")[0] in PPO_METHODS
+        ckpt = checkpoint_path(out, name, state_dir)
+        if not (ppo or sac_family) or not os.path.isfile(ckpt):
             continue
         try:
             stamp = os.stat(ckpt).st_mtime_ns
             if committed.get(name) == stamp:
                 continue
-            step = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
+            step = saved_step(ckpt)
+            if not ppo:
+                resume = os.path.join(out, "trials", name, RESUME_FILE)
+                shutil.copyfile(ckpt, resume + ".tmp")
+                os.replace(resume + ".tmp", resume)
+                ckpt = resume
             files = [f for f in trial_files(out, name, repo) if not f.endswith(("done.json", f"{name}.pt", "model.pt"))]
             if git_commit(files + [ckpt], f"study {os.path.basename(out)}: trial {name} in progress (step {step})",
                           force=(ckpt,), repo=repo):
@@ -227,6 +258,33 @@ def commit_progress(out: str, names, committed: dict, repo: str = ROOT) -> list[
         except Exception as e:  # the study goes on; the next progress commit tries again
             print(f"[sweep] progress commit of {name} failed ({type(e).__name__}: {str(e)[:200]})", flush=True)
     return now
+
+
+def snapshot_models(out: str, names, every: int, state_dir: Optional[str] = None) -> list[str]:
+    """models/checkpoints/<name>_step<N>.pt: a slim copy of each kept checkpoint (the trials run with
+    --keep-checkpoints) whose step N is a multiple of `every` (the robustness-over-training curve). Every kept
+    checkpoint is deleted once seen, with its buffer copy: the trial never reads them. Returns the files written."""
+    import glob
+    import re
+
+    from attacks.common import slim_checkpoint
+
+    written = []
+    for name in names:
+        folder = os.path.dirname(checkpoint_path(out, name, state_dir))
+        for kept in sorted(glob.glob(os.path.join(folder, "model_step*.pt"))):
+            match = re.fullmatch(r"model_step(\d+)\.pt", os.path.basename(kept))
+            if not match:  # model_step<N>_buffer.pt: removed with its checkpoint
+                continue
+            step = int(match.group(1))
+            dst = os.path.join(out, "models", "checkpoints", f"{name}_step{step}.pt")
+            if step % every == 0 and not os.path.isfile(dst):
+                slim_checkpoint(kept, dst)
+                written.append(dst)
+            for path in (kept, kept[:-3] + "_buffer.pt"):  # the buffer copy is written before its checkpoint
+                if os.path.isfile(path):
+                    os.remove(path)
+    return written
 
 
 def attacked_trial(row: dict) -> str:
@@ -263,11 +321,27 @@ def _canonical(key: str, value):
     return value
 
 
-def record_sweep(path: str, settings: dict, argv: list) -> None:
-    """sweep.json: the settings of the study in --out, the union of the grids run into it, every invocation's argv.
-    A setting in DEFINING that differs from the recorded one is refused (ValueError): another experiment, another
-    --out."""
-    record = {**settings, "invocations": [list(argv)]}
+def git_toplevel(path: str) -> Optional[str]:
+    import subprocess
+
+    proc = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=path, capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def code_version() -> dict:
+    """The commit the trials' code comes from (a study runs from a fixed commit, e.g. a git worktree)."""
+    import subprocess
+
+    run = lambda *cmd: subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True).stdout.strip()  # noqa: E731
+    return {"commit": run("rev-parse", "HEAD") or None, "dir": ROOT,
+            "dirty": bool(run("status", "--porcelain", "--untracked-files=no")), "time": time.time()}
+
+
+def record_sweep(path: str, settings: dict, argv: list, code: Optional[dict] = None) -> None:
+    """sweep.json: the settings of the study in --out, the union of the grids run into it, every invocation's argv
+    and the code version it ran. A setting in DEFINING that differs from the recorded one is refused (ValueError):
+    another experiment, another --out."""
+    record = {**settings, "invocations": [list(argv)], "code": [code] if code else []}
     if os.path.isfile(path):
         with open(path) as f:
             old = json.load(f)
@@ -276,7 +350,8 @@ def record_sweep(path: str, settings: dict, argv: list) -> None:
             was = ", ".join(f"--{k.replace('_', '-')} {old[k]!r}" for k in differ)
             raise ValueError(f"{os.path.dirname(path)} holds a study run with {was}: give a different setting its own "
                              f"--out (trials are named by method, env and seed only)")
-        record = {**old, "invocations": old.get("invocations", [old["argv"]] if "argv" in old else []) + [list(argv)]}
+        record = {**old, "invocations": old.get("invocations", [old["argv"]] if "argv" in old else []) + [list(argv)],
+                  "code": old.get("code", []) + ([code] if code else [])}
         record.pop("argv", None)
         for key in ("methods", "envs"):
             record[key] = old.get(key, []) + [v for v in settings[key] if v not in old.get(key, [])]
@@ -312,10 +387,17 @@ def main(argv=None) -> None:
                    help="commit each finished trial (marker, log, events, slim model) and attack JSON as it lands")
     p.add_argument("--commit-progress-min", type=float, default=20.0,
                    help="with --git-commit: every N minutes, and when the sweep is stopped, commit each running "
-                        "PPO-family trial's resume checkpoint, so a fresh clone continues it (0: never)")
+                        "PPO-family trial's resume checkpoint, so a fresh clone continues it (0: never); SAC-family "
+                        "trials' checkpoints (without the buffer) are committed when the sweep is stopped")
+    p.add_argument("--state-dir", default=None,
+                   help="folder for SAC-family trials' full checkpoints and replay buffers, outside the work tree "
+                        "(default: the trial folders in --out)")
+    p.add_argument("--slim-every", type=int, default=0,
+                   help="also keep a slim model every N agent steps in models/checkpoints/ (committed with --git-commit; "
+                        "a multiple of the trials' checkpoint interval; 0: only the final one)")
     a = p.parse_args(argv)
-    if not 0 < a.budget_scale <= 10 or a.seeds < 1 or a.commit_progress_min < 0:
-        p.error("--budget-scale must be in (0, 10], --seeds >= 1 and --commit-progress-min >= 0")
+    if not 0 < a.budget_scale <= 10 or a.seeds < 1 or a.commit_progress_min < 0 or a.slim_every < 0:
+        p.error("--budget-scale must be in (0, 10], --seeds >= 1, --commit-progress-min >= 0 and --slim-every >= 0")
     unknown = [m for m in a.methods if not os.path.isfile(os.path.join(ROOT, f"{m}.py"))]
     if unknown:
         p.error(f"unknown method(s) {unknown}")
@@ -333,13 +415,18 @@ def main(argv=None) -> None:
     if "hidden_sizes" in extra:
         extra["hidden_sizes"] = tuple(extra["hidden_sizes"])
     out = os.path.abspath(a.out)
+    state_dir = os.path.abspath(a.state_dir) if a.state_dir else None
     os.makedirs(os.path.join(out, "attacks"), exist_ok=True)
+    repo = git_toplevel(out) if a.git_commit else ROOT
+    if repo is None:
+        p.error(f"--git-commit: {out} is not inside a git work tree")
     try:
-        record_sweep(os.path.join(out, "sweep.json"), vars(a), sys.argv)
+        record_sweep(os.path.join(out, "sweep.json"), vars(a), sys.argv, code=code_version())
     except ValueError as e:
         p.error(str(e))
+    commit = functools.partial(git_commit, repo=repo)  # into the repository that holds --out (code may run elsewhere)
     if a.git_commit:  # the study's settings first: a fresh clone refuses a changed setting only if it has them
-        git_commit([os.path.join(out, "sweep.json")], f"study {os.path.basename(out)}: settings and invocations")
+        commit([os.path.join(out, "sweep.json")], f"study {os.path.basename(out)}: settings and invocations")
 
     import ray
 
@@ -355,11 +442,21 @@ def main(argv=None) -> None:
     seed_attack_args = ["--attacks", a.seed_attacks, "--episodes", str(a.episodes), *a.seed_attack_args.split()]
     seed_jobs: dict = {}
 
+    def snapshots(names) -> None:
+        if a.slim_every:
+            written = snapshot_models(out, names, a.slim_every, state_dir)
+            if written and a.git_commit:
+                commit(written, f"study {os.path.basename(out)}: slim models {', '.join(map(os.path.basename, written))}")
+
     def finished(name: str, announce: bool) -> None:
         """A trial is done: its slim model, its commit, its per-seed attacks (each once)."""
-        slim = slim_model(out, name)
+        slim = slim_model(out, name, state_dir)
+        snapshots([name])
+        resume = os.path.join(out, "trials", name, RESUME_FILE)
+        if os.path.isfile(resume):  # the finished run's final checkpoint supersedes it (the commit records the removal)
+            os.remove(resume)
         if a.git_commit and announce:
-            git_commit(trial_files(out, name), f"study {os.path.basename(out)}: trial {name} finished")
+            commit(trial_files(out, name, repo), f"study {os.path.basename(out)}: trial {name} finished")
         if a.skip_attacks or not a.seed_attacks or slim is None:
             return
         if not os.path.isfile(slim[:-3] + "_attacks.json"):
@@ -378,7 +475,11 @@ def main(argv=None) -> None:
                     finished(name, announce=not os.path.isfile(os.path.join(out, "models", f"{name}.pt")))
                     continue
                 over = trial_overrides(method, env_id, seed, a.budget_scale, out, a.save_every_frac, extra,
-                                       max(1, int(a.num_cpus)))
+                                       max(1, int(a.num_cpus)), state_dir)
+                over["keep_checkpoints"] = bool(a.slim_every)  # each kept copy is slimmed or deleted by the driver
+                if a.slim_every and a.slim_every % over["save_every"]:
+                    p.error(f"--slim-every {a.slim_every} is not a multiple of {name}'s checkpoint interval "
+                            f"{over['save_every']} (--save-every-frac)")
                 pending[train_task.remote(method, over, trial_dir)] = name
     total = len(pending) + len(done)
     print(f"[sweep] {len(pending)} trials to run, {len(done)} already finished", flush=True)
@@ -388,9 +489,10 @@ def main(argv=None) -> None:
     progress: dict = {}  # trial -> mtime of its last committed resume checkpoint
     last_progress = time.time()
 
-    def progress_commit() -> None:
-        if a.git_commit and a.commit_progress_min > 0:
-            for name in commit_progress(out, sorted(pending.values()), progress):
+    def progress_commit(stopping: bool = False) -> None:
+        if a.git_commit and (a.commit_progress_min > 0 or stopping):
+            for name in commit_progress(out, sorted(pending.values()), progress, repo, sac_family=stopping,
+                                        state_dir=state_dir):
                 print(f"[sweep] progress of {name} committed (its resume checkpoint)", flush=True)
 
     def seed_attacks_landed(ref) -> None:
@@ -404,15 +506,17 @@ def main(argv=None) -> None:
         print(f"[sweep] per-seed attacks {name}: worst {worst_text(row)}", flush=True)
         if a.git_commit:
             stem = os.path.join(out, "models", name)
-            git_commit([f"{stem}_attacks.json", f"{stem}_attacks.md", f"{stem}_attacks.log"],
+            commit([f"{stem}_attacks.json", f"{stem}_attacks.md", f"{stem}_attacks.log"],
                        f"study {os.path.basename(out)}: {name} attacked")
     while pending or seed_jobs:  # trainings and per-seed attacks, each handled (and committed) as it lands
         ready, _ = ray.wait(list(pending) + list(seed_jobs), num_returns=1, timeout=1.0)
         if stop["signal"] is not None:
-            preempt(ray, {**pending, **seed_jobs}, stop["signal"], on_stopped=progress_commit)
+            preempt(ray, {**pending, **seed_jobs}, stop["signal"],
+                    on_stopped=lambda: (snapshots(pending.values()), progress_commit(stopping=True)))
         if a.commit_progress_min > 0 and time.time() - last_progress > 60 * a.commit_progress_min:
             progress_commit()
             last_progress = time.time()
+        snapshots(pending.values())
         if not ready:
             continue
         if ready[0] in seed_jobs:
@@ -458,13 +562,13 @@ def main(argv=None) -> None:
                     print(f"[sweep] attacks of {method} {env_id}: the median seed's per-seed attacks "
                           f"(the same attacks and settings)", flush=True)
                     if a.git_commit:
-                        git_commit([out_json], f"study {os.path.basename(out)}: {method} {env_id} median seed attacked")
+                        commit([out_json], f"study {os.path.basename(out)}: {method} {env_id} median seed attacked")
                     continue
                 ckpt = os.path.join(out, "attacks", f"{name}.pt")  # its own copy: its _attacks.json lands beside it
                 if not os.path.isfile(ckpt):
                     import shutil
 
-                    slim = slim_model(out, name)
+                    slim = slim_model(out, name, state_dir)
                     if slim is None:
                         print(f"[sweep] no model for {name}: its attacks are skipped", flush=True)
                         continue
@@ -474,7 +578,7 @@ def main(argv=None) -> None:
                 jobs[attack_task.remote(ckpt, out_json, attack_args)] = (method, env_id, ckpt)
         def commit_caches() -> None:  # a suite cut short keeps what it trained: a re-run reads it back
             if a.git_commit:
-                git_commit([os.path.join(out, "attacks", "attackers")],
+                commit([os.path.join(out, "attacks", "attackers")],
                            f"study {os.path.basename(out)}: attackers and Sarsa critics of an unfinished suite")
 
         while jobs:
@@ -495,7 +599,7 @@ def main(argv=None) -> None:
                 # the attacked copy, its row, and every trained attacker and Sarsa critic: a later suite with other
                 # evaluation settings (or on another machine) reads them back instead of retraining
                 stem = os.path.splitext(ckpt)[0]
-                git_commit([os.path.join(out, "attacks", f"{method}__{env_id}{ext}") for ext in (".json", ".log")] +
+                commit([os.path.join(out, "attacks", f"{method}__{env_id}{ext}") for ext in (".json", ".log")] +
                            [ckpt, f"{stem}_attacks.json", f"{stem}_attacks.md", os.path.join(out, "attacks", "attackers")],
                            f"study {os.path.basename(out)}: {method} {env_id} median seed attacked")
     ray.shutdown()

@@ -204,3 +204,60 @@ def test_progress_commit_tracks_a_ppo_trials_resume_checkpoint_so_a_fresh_clone_
     assert sweep.commit_progress(str(out), names, fresh, repo=str(repo)) == [names[0]] and names[0] in fresh
     assert "failed" not in capsys.readouterr().out
     assert str(ppo_ckpt) in sweep.trial_files(str(out), names[0], repo=str(repo))  # the finish commit takes it along
+
+
+def test_a_long_run_keeps_its_state_outside_the_tree_and_a_fresh_machine_continues_from_the_committed_checkpoint(
+        tmp_path):
+    """--state-dir holds a SAC trial's full checkpoint and buffer; stopping the sweep commits the checkpoint without
+    its buffer (trials/<name>/resume.pt); a machine without the state dir resumes from it with an empty buffer
+    (recorded), slim models land every --slim-every steps, and the finished trial's resume.pt is removed."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = lambda *cmd: subprocess.run(["git", *cmd], cwd=repo, check=True, capture_output=True,  # noqa: E731
+                                      text=True).stdout
+    git("init", "-q")
+    git("config", "user.email", "t@t")
+    git("config", "user.name", "t")
+    out, state = repo / "results" / "study", tmp_path / "state"
+    name = "sac__Hopper-v4__s1"
+    cmd = [sys.executable, os.path.join(ROOT, "sweep.py"), "--methods", "sac", "--envs", "Hopper-v4", "--seeds", "1",
+           "--budget-scale", "0.006", "--out", str(out), "--local-cpus", "1", "--save-every-frac", "0.1",
+           "--skip-attacks", "--git-commit", "--state-dir", str(state), "--slim-every", "600",
+           "--train-args", json.dumps({"hidden_sizes": [32, 32], "batch_size": 32, "eval_episodes": 1,
+                                       "buffer_size": 5000})]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen(cmd, cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    full = state / "study" / name / "model.pt"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (full.is_file() and sweep.saved_step(str(full)) >= 900):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, output[-3000:]
+    assert (state / "study" / name / "model_buffer.pt").is_file() and not (out / "trials" / name / "model.pt").exists()
+    saved = sweep.saved_step(str(full))
+    assert f"in progress (step {saved})" in git("log", "--format=%s")
+    committed = git("ls-files").split()
+    assert f"results/study/trials/{name}/resume.pt" in committed
+    assert f"results/study/models/checkpoints/{name}_step600.pt" in committed
+    assert json.loads((out / "sweep.json").read_text())["code"][0]["dir"] == ROOT
+
+    clone = tmp_path / "clone"  # a fresh machine: the repository as committed, no state dir
+    subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
+    for who in ("user.email", "user.name"):
+        subprocess.run(["git", "config", who, "t"], cwd=clone, check=True)
+    cmd2 = [c.replace(str(out), str(clone / "results" / "study")).replace(str(state), str(tmp_path / "state2"))
+            for c in cmd]
+    again = subprocess.run(cmd2, cwd=str(tmp_path), capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    trial = clone / "results" / "study" / "trials" / name
+    attempt = json.loads((trial / "attempts.jsonl").read_text().splitlines()[-1])
+    assert attempt["start_step"] == saved and attempt["replay_buffer"] == "refilled from empty"
+    log = (trial / "train.log").read_text()
+    assert f"continuing {trial / 'resume.pt'} at step {saved}" in log and "refilling from empty" in log
+    assert json.loads((trial / "done.json").read_text())["global_step"] == 3000
+    snaps = sorted(os.listdir(clone / "results" / "study" / "models" / "checkpoints"))
+    assert snaps == [f"{name}_step{s}.pt" for s in (1200, 1800, 2400, 3000, 600)]
+    tracked = subprocess.run(["git", "ls-files"], cwd=clone, capture_output=True, text=True).stdout.split()
+    assert f"results/study/trials/{name}/resume.pt" not in tracked and not (trial / "resume.pt").exists()
+    assert f"results/study/trials/{name}/done.json" in tracked
