@@ -87,7 +87,7 @@ def trial_overrides(method: str, env_id: str, seed: int, scale: float, out: str,
                 "threads": threads}
         over.update(extra)
         return over
-    steps = max(1, int(round(sac.TOTAL_TIMESTEPS[task] * scale)))
+    steps = max(1, int(round(sac.TASK_DEFAULTS[task]["total_timesteps"] * scale)))
     over = {"env_id": env_id, "seed": seed, "total_timesteps": steps, "run_name": name,
             "save_path": checkpoint_path(out, name, state_dir), "save_buffer": True,
             "save_every": max(1, int(steps * save_every_frac)), "eval_every": max(1000, steps // 20),
@@ -403,7 +403,7 @@ def main(argv=None) -> None:
         p.error(f"unknown method(s) {unknown}")
     import sac
 
-    bad_envs = [e for e in a.envs if sac.task_name(e) not in sac.TOTAL_TIMESTEPS]
+    bad_envs = [e for e in a.envs if sac.task_name(e) not in sac.TASK_DEFAULTS]
     if bad_envs:
         p.error(f"no paper budget for {bad_envs}; use one of {ENVS}")
     try:

@@ -32,7 +32,7 @@ METHODS = ["sac", "robust_sac", "sac_valt_eps", "sac_valt_soft", "sac_ppo"]
 def scaled_overrides(method: str, env_id: str, steps: int) -> list[str]:
     """The paper's per-task step schedules, scaled to this budget."""
     task = sac.task_name(env_id)
-    scale = steps / sac.TOTAL_TIMESTEPS[task]
+    scale = steps / sac.TASK_DEFAULTS[task]["total_timesteps"]
     s = lambda v: str(max(1, int(round(v * scale))))  # noqa: E731
     out: list[str] = []
     if method in ("robust_sac", "sac_valt_eps", "sac_valt_soft", "sac_ppo"):

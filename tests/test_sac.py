@@ -203,13 +203,14 @@ def test_resume_from_a_file_that_is_not_a_checkpoint(workdir):
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_sum_tree_rebuild_equals_incremental_updates():
+def test_a_loaded_buffer_has_the_same_sum_tree():
     rng = np.random.default_rng(5)
-    incremental = sac.SumTree(100, CPU)
+    buf = sac.PrioritizedReplayBuffer(100, 1, 1, CPU, seed=1)
     for i in range(37):
-        incremental.update(torch.tensor([i]), torch.tensor([rng.random()]))
-    incremental.update(torch.from_numpy(rng.integers(0, 37, 20)), torch.from_numpy(rng.random(20)))
-    incremental.propagate()
-    rebuilt = sac.SumTree(100, CPU)
-    rebuilt.rebuild(incremental.tree[incremental.leaves:incremental.leaves + 37])
-    assert torch.equal(rebuilt.tree, incremental.tree)
+        buf.add([i], [0.0], 1.0, [i + 1], False)
+    buf.update_priorities(torch.from_numpy(rng.integers(0, 37, 20)), torch.from_numpy(rng.random(20)))
+    buf.tree.propagate()
+    restored = sac.PrioritizedReplayBuffer(100, 1, 1, CPU, seed=2)
+    restored.load_state_dict(buf.state_dict())
+    restored.tree.propagate()
+    assert torch.equal(restored.tree.tree, buf.tree.tree) and restored.max_priority == buf.max_priority
