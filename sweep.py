@@ -435,7 +435,8 @@ def main(argv=None) -> None:
     else:
         # Ray runs workers at nice 15 by default; a local sweep should get the machine like any other job.
         os.environ.setdefault("RAY_worker_niceness", "0")
-        ray.init(num_cpus=a.local_cpus, include_dashboard=False, log_to_driver=False,
+        # "local": always a Ray of its own, whatever RAY_ADDRESS or a `ray start` record on this machine says
+        ray.init(address="local", num_cpus=a.local_cpus, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": ROOT, "OMP_NUM_THREADS": str(max(1, int(a.num_cpus)))}})
     train_task = ray.remote(num_cpus=a.num_cpus, num_gpus=a.num_gpus, max_retries=a.max_retries)(run_trial)
     attack_task = ray.remote(num_cpus=a.num_cpus, max_retries=a.max_retries)(run_attacks)

@@ -225,7 +225,8 @@ def test_a_long_run_keeps_its_state_outside_the_tree_and_a_fresh_machine_continu
            "--skip-attacks", "--git-commit", "--state-dir", str(state), "--slim-every", "600",
            "--train-args", json.dumps({"hidden_sizes": [32, 32], "batch_size": 32, "eval_episodes": 1,
                                        "buffer_size": 5000})]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    # a local sweep starts a Ray of its own even where the environment names another cluster (here: none there)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "RAY_ADDRESS": "127.0.0.1:1"}
     proc = subprocess.Popen(cmd, cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     full = state / "study" / name / "model.pt"
     deadline = time.time() + 240
