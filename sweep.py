@@ -18,9 +18,12 @@ needs) with models/<trial>_attacks.{json,md} (the per-seed attacks); attacks/<me
 seed's full suite, attacked on attacks/<trial>.pt); sweep.json (the grid and its settings).
 
 A study meant to survive the machine: `--git-commit` commits each finished piece as it lands (a trial's
-done-marker, log, tensorboard events and slim model; each attack JSON), never replay buffers or SAC-family
-checkpoints (.gitignore), so a later run on a fresh clone skips everything finished; a running PPO-family trial's
-small resume checkpoint is committed every --commit-progress-min minutes and at a stop, so the clone continues it.
+done-marker, log, tensorboard events and slim model; each attack JSON), never replay buffers, so a later run on a
+fresh clone skips everything finished. A running PPO-family trial's resume checkpoint (small) is committed every
+--commit-progress-min minutes and at a stop; a running SAC-family trial's checkpoint without its buffer is committed
+as trials/<trial>/resume.pt at a stop, and a clone resumes from it with an empty buffer (recorded in attempts.jsonl).
+`--state-dir` keeps SAC-family full checkpoints and buffers outside the work tree; `--slim-every` keeps slim models
+over training in models/checkpoints/.
 """
 from __future__ import annotations
 
