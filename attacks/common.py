@@ -5,32 +5,24 @@ All perturbations live in the victim's normalized observation space, with its no
 """
 from __future__ import annotations
 
-import argparse
+import contextlib
+import hashlib
+import io
+import json
 import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, Protocol
+from typing import Annotated, Callable, Literal, Optional, Protocol, TypeVar, get_args
 
 import numpy as np
 import torch
+import tyro
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-import ppo  # noqa: E402  (the PPO-family policy kind: Gaussian with a state-independent std, state-value critic)
-import sac  # noqa: E402  (the architecture and environment helpers every method script shares)
+from attacks.contract import AttackError, FrozenNormalizer, atomic_save, load_checkpoint, make_env
+from attacks.nets import build_victim_nets, victim_kind
 
 BALL_TOLERANCE = 1e-5
-
-
-class AttackError(Exception):
-    """Bad input or a broken attacker: reported as one line, exit code 2."""
-
-
-# The policy kinds of the checkpoint contract (README "Checkpoint contract"): arch["actor"], arch["critic"].
-KINDS = {("tanh_gaussian", "twin_stacked"): "sac", ("gaussian_state_independent_std", "state_value"): "ppo"}
 
 
 @dataclass
@@ -40,9 +32,9 @@ class Victim:
     critic: SAC Q(s, a) of both twins [2, batch]; PPO V(s) [batch]."""
     ckpt_path: str
     ckpt: dict
-    actor: sac.Actor | ppo.Actor
-    critic: sac.TwinCritic | ppo.Critic
-    normalizer: sac.RunningNormalizer
+    actor: torch.nn.Module  # nets.TanhGaussianActor | nets.GaussianActor
+    critic: torch.nn.Module  # nets.TwinCritic | nets.ValueCritic
+    normalizer: FrozenNormalizer
     eps: float
     env_id: str
     env_kwargs: dict
@@ -56,10 +48,10 @@ class Victim:
 
     @property
     def kind(self) -> str:
-        return KINDS[(self.ckpt["arch"]["actor"], self.ckpt["arch"]["critic"])]
+        return victim_kind(self.ckpt["arch"])
 
     def make_env(self):
-        return sac.make_env(self.env_id, self.env_kwargs)
+        return make_env(self.env_id, self.env_kwargs)
 
     def normalize(self, raw_obs: np.ndarray) -> torch.Tensor:
         return self.normalizer.normalize(torch.as_tensor(raw_obs, dtype=torch.float32, device=self.device))
@@ -73,22 +65,13 @@ class Victim:
 
 
 def load_victim(path: str, eps: Optional[float] = None, device: str = "cpu") -> Victim:
+    ckpt = load_checkpoint(path)
     try:
-        ckpt = sac.load_checkpoint(path)
-    except sac.UserError as e:
-        raise AttackError(str(e))
-    arch = ckpt["arch"]
-    kind = KINDS.get((arch.get("actor"), arch.get("critic")))
-    if kind is None:
-        raise AttackError(f"{path}: unsupported architecture {arch}")
+        kind = victim_kind(ckpt["arch"])
+    except AttackError as e:
+        raise AttackError(f"{path}: {e}")
     dev = torch.device(device)
-    hidden = list(arch["hidden_sizes"])
-    if kind == "sac":
-        actor = sac.Actor(ckpt["obs_dim"], ckpt["act_dim"], hidden, ckpt["action_low"], ckpt["action_high"]).to(dev)
-        critic = sac.TwinCritic(ckpt["obs_dim"], ckpt["act_dim"], hidden).to(dev)
-    else:
-        actor = ppo.Actor(ckpt["obs_dim"], ckpt["act_dim"], hidden, ckpt["action_low"], ckpt["action_high"]).to(dev)
-        critic = ppo.Critic(ckpt["obs_dim"], hidden).to(dev)
+    actor, critic = (net.to(dev) for net in build_victim_nets(ckpt, kind))
     try:
         actor.load_state_dict(ckpt["actor"])
         critic.load_state_dict(ckpt["critic"])
@@ -96,18 +79,13 @@ def load_victim(path: str, eps: Optional[float] = None, device: str = "cpu") -> 
         raise AttackError(f"{path}: networks do not match the architecture it declares ({str(e).splitlines()[0]})")
     actor.eval().requires_grad_(False)
     critic.eval().requires_grad_(False)
-    normalizer = sac.RunningNormalizer(ckpt["obs_dim"], ckpt["normalizer"]["clip"], dev)
-    normalizer.load_state_dict(ckpt["normalizer"])
+    normalizer = FrozenNormalizer(ckpt["normalizer"], dev)
     eps = ckpt["eps"] if eps is None else eps
     if eps is None:
         raise AttackError(f"{path} stores no attack radius for {ckpt['env_id']}: pass --eps")
     if not eps > 0:
         raise AttackError(f"--eps must be > 0, got {eps}")
-    try:
-        env = sac.make_env(ckpt["env_id"], ckpt["env_kwargs"])
-        env.close()
-    except sac.UserError as e:
-        raise AttackError(str(e))
+    make_env(ckpt["env_id"], ckpt["env_kwargs"]).close()
     return Victim(path, ckpt, actor, critic, normalizer, float(eps), ckpt["env_id"], ckpt["env_kwargs"],
                   ckpt["obs_dim"], ckpt["act_dim"], dev)
 
@@ -183,7 +161,8 @@ def project(obs_tilde: torch.Tensor, obs_n: torch.Tensor, eps: float) -> torch.T
     return torch.max(torch.min(obs_tilde, obs_n + eps), obs_n - eps)
 
 
-PGD_STARTS = ("step", "ball", "mixed")
+PGDStart = Literal["step", "ball", "mixed"]
+PGD_STARTS = get_args(PGDStart)
 
 
 def pgd_minimize(objective: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], obs_n: torch.Tensor, eps: float,
@@ -215,23 +194,29 @@ def pgd_minimize(objective: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     return x.reshape(restarts, n, *x.shape[1:])[best, torch.arange(n)]
 
 
-# --- CLI plumbing ---------------------------------------------------------------------------------------
-def base_parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--ckpt", required=True, help="checkpoint written by any method script")
-    p.add_argument("--episodes", type=int, default=20, help="evaluation episodes (paper: 20; older literature: 50)")
-    p.add_argument("--eps", type=float, default=None, help="l_inf radius in normalized units (default: the checkpoint's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the evaluation episodes and of the attacker")
-    p.add_argument("--stochastic", action="store_true", help="victim samples actions instead of acting on its mean")
-    p.add_argument("--device", default="cpu")
-    return p
+# --- caches: trained attackers and fitted Sarsa critics, keyed by the victim they were made against -----------
+def victim_identity(victim: Victim) -> dict:
+    """What an attacker (or a Sarsa critic) trained against a victim is valid for: the checkpoint's content, not
+    its path, so a study cloned to another machine or directory finds what it trained; its step; the radius."""
+    digest = getattr(victim, "_content_sha1", None)
+    if digest is None:
+        with open(victim.ckpt_path, "rb") as f:
+            digest = victim._content_sha1 = hashlib.sha1(f.read()).hexdigest()
+    return {"victim_sha1": digest, "victim_step": victim.ckpt["global_step"], "eps": victim.eps}
+
+
+def same_victim(record: Optional[dict], victim: Victim) -> bool:
+    """The record was made against this victim. Records keyed by the victim's absolute path instead of its content
+    (some committed study caches, e.g. results/halfcheetah_50k/attacks/attackers) match at that path."""
+    if record is None:
+        return False
+    by_path = {"victim": os.path.abspath(victim.ckpt_path), "victim_step": victim.ckpt["global_step"], "eps": victim.eps}
+    return record.get("identity") in (victim_identity(victim), by_path)
 
 
 def read_record(path: str) -> Optional[dict]:
     """A cache record (a trained attacker's or a Sarsa critic's JSON); None when absent. Records are written
     atomically, so an unreadable one was damaged outside this code: it is reported and recomputed, not trusted."""
-    import json
-
     if not os.path.isfile(path):
         return None
     try:
@@ -240,6 +225,14 @@ def read_record(path: str) -> Optional[dict]:
     except (OSError, ValueError) as e:
         print(f"[cache] {path} is unreadable ({type(e).__name__}): recomputing it", flush=True)
         return None
+
+
+def write_json_atomically(path: str, obj: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
 
 
 def writable_dir(path: str) -> str:
@@ -253,21 +246,92 @@ def writable_dir(path: str) -> str:
     return path
 
 
+def default_save_dir(victim: Victim) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(victim.ckpt_path)), "attackers")
+
+
+# --- CLI plumbing: tyro dataclasses, one clear error line on bad input -------------------------------------------
+@dataclass(kw_only=True)
+class EpisodeArgs:
+    episodes: int = 20  # evaluation episodes (paper: 20; older literature: 50)
+    seed: int = 0  # seed of the evaluation episodes and of the attacker
+
+
+@dataclass(kw_only=True)
+class EvalArgs(EpisodeArgs):
+    """The flags every attack reads."""
+
+    eps: Optional[float] = None  # l_inf radius in normalized units (None: the checkpoint's)
+    stochastic: bool = False  # victim samples actions instead of acting on its mean
+    device: str = "cpu"
+
+
+@dataclass(kw_only=True)
+class SaveDirArgs:
+    save_dir: Annotated[Optional[str], tyro.conf.arg(
+        help="where trained attackers and fitted Sarsa critics go (None: attackers/ next to the checkpoint)")] = None
+
+
+@dataclass(kw_only=True)
+class NoArgs:
+    """An attack without flags of its own."""
+
+
+A = TypeVar("A")
+
+
+def one_line(text: str) -> str:
+    """tyro's error panel as one line: its title and message, without the box and the help text."""
+    out = []
+    for line in text.splitlines():
+        line = line.strip().strip("│╭╮╰╯").strip().strip("─").strip()
+        if line.startswith(("For full helptext", "Argument helptext")) or (out and not line):
+            if len(out) > 1:
+                break
+            continue
+        if line:
+            out.append(line)
+    return ": ".join([out[0], " ".join(out[1:])]) if len(out) > 1 else (out[0] if out else "bad command line")
+
+
+def cli_description(doc: str) -> str:
+    """A CLI's --help text: its module docstring's first paragraph and example commands (the rest documents the code
+    and its references)."""
+    examples = [line for line in doc.splitlines() if line.strip().startswith("python attacks/")]
+    return doc.strip().split("\n\n")[0] + ("\n\n" + "\n".join(examples) if examples else "")
+
+
+def parse(cls: type[A], doc: str, argv: Optional[list[str]] = None) -> A:
+    """tyro.cli(cls), described by the module docstring `doc`; bad input becomes an AttackError (one line, exit 2
+    under run_cli). --help prints as usual."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return tyro.cli(cls, description=cli_description(doc), args=argv)
+    except SystemExit as e:
+        if e.code in (0, None):
+            raise
+        raise AttackError(one_line(captured.getvalue()))
+
+
 def run_cli(main: Callable[[], None]) -> None:
     try:
         main()
-    except (AttackError, sac.UserError) as e:
+    except AttackError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
 
-def standalone(doc: str, add_args: Callable, evaluate: Callable, name: Callable[[argparse.Namespace], str]) -> None:
-    """The `python attacks/<attacker>.py --ckpt ...` entry point: parse, load the victim, evaluate, report."""
+def standalone(doc: str, flags: type, evaluate: Callable, name: Callable) -> None:
+    """The `python attacks/<attacker>.py --ckpt ...` entry point: parse (the shared evaluation flags and the
+    attack's own `flags`), load the victim, evaluate, report."""
+
+    @dataclass(kw_only=True)
+    class Args(flags, EvalArgs):
+        ckpt: str  # checkpoint written by any method script
 
     def main() -> None:
-        parser = base_parser(doc)
-        add_args(parser)
-        args = parser.parse_args()
+        args = parse(Args, doc)
         if args.episodes <= 0:
             raise AttackError("--episodes must be positive")
         report(name(args), evaluate(load_victim(args.ckpt, args.eps, args.device), args)["stats"])
@@ -289,11 +353,8 @@ SLIM_KEYS = ("checkpoint_format", "method", "env_id", "env_kwargs", "obs_dim", "
 
 def slim_checkpoint(src: str, dst: str) -> dict:
     """Writes the attack-relevant part of checkpoint `src` to `dst` (atomically); returns it."""
-    try:
-        ckpt = sac.load_checkpoint(src)
-    except sac.UserError as e:
-        raise AttackError(str(e))
+    ckpt = load_checkpoint(src)
     slim = {k: ckpt[k] for k in SLIM_KEYS if k in ckpt}
     slim["slim"] = True  # marks a file that cannot --resume
-    sac.atomic_save(slim, dst)
+    atomic_save(slim, dst)
     return slim

@@ -12,18 +12,20 @@ Every attacker sees the same episode seeds, so the columns of a row are comparab
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
 import sys
 import time
-from typing import Optional
+from dataclasses import dataclass
+from typing import Annotated, Optional
+
+import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from attacks import mad, natural, pa_ad, pgd, robust_sarsa, sa_rl, uniform, valt_soft_adv  # noqa: E402
-from attacks.common import AttackError, load_victim, run_cli  # noqa: E402
-from attacks.rl import add_learned_args  # noqa: E402
+from attacks.common import AttackError, EvalArgs, SaveDirArgs, load_victim, parse, run_cli  # noqa: E402
+from attacks.learned import LearnedArgs  # noqa: E402
 
 # attack name -> (column label, module, overrides of the shared arguments)
 ATTACKS = {
@@ -41,23 +43,14 @@ ATTACKS = {
 DEFAULT_ATTACKS = [name for name in ATTACKS if name != "valt_soft_adv"]  # own adversary added when present
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", nargs="+", required=True, help="one or more checkpoints (one table row each)")
-    p.add_argument("--attacks", default="all", help=f"comma list of {', '.join(ATTACKS)} (default: all)")
-    p.add_argument("--episodes", type=int, default=20)
-    p.add_argument("--eps", type=float, default=None, help="override every checkpoint's radius")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--stochastic", action="store_true")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default=None, help="also write the combined table (Markdown) here")
-    pgd.add_args(p)
-    mad.add_args(p)
-    robust_sarsa.add_args(p, with_pgd=False)
-    add_learned_args(p)
-    p.add_argument("--pa-steps", type=int, default=10, help="PA-AD: PGD steps that realise the director's direction")
-    p.add_argument("--pa-restarts", type=int, default=5, help="PA-AD: batched PGD restarts of the realisation")
-    return p
+@dataclass(kw_only=True)
+class Args(pa_ad.PAArgs, LearnedArgs, SaveDirArgs, robust_sarsa.Args, mad.Args, pgd.Args, EvalArgs):
+    """Every attack's flags, each declared by its attack (pgd.Args, mad.Args, robust_sarsa.Args, learned.LearnedArgs,
+    pa_ad.PAArgs), and the table's."""
+
+    ckpt: tuple[str, ...]  # one or more checkpoints (one table row each)
+    attacks: Annotated[str, tyro.conf.arg(help=f"comma list of {', '.join(ATTACKS)} or all")] = "all"
+    out: Optional[str] = None  # also write the combined table (Markdown) here
 
 
 def parse_attacks(spec: str) -> list[str]:
@@ -121,7 +114,7 @@ def search_label(args, names: list[str]) -> str:
     """One line for the table: the search preset of the searched columns (RS grid, learned attackers)."""
     parts = []
     if "rs" in names:
-        rs_action = "" if getattr(args, "rs_action", "both") == "both" else f", PPO input {args.rs_action}"
+        rs_action = "" if args.rs_action == "both" else f", PPO input {args.rs_action}"
         parts.append(f"RS {'explicit' if args.rs_settings else args.rs_grid}{rs_action}")
     if any(n in names for n in ("sa_rl_sac", "pa_ad_sac", "sa_rl_ppo", "pa_ad_ppo")):
         budget = f", {args.attack_budget} steps" if args.attack_budget else ""
@@ -158,8 +151,10 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    args = build_parser().parse_args()
+def main(argv: Optional[list[str]] = None) -> None:
+    args = parse(Args, __doc__, argv)
+    if not args.ckpt:
+        raise AttackError("--ckpt needs at least one checkpoint")
     names = parse_attacks(args.attacks)
     if args.episodes <= 0:
         raise AttackError("--episodes must be positive")

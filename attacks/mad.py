@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+from dataclasses import dataclass
 
 import torch
 
@@ -17,6 +18,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from attacks.common import Victim, project, rollout, standalone  # noqa: E402
 
 NAME, COLUMN = "mad", "MAD"
+
+
+@dataclass(kw_only=True)
+class Args:
+    mad_steps: int = 10  # SGLD iterations (step eps/steps)
 
 
 def action_change(victim: Victim, obs: torch.Tensor, obs_tilde: torch.Tensor) -> torch.Tensor:
@@ -50,13 +56,9 @@ class MADAttacker:
         return sgld_maximize(lambda x: action_change(self.victim, obs, x), obs, self.victim.eps, self.steps)[0]
 
 
-def add_args(parser) -> None:
-    parser.add_argument("--mad-steps", type=int, default=10, help="SGLD iterations (step eps/steps)")
-
-
 def evaluate(victim: Victim, args) -> dict:
     return {"stats": rollout(victim, MADAttacker(victim, args.mad_steps), args.episodes, args.seed, args.stochastic)}
 
 
 if __name__ == "__main__":
-    standalone(__doc__, add_args, evaluate, lambda args: NAME)
+    standalone(__doc__, Args, evaluate, lambda args: NAME)

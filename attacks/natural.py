@@ -8,13 +8,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from attacks.common import Victim, rollout, standalone  # noqa: E402
+from attacks.common import NoArgs, Victim, rollout, standalone  # noqa: E402
 
 NAME, COLUMN = "natural", "Natural"
-
-
-def add_args(parser) -> None:
-    pass
 
 
 def evaluate(victim: Victim, args) -> dict:
@@ -23,4 +19,4 @@ def evaluate(victim: Victim, args) -> dict:
 
 
 if __name__ == "__main__":
-    standalone(__doc__, add_args, evaluate, lambda args: NAME)
+    standalone(__doc__, NoArgs, evaluate, lambda args: NAME)

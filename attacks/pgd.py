@@ -1,11 +1,11 @@
 """PGD on the victim's own critic over the eps-ball around the true normalized state s. SAC kinds, PGD (minQ):
 minimise mean_j Q_j(s, mu(s~)) (the critic keeps the true s; only the actor sees s~). PPO kinds, PGD (minV):
-minimise V(s~), the value function at the perturbed state, as SA-PPO's "critic" attack defines it
-(src/policy_gradients/agent.py apply_attack: val_model(states) descended, states the perturbed ones). 10 signed-gradient steps of eps/10,
-projected after each step (paper Appendix D.3), from a random start in the step box s + U(-eps/10, eps/10) as the
-references' PGD ("critic" attack of SA-PPO's apply_attack); --pgd-restarts R (default 5, batched) keeps each state's
-lowest Q, the restarts alternating between the step box and the whole ball (--pgd-start mixed): on the trained
-fixture this reaches 104 % of a 100-step 5-restart PGD's Q drop, where the reference's single start reaches 93 %.
+minimise V(s~), the value function at the perturbed state. 10 signed-gradient steps of eps/10, projected after each
+step (paper Appendix D.3); --pgd-restarts R (default 5, batched) keeps each state's lowest objective, the restarts
+alternating between the step box s + U(-eps/10, eps/10) and the whole ball (--pgd-start mixed).
+
+Reference: SA-PPO src/policy_gradients/agent.py apply_attack, "critic": val_model(states) descended at the
+perturbed states, from a random start in the step box. attacks/README.md has the measured strength of each start.
 
     python attacks/pgd.py --ckpt runs/<run>/model.pt --episodes 20
 """
@@ -13,14 +13,26 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
+from typing import Annotated
 
 import torch
+import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from attacks.common import PGD_STARTS, AttackError, Victim, pgd_minimize, rollout, standalone  # noqa: E402
+from attacks.common import PGD_STARTS, AttackError, PGDStart, Victim, pgd_minimize, rollout, standalone  # noqa: E402
 
 NAME, COLUMN = "pgd", "PGD (minQ)"
 COLUMNS = {"sac": "PGD (minQ)", "ppo": "PGD (minV)"}  # by victim kind
+
+
+@dataclass(kw_only=True)
+class Args:
+    pgd_steps: int = 10  # PGD iterations, step eps/steps (also Robust Sarsa's PGD on its critic)
+    pgd_restarts: int = 5  # random restarts, run as one batch; each state keeps its lowest objective
+    pgd_start: Annotated[PGDStart, tyro.conf.arg(
+        help="random starts: the step box s + U(-step, step), the whole ball, or mixed (restarts alternate, step box "
+             "first)")] = "mixed"
 
 
 def column(victim: Victim) -> str:
@@ -58,20 +70,10 @@ class PGDAttacker:
                             self.start)[0]
 
 
-def add_args(parser) -> None:
-    parser.add_argument("--pgd-steps", type=int, default=10, help="PGD iterations (step eps/steps)")
-    parser.add_argument("--pgd-restarts", type=int, default=5,
-                        help="random restarts, run as one batch (+25%% time at 5); each state keeps its lowest Q. At 5 the "
-                             "attack reaches >= 95%% of a 100-step 5-restart PGD's Q drop (tests/test_attack_strength.py)")
-    parser.add_argument("--pgd-start", choices=PGD_STARTS, default="mixed",
-                        help="random starts: the step box (the references'), the whole ball, or mixed (restart 1 in the "
-                             "step box, the next in the ball, alternating): the strongest measured")
-
-
 def evaluate(victim: Victim, args) -> dict:
     attacker = PGDAttacker(victim, args.pgd_steps, restarts=args.pgd_restarts, start=args.pgd_start)
     return {"stats": rollout(victim, attacker, args.episodes, args.seed, args.stochastic)}
 
 
 if __name__ == "__main__":
-    standalone(__doc__, add_args, evaluate, lambda args: NAME)
+    standalone(__doc__, Args, evaluate, lambda args: NAME)

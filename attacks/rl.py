@@ -1,5 +1,5 @@
-"""RL machinery of the learned attackers (SA-RL, PA-AD): the attack as an MDP against the frozen victim,
-trained with SAC (the method scripts' Learner) or with PPO (below).
+"""RL machinery of the learned attackers (SA-RL, PA-AD): the attack as an MDP against the frozen victim, and the
+attackers' own trainers, SAC and PPO, defined here so that editing a method script never changes an attacker.
 
 The adversary observes the victim's normalized TRUE state and is rewarded with -r. Its action is either
 an observation perturbation (SA-RL: s~ = s + eps * a, a in [-1, 1]^d) or a direction in the victim's action
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -20,10 +19,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import sac  # noqa: E402
-from attacks.common import Victim, check_in_ball  # noqa: E402
-from sac_ppo import RunningScale, gae  # noqa: E402  (the same PPO pieces as the SAC-PPO baseline)
+from attacks.common import Victim, check_in_ball
+from attacks.contract import AttackError, atomic_save
+from attacks.nets import TanhGaussianActor, TwinCritic, mlp
 
 
 class AttackEnv(gym.Env):
@@ -57,31 +55,117 @@ class AttackEnv(gym.Env):
 
 def check_finite(bad, label: str, step: int) -> None:
     """`bad`: a bool, or a device-side bool tensor (read here, once)."""
-    from attacks.common import AttackError
-
     if bool(bad):
         raise AttackError(f"{label}: the attacker's training diverged (non-finite loss at or before step {step})")
 
 
-# --- SAC adversary: reuse the method scripts' SAC learner -------------------------------------------------
+# --- SAC adversary ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SACSettings:
+    """The SAC attacker: the SAC family's base settings (paper Table 2) with uniform replay, one update per step."""
+
+    batch_size: int = 256
+    gamma: float = 0.99
+    tau: float = 0.005  # target critic Polyak rate
+    lr: float = 3e-4  # actor, critics and temperature
+    huber_delta: float = 1.0
+    initial_alpha: float = 1.0
+
+
+class SACLearner:
+    """Tanh-Gaussian actor in [-1, 1]^k, twin critics with min-target and Huber loss, automatic temperature (target
+    entropy -k)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], device, cfg: SACSettings = SACSettings()):
+        self.cfg = cfg
+        self.actor = TanhGaussianActor(obs_dim, act_dim, list(hidden), -np.ones(act_dim), np.ones(act_dim)).to(device)
+        self.critic = TwinCritic(obs_dim, act_dim, list(hidden)).to(device)
+        self.critic_target = TwinCritic(obs_dim, act_dim, list(hidden)).to(device)
+        self.critic_target.load_state_dict(self.critic.state_dict())
+        self.critic_target.requires_grad_(False)
+        self.log_alpha = torch.tensor(math.log(cfg.initial_alpha), device=device, requires_grad=True)
+        self.target_entropy = -float(act_dim)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr, fused=True)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr, fused=True)
+        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=cfg.lr, fused=True)
+
+    def update(self, obs, actions, rewards, next_obs, terminated) -> tuple[torch.Tensor, torch.Tensor]:
+        """One SAC step; returns the (critic, actor) losses, detached."""
+        alpha = self.log_alpha.detach().exp()
+        with torch.no_grad():
+            next_action, next_log_prob = self.actor.sample(next_obs)
+            next_value = self.critic_target(next_obs, next_action).min(0).values - alpha * next_log_prob
+            target = rewards + self.cfg.gamma * (1.0 - terminated) * next_value
+        q = self.critic(obs, actions)
+        critic_loss = F.huber_loss(q, target.expand_as(q), reduction="none", delta=self.cfg.huber_delta).sum(0).mean()
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_optimizer.step()
+
+        self.critic.requires_grad_(False)
+        action, log_prob = self.actor.sample(obs)
+        actor_loss = (alpha * log_prob - self.critic(obs, action).min(0).values).mean()
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor_optimizer.step()
+        self.critic.requires_grad_(True)
+
+        alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+        self.alpha_optimizer.zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        self.alpha_optimizer.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), self.cfg.tau)
+        return critic_loss.detach(), actor_loss.detach()
+
+
+class ReplayBuffer:
+    """Uniform replay of (s, a, r, s', terminated); its own seeded sampling generator."""
+
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int, device, seed: int):
+        self.capacity, self.device = capacity, device
+        self.obs = torch.zeros(capacity, obs_dim, device=device)
+        self.next_obs = torch.zeros(capacity, obs_dim, device=device)
+        self.actions = torch.zeros(capacity, act_dim, device=device)
+        self.rewards = torch.zeros(capacity, device=device)
+        self.terminated = torch.zeros(capacity, device=device)
+        self.generator = torch.Generator(device).manual_seed(seed)
+        self.pos, self.size = 0, 0
+
+    def add(self, obs, action, reward, next_obs, terminated) -> None:
+        i = self.pos
+        self.obs[i] = torch.as_tensor(obs, device=self.device)
+        self.next_obs[i] = torch.as_tensor(next_obs, device=self.device)
+        self.actions[i] = torch.as_tensor(action, device=self.device)
+        self.rewards[i] = float(reward)
+        self.terminated[i] = float(terminated)
+        self.pos = (self.pos + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+
+    def sample(self, batch_size: int):
+        idx = torch.randint(0, self.size, (batch_size,), device=self.device, generator=self.generator)
+        return self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminated[idx]
+
+
 def train_sac(env: AttackEnv, steps: int, seed: int, hidden: tuple[int, ...] = (256, 256), learning_starts: int = 5000,
-              batch_size: int = 256, log: Optional[str] = None) -> sac.Actor:
+              batch_size: int = 256, log: Optional[str] = None,
+              on_update: Optional[Callable[[int, torch.Tensor, torch.Tensor], None]] = None) -> TanhGaussianActor:
+    """`on_update(step, critic_loss, actor_loss)`: called after every update (the golden test records losses)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    args = sac.Args(hidden_sizes=hidden, batch_size=batch_size, per=False)
+    device = env.victim.device
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    learner = sac.Learner(args, obs_dim, act_dim, -np.ones(act_dim), np.ones(act_dim), env.victim.device)
-    buffer = sac.PrioritizedReplayBuffer(max(steps, 1), obs_dim, act_dim, env.victim.device, prioritized=False,
-                                         seed=seed)
+    learner = SACLearner(obs_dim, act_dim, hidden, device, SACSettings(batch_size=batch_size))
+    buffer = ReplayBuffer(max(steps, 1), obs_dim, act_dim, device, seed)
     obs, _ = env.reset(seed=seed)
     episode_return, returns, start = 0.0, [], time.time()
-    bad = torch.zeros((), dtype=torch.bool, device=env.victim.device)
+    bad = torch.zeros((), dtype=torch.bool, device=device)
     for step in range(1, steps + 1):
         if step <= learning_starts:
             action = rng.uniform(-1, 1, act_dim).astype(np.float32)
         else:
             with torch.no_grad():
-                action = learner.actor.sample(torch.as_tensor(obs, device=env.victim.device).unsqueeze(0))[0][0].cpu().numpy()
+                action = learner.actor.sample(torch.as_tensor(obs, device=device).unsqueeze(0))[0][0].cpu().numpy()
         next_obs, reward, terminated, truncated, info = env.step(action)
         buffer.add(obs, action, reward, next_obs, terminated)
         episode_return += info["victim_reward"]
@@ -91,10 +175,11 @@ def train_sac(env: AttackEnv, steps: int, seed: int, hidden: tuple[int, ...] = (
             episode_return = 0.0
             obs, _ = env.reset()
         if step > learning_starts and buffer.size >= batch_size:
-            _, b_obs, b_act, b_rew, b_next, b_term, b_w = buffer.sample(batch_size, 1.0)
-            logs = learner.update(b_obs, b_act, b_rew, b_next, b_term, b_w, step)
+            critic_loss, actor_loss = learner.update(*buffer.sample(batch_size))
+            if on_update is not None:
+                on_update(step, critic_loss, actor_loss)
             # device-side flag, read every 1000 steps: a diverged attacker is an error, never a (weak) result
-            bad = bad | ~torch.isfinite(torch.stack([logs["losses/critic_loss"], logs["losses/actor_loss"]])).any()
+            bad = bad | ~torch.isfinite(torch.stack([critic_loss, actor_loss])).any()
         if step % 1000 == 0 or step == steps:
             check_finite(bad, log or "SAC attacker", step)
         if log and step % max(steps // 10, 1) == 0:
@@ -110,12 +195,8 @@ class GaussianPolicy(nn.Module):
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = (64, 64), initial_std: float = 1.0):
         super().__init__()
-        self.pi = sac.mlp([obs_dim, *hidden, act_dim])
-        self.v = sac.mlp([obs_dim, *hidden, 1])
-        for net in (self.pi, self.v):  # tanh hidden units, as in the PPO literature
-            for i, layer in enumerate(net):
-                if isinstance(layer, nn.ReLU):
-                    net[i] = nn.Tanh()
+        self.pi = mlp([obs_dim, *hidden, act_dim], nn.Tanh)  # tanh hidden units, as in the PPO literature
+        self.v = mlp([obs_dim, *hidden, 1], nn.Tanh)
         self.log_std = nn.Parameter(torch.full((act_dim,), math.log(initial_std)))
 
     def dist(self, obs):
@@ -130,6 +211,36 @@ class GaussianPolicy(nn.Module):
 
     def deterministic(self, obs):
         return torch.tanh(self.pi(obs))
+
+
+class RunningScale:
+    """Scales rewards by the running std of the discounted return (PPO's usual reward normalization)."""
+
+    def __init__(self, gamma: float):
+        self.gamma, self.ret, self.count, self.mean, self.m2 = gamma, 0.0, 0, 0.0, 0.0
+
+    def __call__(self, reward: float, done: bool) -> float:
+        self.ret = self.ret * self.gamma + reward
+        self.count += 1
+        delta = self.ret - self.mean
+        self.mean += delta / self.count
+        self.m2 += delta * (self.ret - self.mean)
+        if done:
+            self.ret = 0.0
+        std = math.sqrt(self.m2 / self.count) if self.count > 1 else 1.0
+        return reward / (std + 1e-8)
+
+
+def gae(rewards, values, next_values, terminated, episode_end, gamma: float, lam: float):
+    """Generalized advantage estimation over one rollout. `next_values[t]` is V(s_{t+1}) of the true next
+    state (also at a truncation); `terminated` cuts the bootstrap, `episode_end` cuts the recursion."""
+    advantages = np.zeros_like(rewards)
+    last = 0.0
+    for t in reversed(range(len(rewards))):
+        delta = rewards[t] + gamma * (1.0 - terminated[t]) * next_values[t] - values[t]
+        last = delta + gamma * lam * (1.0 - episode_end[t]) * last
+        advantages[t] = last
+    return advantages, advantages + values
 
 
 @dataclass(frozen=True)
@@ -156,7 +267,9 @@ class PPOSettings:
 
 
 def train_ppo(env: AttackEnv, steps: int, seed: int, hidden: tuple[int, ...] = (64, 64),
-              settings: PPOSettings = PPOSettings(), log: Optional[str] = None) -> GaussianPolicy:
+              settings: PPOSettings = PPOSettings(), log: Optional[str] = None,
+              on_update: Optional[Callable[[int, torch.Tensor, torch.Tensor], None]] = None) -> GaussianPolicy:
+    """`on_update(steps done, policy loss, value loss)`: called after every iteration with its last minibatch's."""
     torch.manual_seed(seed)
     device, cfg = env.victim.device, settings
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
@@ -223,6 +336,8 @@ def train_ppo(env: AttackEnv, steps: int, seed: int, hidden: tuple[int, ...] = (
                 value_opt.zero_grad(set_to_none=True)
                 value_loss.backward()
                 value_opt.step()
+        if on_update is not None:
+            on_update(done_steps, policy_loss.detach(), value_loss.detach())
         check_finite(~torch.isfinite(torch.stack([policy_loss.detach(), value_loss.detach()])).any(),
                      log or "PPO attacker", done_steps)
         if log:
@@ -250,22 +365,20 @@ class PolicyAttacker:
 
 
 def policy_action_fn(policy) -> Callable[[torch.Tensor], torch.Tensor]:
-    return policy.deterministic  # both sac.Actor and GaussianPolicy map obs -> action in [-1, 1]
+    return policy.deterministic  # both TanhGaussianActor and GaussianPolicy map obs -> action in [-1, 1]
 
 
 def build_policy(algo: str, obs_dim: int, act_dim: int, hidden: tuple[int, ...]):
     if algo == "sac":
-        return sac.Actor(obs_dim, act_dim, list(hidden), -np.ones(act_dim), np.ones(act_dim))
+        return TanhGaussianActor(obs_dim, act_dim, list(hidden), -np.ones(act_dim), np.ones(act_dim))
     return GaussianPolicy(obs_dim, act_dim, hidden)
 
 
 def save_attacker(path: str, policy, meta: dict) -> None:
-    sac.atomic_save({"attacker": policy.state_dict(), **meta}, path)
+    atomic_save({"attacker": policy.state_dict(), **meta}, path)
 
 
 def load_attacker(path: str, victim: Victim, expected_kind: str):
-    from attacks.common import AttackError
-
     if not os.path.isfile(path):
         raise AttackError(f"trained attacker not found: {path}")
     try:
@@ -280,36 +393,3 @@ def load_attacker(path: str, victim: Victim, expected_kind: str):
     except (KeyError, TypeError, RuntimeError) as e:
         raise AttackError(f"{path} is not a readable attacker file ({type(e).__name__})")
     return policy.to(victim.device).eval(), state
-
-
-# --- the shared flow of SA-RL and PA-AD: a search over attacker configurations, the strongest kept ------------
-def add_learned_args(parser, default_algo: str = "sac") -> None:
-    from attacks.search import PRESETS
-
-    parser.add_argument("--algo", choices=["sac", "ppo"], default=default_algo, help="RL algorithm of the attacker")
-    parser.add_argument("--search", choices=PRESETS, default="quick",
-                        help="attacker search: quick (CPU-sized: few configurations, short budget) or paper (the "
-                             "reference-sized grid and budgets: a cluster job, see attacks/search.py)")
-    parser.add_argument("--attack-budget", type=int, default=None,
-                        help="environment steps per attacker (default: the preset's: quick 50k; paper 1M PPO (Ant: SA-RL "
-                             "5M, PA-AD 10M), SAC the victim's own budget)")
-    parser.add_argument("--seeds", type=int, default=None, help="SAC attackers' seeds (default: quick 1, paper 4)")
-    parser.add_argument("--attacker-hidden", type=int, nargs="+", default=None,
-                        help="hidden sizes (default: 256 256 for SAC, 64 64 for PPO)")
-    parser.add_argument("--learning-starts", type=int, default=5000, help="SAC attacker: random steps before updates")
-    parser.add_argument("--ppo-steps", type=int, default=2048, help="PPO attacker: rollout length per iteration")
-    parser.add_argument("--load", default=None, help="evaluate this saved attacker instead of searching")
-    parser.add_argument("--save-dir", default=None, help="where trained attackers go (default: next to the checkpoint)")
-
-
-def run_learned_attack(victim: Victim, args, kind: str, action_dim: int,
-                       realize: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> dict:
-    from attacks.common import rollout
-    from attacks.search import run_search
-
-    name = f"{kind}_{args.algo}"
-    if args.load:
-        policy, _ = load_attacker(args.load, victim, kind)
-        attacker = PolicyAttacker(name, policy_action_fn(policy), realize)
-        return {"stats": rollout(victim, attacker, args.episodes, args.seed, args.stochastic), "attacker_path": args.load}
-    return run_search(victim, args, kind, action_dim, realize)

@@ -1,7 +1,8 @@
-"""Robust Sarsa (RS) attack (Zhang et al. 2020), as SA-PPO's reference (src/policy_gradients/agent.py sarsa_steps,
-apply_attack "sarsa"/"sarsa+action"; the grid of src/scan_attacks.sh): learn Q^pi of the FROZEN victim by Sarsa on
-its own rollouts, with a robustness regulariser on Q, then attack with PGD on that critic; the worst setting of the
-grid is reported.
+"""Robust Sarsa (RS) attack (Zhang et al. 2020): learn Q^pi of the FROZEN victim by Sarsa on its own rollouts, with
+a robustness regulariser on Q, then attack with PGD on that critic; the worst setting of the grid is reported.
+
+Reference: SA-PPO src/policy_gradients/agent.py sarsa_steps, apply_attack "sarsa"/"sarsa+action"; the grid of
+src/scan_attacks.sh.
 
 - Data: consecutive (s, a, r, s', a') tuples of the victim's own episodes, a' the action actually taken at s'
   (the reference paired each sample with the next one of a shuffled minibatch; SPEC §7). Exploration: by
@@ -39,15 +40,18 @@ import json
 import os
 import sys
 import time
-from typing import Optional
+from dataclasses import dataclass
+from typing import Annotated, Literal, Optional
 
 import torch
 import torch.nn.functional as F
+import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import sac  # noqa: E402
-from attacks.common import (AttackError, EpisodeStats, Victim, pgd_minimize, read_record, rollout,  # noqa: E402
-                            standalone, writable_dir)
+from attacks.common import (AttackError, EpisodeStats, SaveDirArgs, Victim, default_save_dir, read_record,  # noqa: E402
+                            rollout, same_victim, standalone, victim_identity, writable_dir, write_json_atomically)
+from attacks.nets import TwinCritic  # noqa: E402
+from attacks.pgd import Args as PGDArgs  # noqa: E402
 from attacks.pgd import PGDAttacker  # noqa: E402
 
 NAME, COLUMN = "rs", "RS"
@@ -99,7 +103,7 @@ def collect_transitions(victim: Victim, steps: int, seed: int, explore: str = "s
             "terminated": torch.tensor(term_l, device=dev)}
 
 
-def interval_bounds(q: sac.TwinCritic, obs: torch.Tensor, actions: torch.Tensor, eps: float):
+def interval_bounds(q: TwinCritic, obs: torch.Tensor, actions: torch.Tensor, eps: float):
     """Interval bounds [lb, ub] ([2, batch] each) of both critics over the l_inf ball of radius eps around the
     concatenated (s, a) input: center/radius propagation through the Linear and ReLU layers."""
     center = torch.cat([obs, actions], -1).unsqueeze(0).expand(2, -1, -1)
@@ -116,15 +120,15 @@ def interval_bounds(q: sac.TwinCritic, obs: torch.Tensor, actions: torch.Tensor,
 def fit_sarsa(data: dict, obs_dim: int, act_dim: int, updates: int, sarsa_eps: float, sarsa_reg: float, seed: int,
               hidden=(256, 256), gamma: float = 0.99, lr: float = 3e-4, batch_size: int = REFERENCE_BATCH,
               tau: float = 0.005, device=torch.device("cpu"), log: str | None = None,
-              raw_actions: bool = False) -> sac.TwinCritic:
+              raw_actions: bool = False) -> TwinCritic:
     """Sarsa policy evaluation of the fixed victim, Q(s,a) <- r + gamma (1 - term) Q'(s', a'), with the robustness
     regulariser and the reference's schedules (radius ramp over the middle third, lr decay over the last third).
     raw_actions: a and a' before the clip to the action box (the reference's input for PPO victims)."""
     act_key, next_act_key = ("raw_actions", "raw_next_actions") if raw_actions else ("actions", "next_actions")
     gen = torch.Generator(device="cpu").manual_seed(seed)
     torch.manual_seed(seed)
-    q = sac.TwinCritic(obs_dim, act_dim, list(hidden)).to(device)
-    q_target = sac.TwinCritic(obs_dim, act_dim, list(hidden)).to(device)
+    q = TwinCritic(obs_dim, act_dim, list(hidden)).to(device)
+    q_target = TwinCritic(obs_dim, act_dim, list(hidden)).to(device)
     q_target.load_state_dict(q.state_dict())
     q_target.requires_grad_(False)
     optimizer = torch.optim.Adam(q.parameters(), lr=lr)
@@ -191,25 +195,23 @@ def parse_settings(args) -> list[tuple[float, float]]:
     return GRIDS[args.rs_grid]
 
 
-def add_args(parser, with_pgd: bool = True) -> None:
-    """with_pgd: the standalone CLI's own PGD and --save-dir flags (eval_all has its shared ones)."""
-    parser.add_argument("--rs-grid", choices=sorted(GRIDS), default="paper",
-                        help="Sarsa (eps, reg) grid: paper = SA-PPO scan_attacks.sh (30 critics), quick = 4")
-    parser.add_argument("--rs-settings", nargs="+", default=None, help="explicit SARSA_EPS:SARSA_REG pairs (override the grid)")
-    parser.add_argument("--rs-steps", type=int, default=REFERENCE_STEPS, help="victim environment steps of Sarsa data")
-    parser.add_argument("--rs-updates", type=int, default=REFERENCE_UPDATES, help="Sarsa gradient steps per setting")
-    parser.add_argument("--rs-explore", choices=["stochastic", "deterministic"], default="stochastic",
-                        help="victim actions while collecting Sarsa data (reference: its stochastic policy)")
-    parser.add_argument("--rs-action", choices=["both", "mean", "executed"], default="both",
-                        help="PPO-kind victims: Q's action input, the unclipped mean (reference) or the executed "
-                             "(clipped) action; both = a critic of each, the worst kept (SAC victims: one input)")
-    parser.add_argument("--rs-mad-ratio", type=float, default=0.5, help="RS+MAD weight of the action change (0: RS only)")
-    parser.add_argument("--rs-hidden", type=int, nargs="+", default=[256, 256])
-    if with_pgd:
-        parser.add_argument("--pgd-steps", type=int, default=10, help="PGD iterations on the Sarsa critic")
-        parser.add_argument("--pgd-restarts", type=int, default=5, help="batched PGD restarts (lowest objective kept)")
-        parser.add_argument("--save-dir", default=None,
-                            help="where fitted Sarsa critics and their returns go (default: attackers/ next to the checkpoint)")
+@dataclass(kw_only=True)
+class Args:
+    rs_grid: Literal["paper", "quick"] = "paper"  # Sarsa (eps, reg) grid: paper (30 critics) or quick (4)
+    rs_settings: Optional[tuple[str, ...]] = None  # explicit SARSA_EPS:SARSA_REG pairs (override the grid)
+    rs_steps: int = REFERENCE_STEPS  # victim environment steps of Sarsa data
+    rs_updates: int = REFERENCE_UPDATES  # Sarsa gradient steps per setting
+    rs_explore: Literal["stochastic", "deterministic"] = "stochastic"  # victim actions collecting Sarsa data
+    rs_action: Annotated[Literal["both", "mean", "executed"], tyro.conf.arg(
+        help="PPO-kind victims: Q's action input, the unclipped mean or the executed (clipped) action; both = a "
+             "critic of each, the worst kept (SAC victims: one input)")] = "both"
+    rs_mad_ratio: float = 0.5  # RS+MAD weight of the action change (0: RS only)
+    rs_hidden: tuple[int, ...] = (256, 256)  # hidden sizes of the Sarsa critic
+
+
+@dataclass(kw_only=True)
+class StandaloneArgs(Args, PGDArgs, SaveDirArgs):
+    """Robust Sarsa's flags with the PGD that attacks through its critic."""
 
 
 def action_inputs(victim: Victim, args) -> list[str]:
@@ -227,8 +229,7 @@ def settings_record(victim: Victim, args, settings) -> dict:
 
 
 def cache_dir(victim: Victim, args) -> str:
-    return getattr(args, "save_dir", None) or os.path.join(os.path.dirname(os.path.abspath(victim.ckpt_path)),
-                                                           "attackers")
+    return args.save_dir or default_save_dir(victim)
 
 
 def cache_paths(victim: Victim, args, fit: dict) -> tuple[str, str]:
@@ -249,14 +250,9 @@ def write_atomically(path: str, save) -> None:
     os.replace(tmp, path)
 
 
-def write_json(path: str, obj: dict) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=1)
-
-
-def load_critic(path: str, victim: Victim, hidden) -> Optional[sac.TwinCritic]:
+def load_critic(path: str, victim: Victim, hidden) -> Optional[TwinCritic]:
     """A saved Sarsa critic; None (reported) when the file was damaged outside this code (saves are atomic)."""
-    q = sac.TwinCritic(victim.obs_dim, victim.act_dim, list(hidden))
+    q = TwinCritic(victim.obs_dim, victim.act_dim, list(hidden))
     try:
         q.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     except Exception as e:  # unpickling and state-dict errors have no common type
@@ -272,11 +268,9 @@ def evaluate(victim: Victim, args) -> dict:
         raise AttackError("--rs-steps and --rs-updates must be positive")
     if not 0 <= args.rs_mad_ratio <= 1:
         raise AttackError(f"--rs-mad-ratio must lie in [0, 1], got {args.rs_mad_ratio}")
-    from attacks.search import same_victim, victim_identity
-
     writable_dir(cache_dir(victim, args))  # before a critic is fitted, not after
     identity = victim_identity(victim)
-    start = getattr(args, "pgd_start", "mixed")
+    start = args.pgd_start
     evaluation = {"episodes": args.episodes, "seed": args.seed, "stochastic": bool(args.stochastic),
                   "pgd_steps": args.pgd_steps, "pgd_restarts": args.pgd_restarts, "pgd_start": start,
                   "mad_ratio": args.rs_mad_ratio}
@@ -319,7 +313,7 @@ def evaluate(victim: Victim, args) -> dict:
                                     "seconds": round(stats.seconds, 2)})
                 record = {"identity": identity, "fit": fit, "evaluation": evaluation, "critic": critic_path,
                           "results": results}
-                write_atomically(record_path, lambda tmp: write_json(tmp, record))
+                write_json_atomically(record_path, record)
             for result in results:
                 stats = EpisodeStats(result["returns"], result["lengths"], result["seconds"])
                 print(f"  [{result['objective']} {label}] victim return {stats.mean:.1f} ± {stats.std:.1f}"
@@ -334,4 +328,4 @@ def evaluate(victim: Victim, args) -> dict:
 
 
 if __name__ == "__main__":
-    standalone(__doc__, add_args, evaluate, lambda args: NAME)
+    standalone(__doc__, StandaloneArgs, evaluate, lambda args: NAME)

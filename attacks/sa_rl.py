@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from attacks.common import Victim, standalone  # noqa: E402
-from attacks.rl import add_learned_args, run_learned_attack  # noqa: E402
+from attacks.common import SaveDirArgs, Victim, standalone  # noqa: E402
+from attacks.learned import LearnedArgs, run_learned_attack  # noqa: E402
 
 NAME = "sa_rl"
 COLUMNS = {"sac": "SA-RL (SAC)", "ppo": "SA-RL (PPO)"}
+
+
+@dataclass(kw_only=True)
+class Args(LearnedArgs, SaveDirArgs):
+    """SA-RL's flags."""
 
 
 def realizer(victim: Victim):
@@ -27,13 +33,9 @@ def realizer(victim: Victim):
     return realize
 
 
-def add_args(parser, default_algo: str = "sac") -> None:
-    add_learned_args(parser, default_algo)
-
-
 def evaluate(victim: Victim, args) -> dict:
     return run_learned_attack(victim, args, NAME, victim.obs_dim, realizer(victim))
 
 
 if __name__ == "__main__":
-    standalone(__doc__, add_args, evaluate, lambda args: f"{NAME}_{args.algo}")
+    standalone(__doc__, Args, evaluate, lambda args: f"{NAME}_{args.algo}")

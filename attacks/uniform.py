@@ -10,7 +10,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from attacks.common import Victim, rollout, standalone, uniform_in_ball  # noqa: E402
+from attacks.common import NoArgs, Victim, rollout, standalone, uniform_in_ball  # noqa: E402
 
 NAME, COLUMN = "uniform", "Uniform"
 
@@ -28,13 +28,9 @@ class UniformAttacker:
         return uniform_in_ball(obs_n, self.eps)
 
 
-def add_args(parser) -> None:
-    pass
-
-
 def evaluate(victim: Victim, args) -> dict:
     return {"stats": rollout(victim, UniformAttacker(victim), args.episodes, args.seed, args.stochastic)}
 
 
 if __name__ == "__main__":
-    standalone(__doc__, add_args, evaluate, lambda args: NAME)
+    standalone(__doc__, NoArgs, evaluate, lambda args: NAME)

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from attacks import eval_all, pa_ad, robust_sarsa
 from attacks.common import pgd_minimize
 from attacks.pgd import PGDAttacker
-from conftest import fixture_states
+from attacks.uniform import UniformAttacker
+from conftest import PPO_FIXTURE, fixture_states
 
 N_STATES = 600  # >= 500 visited states of the fixture's first episode
 
@@ -66,7 +67,6 @@ def test_robust_sarsa_final_pgd_reaches_95_percent_of_a_strong_reference():
 def test_robust_sarsa_through_the_mean_reaches_95_percent_on_a_ppo_victim():
     """PPO-kind victims, the reference's input (Sarsa on the raw sampled actions, PGD through the unclipped mean):
     the same standard on the trained PPO fixture's states."""
-    from conftest import PPO_FIXTURE
 
     victim, states = fixture_states(N_STATES, path=PPO_FIXTURE)
     data = robust_sarsa.collect_transitions(victim, 3000, seed=5)
@@ -108,8 +108,6 @@ def test_pgd_minv_on_a_trained_ppo_victim_beats_uniform_and_reaches_95_percent()
     """PPO-kind victims: PGD (minV) minimises V(s~) (SA-PPO's "critic" attack). On 600 states the trained PPO
     fixture visits it lowers V more than uniform noise in >= 90 % of them, and its drop is >= 95 % of a 100-step
     5-restart reference's."""
-    from attacks.uniform import UniformAttacker
-    from conftest import PPO_FIXTURE
 
     victim, states = fixture_states(N_STATES, path=PPO_FIXTURE)
     attacker = PGDAttacker(victim)
@@ -133,7 +131,6 @@ def test_pa_ad_realisation_pulls_a_ppo_victims_saturated_mean_back():
     """PPO-kind victims: the realisation moves the unclipped Gaussian mean (the reference's policy_model(s)[0]). At
     states where the trained PPO fixture's mean lies outside the action box, a director asking to pull those
     dimensions back in gets a perturbation that does so; on the clipped action their gradient is zero."""
-    from conftest import PPO_FIXTURE
 
     victim, states = fixture_states(N_STATES, path=PPO_FIXTURE)
     with torch.no_grad():

@@ -2,7 +2,6 @@
 Sarsa learns Q^pi, learned attackers train/save/reload, eval_all writes the table."""
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import os
@@ -13,7 +12,8 @@ import pytest
 import torch
 
 import sac
-from attacks import common, eval_all, mad, pa_ad, pgd, rl, robust_sarsa, sa_rl, uniform, valt_soft_adv
+import attack_golden  # tests/attack_golden.py
+from attacks import common, eval_all, learned, mad, pa_ad, pgd, rl, robust_sarsa, sa_rl, uniform, valt_soft_adv
 from conftest import TINY, run_script
 from test_sac import TINY_ARGS
 
@@ -49,16 +49,10 @@ def any_victim(request, sac_ckpt, ppo_ckpt):
 
 
 def learned_args(**overrides):
-    parser = argparse.ArgumentParser()
-    rl.add_learned_args(parser)
-    parser.add_argument("--pa-steps", type=int, default=3)
-    parser.add_argument("--pa-restarts", type=int, default=2)
-    args = parser.parse_args([])
-    args.episodes, args.seed, args.stochastic, args.eps, args.device = 2, 0, False, None, "cpu"
-    args.attack_budget, args.seeds, args.attacker_hidden, args.learning_starts, args.ppo_steps = 300, 1, [16, 16], 100, 150
-    for k, v in overrides.items():
-        setattr(args, k, v)
-    return args
+    """eval_all's flags (every attack's, with their defaults), tiny budgets."""
+    settings = dict(episodes=2, attack_budget=300, seeds=1, attacker_hidden=(16, 16), learning_starts=100,
+                    ppo_steps=150, pa_steps=3, pa_restarts=2)
+    return eval_all.Args(ckpt=(), **{**settings, **overrides})
 
 
 # --- the eps-ball ---------------------------------------------------------------------------------------
@@ -220,15 +214,9 @@ def test_sarsa_data_of_a_ppo_victim_keep_its_unclipped_actions():
 
 def rs_args(save_dir, **overrides):
     """save_dir is required: fitted critics are cached there, and a shared one would let one test read another's."""
-    parser = argparse.ArgumentParser()
-    robust_sarsa.add_args(parser)
-    args = parser.parse_args(["--rs-settings", "0.05:0.1", "--rs-steps", "200", "--rs-updates", "20",
-                              "--rs-hidden", "16", "16", "--pgd-steps", "2", "--pgd-restarts", "1",
-                              "--save-dir", str(save_dir)])
-    args.episodes, args.seed, args.stochastic = 1, 0, False
-    for k, v in overrides.items():
-        setattr(args, k, v)
-    return args
+    settings = dict(rs_settings=("0.05:0.1",), rs_steps=200, rs_updates=20, rs_hidden=(16, 16), pgd_steps=2,
+                    pgd_restarts=1, save_dir=str(save_dir), episodes=1)
+    return eval_all.Args(ckpt=(), **{**settings, **overrides})
 
 
 def test_rs_resumes_from_saved_critics_with_the_numbers_of_an_uncut_run(sac_ckpt, monkeypatch, tmp_path):
@@ -345,14 +333,12 @@ def test_learned_attackers_train_save_and_reload(victim, tmp_path, module, algo)
 
 def test_a_damaged_trained_attacker_is_retrained_not_a_stop(victim, capsys, tmp_path):
     """An attacker file damaged outside this code (saves are atomic) costs that attacker, not the search."""
-    from attacks import search
-
-    config = search.AttackerConfig("sa_rl", "ppo", budget=300, seed=1000, hidden=(16, 16), n_steps=150)
+    config = learned.AttackerConfig("sa_rl", "ppo", budget=300, seed=1000, hidden=(16, 16), n_steps=150)
     realize = sa_rl.realizer(victim)
-    first = search.train_one(victim, config, realize, victim.obs_dim, str(tmp_path), episodes=1, eval_seed=0)
+    first = learned.train_one(victim, config, realize, victim.obs_dim, str(tmp_path), episodes=1, eval_seed=0)
     with open(first["path"], "wb") as f:
         f.write(b"PK\x03\x04 truncated")
-    again = search.train_one(victim, config, realize, victim.obs_dim, str(tmp_path), episodes=2, eval_seed=0)
+    again = learned.train_one(victim, config, realize, victim.obs_dim, str(tmp_path), episodes=2, eval_seed=0)
     assert f"{first['path']} is not a readable attacker file" in capsys.readouterr().out
     assert again["train_seconds"] > 0 and again["returns"][0] == first["returns"][0]  # the same seed, retrained
     rl.load_attacker(first["path"], victim, "sa_rl")  # saved whole again
@@ -439,18 +425,16 @@ def test_own_adversary_only_for_checkpoints_that_carry_one(victim):
 
 # --- the learned-attacker search ----------------------------------------------------------------------------
 def test_search_presets_have_the_reference_sizes():
-    from attacks import search
-
-    paper_ppo = search.preset_configs("sa_rl", "ppo", "paper", "HalfCheetah-v4")
+    paper_ppo = learned.preset_configs("sa_rl", "ppo", "paper", "HalfCheetah-v4")
     assert len(paper_ppo) == 216 and {c.budget for c in paper_ppo} == {1_000_000}  # the ATLA scan
     assert len({c.id for c in paper_ppo}) == 216
-    pa = search.preset_configs("pa_ad", "ppo", "paper", "Ant-v4")
+    pa = learned.preset_configs("pa_ad", "ppo", "paper", "Ant-v4")
     assert len(pa) == 217 and {c.budget for c in pa} == {10_000_000}  # + PA-AD's tuned setting; Ant 10M
     assert any(c.lr == 3e-5 and c.clip == 0.4 for c in pa)
-    assert {c.budget for c in search.preset_configs("sa_rl", "ppo", "paper", "Ant-v4")} == {5_000_000}
-    paper_sac = search.preset_configs("sa_rl", "sac", "paper", "Hopper-v4")
+    assert {c.budget for c in learned.preset_configs("sa_rl", "ppo", "paper", "Ant-v4")} == {5_000_000}
+    paper_sac = learned.preset_configs("sa_rl", "sac", "paper", "Hopper-v4")
     assert len(paper_sac) == 4 and {c.budget for c in paper_sac} == {500_000}  # the victim's own budget
-    quick = search.preset_configs("pa_ad", "ppo", "quick", "Hopper-v4", budget=30_000)
+    quick = learned.preset_configs("pa_ad", "ppo", "quick", "Hopper-v4", budget=30_000)
     assert len(quick) == 2 and {c.budget for c in quick} == {30_000}
 
 
@@ -481,7 +465,7 @@ def test_search_resumes_and_eval_all_reads_the_trained_attackers(sac_ckpt, tmp_p
     proc = run_script("attacks/eval_all.py", *moved_args, "--attacks", "sa_rl_ppo", cwd=str(tmp_path), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "att").iterdir()} == stamps
-    # records written before the content hash (identity = absolute path) are still read back
+    # records keyed by the victim's absolute path (some committed study caches) are read back at that path
     for p in records:
         record = json.loads(p.read_text())
         record["identity"] = {"victim": os.path.abspath(sac_ckpt), "victim_step": record["identity"]["victim_step"],
@@ -502,3 +486,16 @@ def test_a_diverging_attacker_training_is_an_error(victim):
     env = rl.AttackEnv(victim, victim.obs_dim, sa_rl.realizer(victim), "sa_rl_ppo")
     with pytest.raises(common.AttackError, match="diverged"):
         rl.train_ppo(env, 400, 0, (16, 16), rl.PPOSettings(lr=1e12, value_lr=1e12, n_steps=100))
+
+
+# --- golden runs of the attackers' own trainers --------------------------------------------------------------
+@pytest.mark.parametrize("name", ["sa_rl_sac", "pa_ad_ppo", "rs_ppo"])
+def test_attacker_training_reproduces_the_recorded_losses_bit_for_bit(name):
+    """tests/attack_golden.py: the seeded tiny SAC / PPO attacker and Sarsa critic backpropagate exactly the recorded
+    losses and end with exactly the recorded network, so an attacker cannot silently change (or weaken)."""
+    golden = json.load(open(attack_golden.PATH))
+    assert golden["torch"] == torch.__version__, f"golden file recorded with torch {golden['torch']}"
+    now, want = attack_golden.run(name), golden[name]
+    first = next((i for i, (a, b) in enumerate(zip(now["losses"], want["losses"])) if a != b), None)
+    assert first is None, f"loss {first} differs: {now['losses'][first]!r} vs recorded {want['losses'][first]!r}"
+    assert len(now["losses"]) == len(want["losses"]) and now["network_sha256"] == want["network_sha256"]

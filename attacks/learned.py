@@ -1,0 +1,198 @@
+"""The learned attackers' shared flow (SA-RL, PA-AD; SAC or PPO): their flags, the search presets over attacker
+configurations, and training (or finding already trained), saving and evaluating each one against a frozen victim;
+the strongest (lowest victim return) is the column's value. attacks/search.py runs the same grid as Ray tasks.
+
+Presets (`--search`):
+- quick (CPU-sized): SAC attackers, `--seeds` seeds (default 1); PPO attackers, 2 configurations (lr 3e-4 / clip
+  0.2 and lr 1e-3 / clip 0.4, value lr 1e-4, no entropy, initial std 0.5); budget `--attack-budget` (default 50k).
+- paper: SAC attackers, 4 seeds (the paper's), at the victim's own training budget; PPO attackers, the ATLA
+  reference scan (huanzhang12/ATLA_robust_RL configs/attack_ppo_*_scan.py: anneal_lr {on, off} x clip {0.2, 0.4}
+  x entropy {0, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3} x lr {3e-4, 1e-3, 3e-3} x value lr {1e-5, 3e-5, 1e-4}, initial std
+  0.5: 216 configurations), plus for PA-AD the tuned setting of its README (lr 3e-5, value lr 3e-5, clip 0.4, no
+  entropy); 1M steps each (Ant: SA-RL 5M, PA-AD 10M), SPEC §7.
+
+Every trained attacker is written to <save dir>/<ckpt stem>_<config id>.pt with a .json next to it (settings,
+budget, victim returns on the evaluation episodes); a finished configuration is skipped on a re-run, so a search
+resumes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import time
+from dataclasses import dataclass
+from typing import Annotated, Callable, Literal, Optional
+
+import torch
+from tyro.conf import arg
+
+from attacks.common import (AttackError, EpisodeStats, Victim, default_save_dir, read_record, rollout, same_victim,
+                            victim_identity, writable_dir, write_json_atomically)
+from attacks.contract import TOTAL_TIMESTEPS, task_name
+from attacks.rl import (AttackEnv, PolicyAttacker, PPOSettings, load_attacker, policy_action_fn, save_attacker,
+                        train_ppo, train_sac)
+
+PRESETS = ("quick", "paper")
+Preset = Literal["quick", "paper"]
+QUICK_BUDGET = 50_000
+PAPER_PPO_BUDGET = {"Ant": {"sa_rl": 5_000_000, "pa_ad": 10_000_000}}  # others: 1M (SPEC §7)
+COLUMNS = {"sa_rl_sac": ("sa_rl", "sac"), "pa_ad_sac": ("pa_ad", "sac"), "sa_rl_ppo": ("sa_rl", "ppo"),
+           "pa_ad_ppo": ("pa_ad", "ppo")}
+
+
+@dataclass(kw_only=True)
+class LearnedArgs:
+    """The flags of a learned attacker (SA-RL, PA-AD) and of the search over them."""
+
+    algo: Literal["sac", "ppo"] = "sac"  # RL algorithm of the attacker
+    search: Annotated[Preset, arg(help="attacker search: quick (CPU-sized: few configurations, short budget) or "
+                                       "paper (the reference-sized grid and budgets: a cluster job)")] = "quick"
+    attack_budget: Annotated[Optional[int], arg(
+        help="environment steps per attacker (None: the preset's: quick 50k; paper 1M PPO (Ant: SA-RL 5M, PA-AD "
+             "10M), SAC the victim's own budget)")] = None
+    seeds: Optional[int] = None  # SAC attackers' seeds (None: quick 1, paper 4)
+    attacker_hidden: Optional[tuple[int, ...]] = None  # hidden sizes (None: 256 256 for SAC, 64 64 for PPO)
+    learning_starts: int = 5000  # SAC attacker: random steps before updates
+    ppo_steps: int = 2048  # PPO attacker: rollout length per iteration
+    load: Optional[str] = None  # evaluate this saved attacker instead of searching
+
+
+@dataclass(frozen=True)
+class AttackerConfig:
+    kind: str  # sa_rl | pa_ad
+    algo: str  # sac | ppo
+    budget: int
+    seed: int
+    hidden: tuple = ()
+    lr: float = 3e-4
+    value_lr: float = 1e-4
+    clip: float = 0.2
+    ent_coef: float = 0.0
+    anneal_lr: bool = False
+    initial_std: float = 0.5
+    n_steps: int = 2048
+    learning_starts: int = 5000
+
+    @property
+    def id(self) -> str:
+        hidden = "x".join(str(h) for h in self.hidden)
+        if self.algo == "sac":
+            return f"{self.kind}_sac_h{hidden}_ls{self.learning_starts}_b{self.budget}_s{self.seed}"
+        return (f"{self.kind}_ppo_lr{self.lr:g}_vlr{self.value_lr:g}_clip{self.clip:g}_ent{self.ent_coef:g}"
+                f"_anneal{int(self.anneal_lr)}_std{self.initial_std:g}_h{hidden}_n{self.n_steps}_b{self.budget}"
+                f"_s{self.seed}")
+
+
+def preset_configs(kind: str, algo: str, preset: str, env_id: str, budget: Optional[int] = None,
+                   seeds: Optional[int] = None, hidden: Optional[tuple] = None, n_steps: int = 2048,
+                   learning_starts: int = 5000, base_seed: int = 0) -> list[AttackerConfig]:
+    if preset not in PRESETS:
+        raise AttackError(f"--search must be one of {PRESETS}, got {preset!r}")
+    task = task_name(env_id)
+    hidden = tuple(hidden or ((256, 256) if algo == "sac" else (64, 64)))
+    if algo == "sac":
+        if budget is None:
+            budget = QUICK_BUDGET if preset == "quick" else TOTAL_TIMESTEPS.get(task, 1_000_000)
+        n = seeds if seeds is not None else (1 if preset == "quick" else 4)
+        return [AttackerConfig(kind, "sac", budget, base_seed + 1000 * (k + 1), hidden,
+                               learning_starts=min(learning_starts, budget // 2)) for k in range(n)]
+    if budget is None:
+        budget = QUICK_BUDGET if preset == "quick" else PAPER_PPO_BUDGET.get(task, {}).get(kind, 1_000_000)
+    common = dict(kind=kind, algo="ppo", budget=budget, seed=base_seed + 1000, hidden=hidden, n_steps=n_steps)
+    if preset == "quick":
+        grid = [dict(lr=3e-4, clip=0.2), dict(lr=1e-3, clip=0.4)]
+    else:
+        grid = [dict(anneal_lr=anneal, clip=clip, ent_coef=ent, lr=lr, value_lr=vlr)
+                for anneal, clip, ent, lr, vlr in itertools.product(
+                    (True, False), (0.2, 0.4), (0.0, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3), (3e-4, 1e-3, 3e-3),
+                    (1e-5, 3e-5, 1e-4))]
+        if kind == "pa_ad":  # umd-huang-lab/paad_adv_rl code_mujoco/readme.md: the tuned PA-AD setting
+            grid.append(dict(lr=3e-5, value_lr=3e-5, clip=0.4, ent_coef=0.0))
+    return [AttackerConfig(**common, **g) for g in grid]
+
+
+def realize_tag(kind: str, pa_steps: int, pa_restarts: int) -> str:
+    """The realisation's settings, part of an attacker's identity (a PA-AD director trained with one PGD is not
+    the same attacker with another)."""
+    return f"_pa{pa_steps}x{pa_restarts}" if kind == "pa_ad" else ""
+
+
+def train_one(victim: Victim, config: AttackerConfig, realize: Callable, action_dim: int, save_dir: str,
+              episodes: int, eval_seed: int, stochastic: bool = False, log: bool = True, tag: str = "") -> dict:
+    """Trains (or finds already trained) one attacker, evaluates it on the evaluation episodes, returns its record.
+    An attacker found on disk is reused only if it was trained against this very victim (common.victim_identity)
+    and radius; `tag` names the realisation settings (realize_tag)."""
+    stem = os.path.splitext(os.path.basename(victim.ckpt_path))[0]
+    path = os.path.join(save_dir, f"{stem}_{config.id}_eps{victim.eps:g}{tag}.pt")
+    record_path = path[:-3] + ".json"
+    identity = victim_identity(victim)
+    evaluation = {"episodes": episodes, "seed": eval_seed, "stochastic": stochastic}
+    record = read_record(record_path)
+    known_victim = same_victim(record, victim)
+    if known_victim and record.get("evaluation") == evaluation:
+        return record
+    name = f"{config.kind}_{config.algo}"
+    start = time.time()
+    policy, train_seconds = None, 0.0
+    if known_victim and os.path.isfile(path):  # trained earlier against this victim, evaluated on other episodes
+        try:
+            policy, _ = load_attacker(path, victim, config.kind)
+        except AttackError as e:  # damaged outside this code (saves are atomic): one attacker retrained, not a stop
+            print(f"[cache] {e}: retraining it", flush=True)
+    if policy is None:
+        env = AttackEnv(victim, action_dim, realize, name)
+        label = f"{name} {config.id}" if log else None
+        if config.algo == "sac":
+            policy = train_sac(env, config.budget, config.seed, config.hidden, config.learning_starts, log=label)
+        else:
+            settings = PPOSettings(lr=config.lr, value_lr=config.value_lr, clip=config.clip, ent_coef=config.ent_coef,
+                                   anneal_lr=config.anneal_lr, initial_std=config.initial_std, n_steps=config.n_steps)
+            policy = train_ppo(env, config.budget, config.seed, config.hidden, settings, log=label)
+        policy.eval()
+        save_attacker(path, policy, {"kind": config.kind, "algo": config.algo, "obs_dim": victim.obs_dim,
+                                     "act_dim": action_dim, "hidden": list(config.hidden), "eps": victim.eps,
+                                     "victim": os.path.abspath(victim.ckpt_path), "budget": config.budget,
+                                     "seed": config.seed, "config": dataclasses.asdict(config)})
+        train_seconds = time.time() - start
+    stats = rollout(victim, PolicyAttacker(name, policy_action_fn(policy), realize), episodes, eval_seed, stochastic)
+    record = {"config": dataclasses.asdict(config), "id": config.id, "path": path, "identity": identity,
+              "evaluation": evaluation,
+              "returns": stats.returns, "lengths": stats.lengths, "mean": stats.mean, "std": stats.std,
+              "train_seconds": round(train_seconds, 1), "eval_seconds": round(stats.seconds, 1)}
+    write_json_atomically(record_path, record)
+    if log:
+        print(f"  [{name} {config.id}] victim return {stats.mean:.1f} ± {stats.std:.1f} (saved {path})", flush=True)
+    return record
+
+
+def summarize(records: list[dict], preset: str, configs: list[AttackerConfig]) -> dict:
+    best = min(records, key=lambda r: r["mean"])
+    return {"stats": EpisodeStats(best["returns"], best["lengths"], best["eval_seconds"]), "attacker_path": best["path"],
+            "per_config": [{"id": r["id"], "mean": r["mean"], "std": r["std"], "path": r["path"]} for r in records],
+            "search": {"preset": preset, "configurations": len(configs), "budget": configs[0].budget,
+                       "winner": best["config"]}}
+
+
+def run_search(victim: Victim, args, kind: str, action_dim: int, realize: Callable) -> dict:
+    """In this process, one configuration after another (finished ones are read back, not retrained)."""
+    configs = preset_configs(kind, args.algo, args.search, victim.env_id, args.attack_budget, args.seeds,
+                             args.attacker_hidden, args.ppo_steps, args.learning_starts, args.seed)
+    if any(c.budget <= 0 for c in configs) or not configs:
+        raise AttackError("--attack-budget and --seeds must be positive")
+    save_dir = writable_dir(args.save_dir or default_save_dir(victim))
+    tag = realize_tag(kind, args.pa_steps, args.pa_restarts) if kind == "pa_ad" else ""
+    records = [train_one(victim, c, realize, action_dim, save_dir, args.episodes, args.seed, args.stochastic, tag=tag)
+               for c in configs]
+    return summarize(records, args.search, configs)
+
+
+def run_learned_attack(victim: Victim, args, kind: str, action_dim: int,
+                       realize: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> dict:
+    """An attack's evaluate(): the saved attacker `--load` names, or the strongest of the preset's search."""
+    name = f"{kind}_{args.algo}"
+    if args.load:
+        policy, _ = load_attacker(args.load, victim, kind)
+        attacker = PolicyAttacker(name, policy_action_fn(policy), realize)
+        return {"stats": rollout(victim, attacker, args.episodes, args.seed, args.stochastic), "attacker_path": args.load}
+    return run_search(victim, args, kind, action_dim, realize)
