@@ -57,7 +57,8 @@ def test_rollout_bootstraps_through_truncation_not_termination(workdir, monkeypa
 
     monkeypatch.setattr(ppo.Learner, "update", capture)
     ppo.train(ppo.Args(env_id="TestChain-v0", total_timesteps=128, seed=0, run_name="chain", save_every=0,
-                       attack_eps=0.1, scale_rewards=False, initial_std=2.0, **{**TINY_PPO, "threads": 1}))
+                       attack_eps=0.1, scale_rewards=False, initial_std=2.0, policy_lr=3e-4, value_lr=2.5e-4,
+                       anneal_lr=True, clip_value_loss=False, ent_coef=0.0, **{**TINY_PPO, "threads": 1}))
     c = captured
     critic = ppo.Critic(2, [16, 16])
     critic.load_state_dict(c["critic_state"])

@@ -11,9 +11,9 @@ import pytest
 from conftest import ROOT
 
 SAC_FAMILY = ["sac.py"]
-PPO_FAMILY: list = []
+PPO_FAMILY = ["ppo.py"]
 SHARED = {"sac.py": ("Environment", "Observation normalizer", "Prioritized replay", "Evaluation", "Run harness"),
-          "ppo.py": ("Environment", "Observation normalizer", "Evaluation", "Run harness")}
+          "ppo.py": ("Environment", "Observation normalizer", "Rollout", "Evaluation", "Run harness")}
 
 
 def sections(script: str) -> dict:
