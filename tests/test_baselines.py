@@ -56,8 +56,8 @@ def test_regulariser_vanishes_at_zero_radius_and_ramps():
     assert learner.reg_eps(100) == 0.0 and learner.reg_eps(200) == pytest.approx(0.1) and learner.reg_eps(400) == 0.2
     # the update skips the term (and its cost) while the radius is 0
     batch = (obs, torch.rand(64, 3) * 2 - 1, torch.randn(64), torch.randn(64, 6), torch.zeros(64), torch.ones(64))
-    assert learner.update(*batch, global_step=50)["adversary/reg"].item() == 0.0
-    assert learner.update(*batch, global_step=250)["adversary/reg"].item() > 0.0
+    assert learner.update(*batch, global_step=50)["losses/sa_reg"].item() == 0.0
+    assert learner.update(*batch, global_step=250)["losses/sa_reg"].item() > 0.0
 
 
 def test_ppo_gae_matches_hand_computation():
