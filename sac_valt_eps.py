@@ -1,15 +1,14 @@
-"""VALT-EPS-SAC: Virtual ALternative Training with the epsilon-worst adversary (SPEC §4), one file.
+"""VALT-EPS-SAC: Virtual ALternative Training with the eps-worst adversary (SPEC §4), CleanRL style: one file.
 
-SAC (sac.py) whose policy evaluation and policy improvement both run against the soft-worst
-observation adversary derived from the agent's own critic: a mixture of uniform noise in the l_inf
-ball (weight 1 - k_w) and the PGD-worst observation (weight k_w). No adversary network, no extra
-environment steps.
+SAC (sac.py) whose policy evaluation and policy improvement both run against the soft-worst observation adversary
+derived from the agent's own critic: a mixture of uniform noise in the l_inf ball (weight 1 - k_w) and the PGD-worst
+observation (weight k_w). No adversary network, no extra environment steps.
 
     python sac_valt_eps.py --env-id HalfCheetah-v4
     python sac_valt_eps.py --env-id Ant-v4 --reg-coef 0
 
-Every method script (sac.py, robust_sac.py, sac_valt_eps.py, sac_valt_soft.py, sac_ppo.py) has the
-same sections in the same order, so `diff sac.py sac_valt_eps.py` shows only the method.
+Every SAC-family script has the same sections in the same order, so `diff sac.py sac_valt_eps.py` shows only the
+method; the run harness at the end (checkpoint, resume, divergence guard, stop) is identical in every script.
 """
 from __future__ import annotations
 
@@ -25,7 +24,7 @@ import threading
 import time
 import warnings
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import gymnasium as gym
@@ -36,30 +35,30 @@ import torch.nn.functional as F
 import tyro
 
 METHOD = "valt_eps"
-CHECKPOINT_FORMAT = 1
-
-# --- Configuration ---------------------------------------------------------------------------------
-# Per-task defaults, keyed by the env id's prefix ("Hopper-v4" -> "Hopper").
-ATTACK_EPS = {"Hopper": 0.075, "Walker2d": 0.05, "HalfCheetah": 0.15, "Ant": 0.15}  # SPEC §1
-TOTAL_TIMESTEPS = {"Hopper": 500_000, "Walker2d": 1_500_000, "HalfCheetah": 1_000_000, "Ant": 3_000_000}
-# The literature's Ant has 111 observation dims (contact forces included), SPEC §9.
-DEFAULT_ENV_KWARGS = {"Ant-v4": {"use_contact_forces": True}}
-# VALT-EPS, paper Table 5: k_w ramps 0 -> 1 until "remain steps"; behaviour adversary ratio; "+reg." coefficient
-# and the linear ramp of the regulariser's radius (start, end step).
-WORST_RATE_REMAIN_STEPS = {"Hopper": 400_000, "Walker2d": 1_300_000, "HalfCheetah": 800_000, "Ant": 2_700_000}
-ADV_RATIO = {"Hopper": 0.5, "Walker2d": 0.5, "HalfCheetah": 0.5, "Ant": 1.0}
-REG_COEF = {"Hopper": 3.0, "Walker2d": 0.0, "HalfCheetah": 30.0, "Ant": 30.0}
-REG_EPS_RAMP = {"Hopper": (100_000, 400_000), "Walker2d": (100_000, 1_300_000), "HalfCheetah": (100_000, 800_000),
-                "Ant": (100_000, 2_700_000)}
+# Per-task defaults (SPEC §1, §6; VALT-EPS: paper Table 5), keyed by the env id's prefix ("Hopper-v4" -> "Hopper"):
+# flag -> value. k_w ramps 0 -> 1 over worst_rate_remain_steps; adv_ratio: the share of behaviour data on perturbed
+# observations; reg_coef: the "+reg." coefficient, its radius ramped 0 -> eps from reg_eps_start_step to _end_step.
+TASK_DEFAULTS = {
+    "Hopper": dict(total_timesteps=500_000, attack_eps=0.075, worst_rate_remain_steps=400_000, adv_ratio=0.5,
+                   reg_coef=3.0, reg_eps_start_step=100_000, reg_eps_end_step=400_000),
+    "Walker2d": dict(total_timesteps=1_500_000, attack_eps=0.05, worst_rate_remain_steps=1_300_000, adv_ratio=0.5,
+                     reg_coef=0.0, reg_eps_start_step=100_000, reg_eps_end_step=1_300_000),
+    "HalfCheetah": dict(total_timesteps=1_000_000, attack_eps=0.15, worst_rate_remain_steps=800_000, adv_ratio=0.5,
+                        reg_coef=30.0, reg_eps_start_step=100_000, reg_eps_end_step=800_000),
+    "Ant": dict(total_timesteps=3_000_000, attack_eps=0.15, worst_rate_remain_steps=2_700_000, adv_ratio=1.0,
+                reg_coef=30.0, reg_eps_start_step=100_000, reg_eps_end_step=2_700_000),
+}
+OTHER_TASK_DEFAULTS = dict(total_timesteps=1_000_000, reg_eps_start_step=0, reg_eps_end_step=0)
+NEEDED = ("attack_eps", "worst_rate_remain_steps", "adv_ratio", "reg_coef")  # on other tasks: given, or one error
+DEFAULT_ENV_KWARGS = {"Ant-v4": {"use_contact_forces": True}}  # the literature's 111-dim Ant (SPEC §9)
 
 
 @dataclass
 class Args:
-    env_id: str = "Hopper-v4"  # Gymnasium environment id (MuJoCo -v4 tasks for the paper's settings)
-    env_kwargs: str = ""  # extra gym.make kwargs as JSON, merged over the defaults (Ant-v4: {"use_contact_forces": true})
+    env_id: str = "Hopper-v4"  # Gymnasium id (the MuJoCo -v4 tasks have the paper's settings)
+    env_kwargs: str = ""  # extra gym.make kwargs as JSON, merged over the defaults
     seed: int = 1  # seed of python, numpy, torch and the environment
-    total_timesteps: Optional[int] = None
-    """environment steps; default per task (SPEC §6: Hopper 0.5M, HalfCheetah 1M, Walker2d 1.5M, Ant 3M)"""
+    total_timesteps: Optional[int] = None  # environment steps; default per task
     learning_starts: int = 5000  # uniform random actions (and no updates) before this step
     buffer_size: int = 1_000_000
     batch_size: int = 256
@@ -71,110 +70,105 @@ class Args:
     hidden_sizes: tuple[int, ...] = (256, 256)
     autotune: bool = True  # learn the temperature alpha (otherwise alpha stays at --alpha)
     alpha: float = 1.0  # initial (or, with --no-autotune, fixed) temperature
-    target_entropy: Optional[float] = None
-    """entropy target of the temperature; default -dim(A) (the paper raises it for Hopper)"""
+    target_entropy: Optional[float] = None  # entropy target of the temperature; default -dim(A)
     huber_delta: float = 1.0  # Huber (smooth L1) threshold of the critic loss
     per: bool = True  # proportional prioritized replay (off: uniform replay, unit weights)
     per_alpha: float = 0.6
     per_beta_start: float = 0.4  # importance-sampling exponent, annealed linearly to 1.0 over training
     per_eps: float = 1e-6
     obs_clip: float = 10.0  # normalized observations are clipped to [-obs_clip, obs_clip]
-    attack_eps: Optional[float] = None
-    """l_inf attack radius in normalized units stored in the checkpoint; default per task (SPEC §1)"""
+    attack_eps: Optional[float] = None  # l_inf attack radius (normalized units) stored in the checkpoint; per task
     eval_every: int = 10_000  # steps between clean deterministic evaluations (0: only at the end)
     eval_episodes: int = 10
-    log_every: int = 1000  # steps between console progress lines and scalar logs
+    log_every: int = 1000  # steps between progress lines and scalar logs (the divergence guard reads its flags then)
     save_every: int = 50_000  # steps between checkpoints (the final one is always written)
     save_path: Optional[str] = None  # checkpoint file; default runs/{run_name}/model.pt
-    save_buffer: bool = False  # also write the replay buffer next to each checkpoint (needed for an exact --resume)
+    save_buffer: bool = False  # also write the replay buffer next to each checkpoint (for an exact --resume)
     keep_checkpoints: bool = False  # also keep every periodic checkpoint as {save_path stem}_step{N}.pt
-    resume: Optional[str] = None  # continue the run stored in this checkpoint (optimizers, normalizer, RNGs, step counter)
+    resume: Optional[str] = None  # continue the run stored in this full checkpoint
     run_name: Optional[str] = None  # default {env_id}__{method}__{seed}__{unix time}
     cuda: bool = True  # use CUDA when available
-    compile: bool = False  # torch.compile the actor and critics (for GPUs; on CPU it is slower). Same math up to float rounding
+    compile: bool = False  # torch.compile the actor and critics (GPUs; slower on CPU); same math up to rounding
     threads: Optional[int] = None  # torch intra-op threads (default: torch's choice)
     # --- VALT-EPS ---
-    pgd_steps: int = 2  # signed-gradient steps of the PGD that finds the worst observation (paper: 2, randomized initial step)
+    pgd_steps: int = 2  # signed-gradient steps of the PGD that finds the worst observation (paper: 2, randomized start)
     pgd_step_scale: float = 1.0  # PGD step size = pgd_step_scale * eps / pgd_steps
-    pgd_start: str = "step"
-    """PGD random start: "step" = uniform in the step box s + U(-step, step) (the references'); "ball" = U(-eps, eps)"""
+    pgd_start: str = "step"  # PGD random start: "step" = uniform in the step box (the references'), "ball": whole ball
     worst_rate: float = 1.0  # final weight k_w of the PGD-worst observation in the adversary mixture
-    worst_rate_remain_steps: Optional[int] = None
-    """k_w ramps linearly from 0 to --worst-rate over this many steps; default per task (Table 5)"""
+    worst_rate_remain_steps: Optional[int] = None  # k_w ramps linearly 0 -> --worst-rate over these steps; per task
     mixture: str = "exact"
     """"exact": both mixture components for every state (SPEC §4's weighted sum); "sampled": one draw per state,
     worst with probability k_w: an unbiased estimate that runs PGD on a k_w share of the batch (faster, noisier)"""
-    pe_adversary: bool = True
-    """policy evaluation under the adversary (the soft-worst critic target); --no-pe-adversary: SAC's clean target,
-    the paper's "w/o PE" ablation (Appendix E.2)"""
-    pi_adversary: bool = True
-    """policy improvement under the adversary; --no-pi-adversary: SAC's actor loss at the true s, the paper's
-    "w/o PI" ablation (Appendix E.2)"""
-    adv_ratio: Optional[float] = None
-    """fraction of data collected on uniformly perturbed observations; default per task (Table 5)"""
-    adv_ratio_per_step: bool = False  # draw perturbed/clean per environment step instead of per episode (default: per episode)
-    reg_coef: Optional[float] = None  # coefficient of the SA regulariser ("+reg."); default per task (Table 5); 0 turns it off
+    pe_adversary: bool = True  # policy evaluation under the adversary; off: SAC's target, "w/o PE" (paper App. E.2)
+    pi_adversary: bool = True  # policy improvement under the adversary; off: SAC's actor loss, "w/o PI" (App. E.2)
+    adv_ratio: Optional[float] = None  # fraction of data collected on uniformly perturbed observations; per task
+    adv_ratio_per_step: bool = False  # draw perturbed/clean per environment step instead of per episode
+    reg_coef: Optional[float] = None  # coefficient of the SA regulariser ("+reg."); per task; 0 turns it off
     reg_sgld_steps: int = 2
-    reg_sgld_beta: float = 1e-5  # SGLD inverse temperature of the regulariser's search: noise sqrt(2*step*beta)/(i+2) (SA-PPO: 1e-5)
-    reg_distance: str = "mse"
-    """regulariser distance: "mse" of deterministic actions (SA-DDPG) or "kl" of the Gaussians (SA-PPO)"""
-    reg_eps_start_step: Optional[int] = None  # the regulariser's radius ramps 0 -> eps between these steps; default per task
+    reg_sgld_beta: float = 1e-5  # SGLD inverse temperature of the regulariser's search (SA-PPO: 1e-5)
+    reg_distance: str = "mse"  # regulariser distance: "mse" of deterministic actions (SA-DDPG), "kl" (SA-PPO)
+    reg_eps_start_step: Optional[int] = None  # the regulariser's radius ramps 0 -> eps between these steps; per task
     reg_eps_end_step: Optional[int] = None
 
 
+def resolve_args(args: Args) -> Args:
+    for flag, value in TASK_DEFAULTS.get(task_name(args.env_id), OTHER_TASK_DEFAULTS).items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, value)
+    missing = [f"--{flag.replace('_', '-')}" for flag in NEEDED if getattr(args, flag) is None]
+    if missing:
+        raise UserError(f"{args.env_id} has no paper defaults: pass {', '.join(missing)}")
+    if args.attack_eps <= 0:
+        raise UserError(f"--attack-eps must be > 0, got {args.attack_eps}")
+    if min(args.total_timesteps, args.batch_size, args.buffer_size) <= 0:
+        raise UserError("--total-timesteps, --batch-size and --buffer-size must be positive")
+    if min(args.pgd_steps, args.reg_sgld_steps) < 1 or not args.reg_sgld_beta >= 0:
+        raise UserError("--pgd-steps and --reg-sgld-steps must be >= 1, --reg-sgld-beta >= 0")
+    for flag, choices in (("pgd_start", ("step", "ball")), ("mixture", ("exact", "sampled")),
+                          ("reg_distance", ("mse", "kl"))):
+        if getattr(args, flag) not in choices:
+            raise UserError(f"--{flag.replace('_', '-')} must be {' or '.join(choices)}, got {getattr(args, flag)!r}")
+    if not 0.0 <= args.adv_ratio <= 1.0 or not 0.0 <= args.worst_rate <= 1.0:
+        raise UserError("--adv-ratio and --worst-rate must lie in [0, 1]")
+    args.run_name = args.run_name or f"{args.env_id}__{METHOD}__{args.seed}__{int(time.time())}"
+    args.save_path = args.save_path or os.path.join("runs", args.run_name, "model.pt")
+    return args
+
+
 # --- Environment -----------------------------------------------------------------------------------
-class UserError(Exception):
-    """Bad input: reported as one line, exit code 2."""
-
-
-class Diverged(Exception):
-    """A non-finite loss or parameter: the run stops without saving, reported as one line, exit code 3."""
-
-
-class Preempted(Exception):
-    """SIGTERM or SIGINT: the run saved a checkpoint and stops, exit code 128 + the signal number."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.signum = signum
-
-
 def task_name(env_id: str) -> str:
     return env_id.split("-")[0]
 
 
 def parse_env_kwargs(env_id: str, env_kwargs: str) -> dict:
     kwargs = dict(DEFAULT_ENV_KWARGS.get(env_id, {}))
-    if env_kwargs:
-        try:
-            extra = json.loads(env_kwargs)
-        except json.JSONDecodeError as e:
-            raise UserError(f"--env-kwargs is not valid JSON ({e}): {env_kwargs!r}")
-        if not isinstance(extra, dict):
-            raise UserError(f"--env-kwargs must be a JSON object, got {env_kwargs!r}")
-        kwargs.update(extra)
-    return kwargs
+    try:
+        extra = json.loads(env_kwargs) if env_kwargs else {}
+    except json.JSONDecodeError as e:
+        raise UserError(f"--env-kwargs is not valid JSON ({e}): {env_kwargs!r}")
+    if not isinstance(extra, dict):
+        raise UserError(f"--env-kwargs must be a JSON object, got {env_kwargs!r}")
+    return {**kwargs, **extra}
 
 
 def make_env(env_id: str, env_kwargs: dict) -> gym.Env:
     if env_id not in gym.registry:
         raise UserError(f"unknown environment id {env_id!r} (e.g. Hopper-v4, HalfCheetah-v4, Walker2d-v4, Ant-v4)")
     try:
-        with warnings.catch_warnings():
-            # The -v4 tasks are the literature's (SPEC §9); gymnasium's "upgrade to v5" notice is noise here.
+        with warnings.catch_warnings():  # the -v4 tasks are the literature's (SPEC §9): "upgrade to v5" is noise
             warnings.filterwarnings("ignore", message=".*is out of date.*")
             env = gym.make(env_id, **env_kwargs)
     except TypeError as e:
         raise UserError(f"cannot make {env_id} with kwargs {env_kwargs}: {e}")
     if not isinstance(env.action_space, gym.spaces.Box):
-        raise UserError(f"{env_id} has a {type(env.action_space).__name__} action space; SAC needs a continuous Box")
+        raise UserError(f"{env_id} has a {type(env.action_space).__name__} action space; this method needs a continuous Box")
     if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
         raise UserError(f"{env_id} needs a flat Box observation space, got {env.observation_space}")
     return env
 
 
 def get_env_state(env: gym.Env) -> Optional[dict]:
-    """Full simulator state of a MuJoCo env (for an exact resume mid-episode), else None."""
+    """Full simulator state of a MuJoCo env (an exact resume mid-episode), else None."""
     unwrapped = env.unwrapped
     if not (hasattr(unwrapped, "model") and hasattr(unwrapped, "data")):
         return None
@@ -183,7 +177,7 @@ def get_env_state(env: gym.Env) -> Optional[dict]:
     spec = mujoco.mjtState.mjSTATE_INTEGRATION
     physics = np.empty(mujoco.mj_stateSize(unwrapped.model, spec))
     mujoco.mj_getState(unwrapped.model, unwrapped.data, physics, spec)
-    return {"physics": torch.from_numpy(physics), "elapsed_steps": env.get_wrapper_attr("_elapsed_steps"),  # TimeLimit
+    return {"physics": torch.from_numpy(physics), "elapsed_steps": env.get_wrapper_attr("_elapsed_steps"),
             "np_random": unwrapped.np_random.bit_generator.state}
 
 
@@ -198,26 +192,18 @@ def set_env_state(env: gym.Env, state: dict) -> None:
 
 # --- Observation normalizer ------------------------------------------------------------------------
 class RunningNormalizer:
-    """Running mean/variance of raw observations (parallel Welford update in float64).
-
-    The replay buffer stores raw observations and normalizes them at sampling time with the current
-    statistics, so acting and learning always see the same map. Attack radii live in this
-    normalized space (SPEC §1).
-    """
+    """Running mean/variance of raw observations (parallel Welford update in float64). The replay buffer stores raw
+    observations, normalized at sampling time with the current statistics, so acting and learning see the same map.
+    Attack radii live in this normalized space (SPEC §1)."""
 
     def __init__(self, dim: int, clip: float, device: torch.device):
-        self.mean = np.zeros(dim, np.float64)
-        self.var = np.ones(dim, np.float64)
-        self.count = 1e-4
-        self.clip = clip
-        self.device = device
+        self.mean, self.var, self.count, self.clip, self.device = np.zeros(dim), np.ones(dim), 1e-4, clip, device
         self._sync()
 
     def update(self, x: np.ndarray) -> None:
         x = np.asarray(x, np.float64).reshape(-1, self.mean.shape[0])
         batch_mean, batch_var, n = x.mean(0), x.var(0), x.shape[0]
-        delta = batch_mean - self.mean
-        total = self.count + n
+        delta, total = batch_mean - self.mean, self.count + n
         self.mean = self.mean + delta * n / total
         self.var = (self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total
         self.count = total
@@ -235,17 +221,15 @@ class RunningNormalizer:
                 "count": float(self.count), "clip": float(self.clip)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.mean = state["mean"].numpy().astype(np.float64)
-        self.var = state["var"].numpy().astype(np.float64)
+        self.mean, self.var = state["mean"].numpy().astype(np.float64), state["var"].numpy().astype(np.float64)
         self.count, self.clip = float(state["count"]), float(state["clip"])
         self._sync()
 
 
 # --- Prioritized replay ----------------------------------------------------------------------------
 class SumTree:
-    """Binary sum-tree over `capacity` priorities, one float64 tensor on the buffer's device, so that sampling
-    and priority updates never leave it (no host sync per update, on a GPU too). Leaf writes are immediate;
-    the sums above written leaves are recomputed level by level before the next search."""
+    """Binary sum-tree over `capacity` priorities in one float64 tensor on the buffer's device (no host sync per
+    update). Leaf writes are immediate; the sums above written leaves are recomputed before the next search."""
 
     def __init__(self, capacity: int, device: torch.device):
         self.leaves = 1 << max(0, (capacity - 1).bit_length())
@@ -267,23 +251,11 @@ class SumTree:
         self.stale.append(pos)
 
     def propagate(self) -> None:
-        if not self.stale:
-            return
-        pos = torch.cat(self.stale)
-        self.stale = []
-        for _ in range(self.depth):  # repeated parents get the same sum: no need to deduplicate
-            pos = pos >> 1
-            self.tree[pos] = self.pairs[pos].sum(1)
-
-    def rebuild(self, priorities: torch.Tensor) -> None:
-        """Sets the first len(priorities) leaves (the rest 0) and recomputes every internal node."""
-        self.tree.zero_()
-        self.tree[self.leaves:self.leaves + len(priorities)] = priorities.to(self.tree)
-        level = self.leaves
-        while level > 1:
-            self.tree[level // 2:level] = self.pairs[level // 2:level].sum(1)
-            level //= 2
-        self.stale = []
+        if self.stale:
+            pos, self.stale = torch.cat(self.stale), []
+            for _ in range(self.depth):  # repeated parents get the same sum: no need to deduplicate
+                pos = pos >> 1
+                self.tree[pos] = self.pairs[pos].sum(1)
 
     def find(self, values: torch.Tensor) -> torch.Tensor:
         """Index i of each value v with prefix(i) <= v < prefix(i+1)."""
@@ -298,14 +270,13 @@ class SumTree:
 
 
 class PrioritizedReplayBuffer:
-    """Proportional PER (Schaul et al. 2016) over raw transitions; uniform when `prioritized=False`.
+    """Proportional PER (Schaul et al. 2016) over raw transitions, uniform when `prioritized=False`; storage,
+    sum-tree and the sampling generator all live on `device`."""
 
-    Storage, sum-tree and the sampling generator all live on `device`.
-    """
+    FIELDS = ("obs", "next_obs", "actions", "rewards", "terminated")
 
     def __init__(self, capacity, obs_dim, act_dim, device, prioritized=True, alpha=0.6, eps=1e-6, seed=0):
-        self.capacity, self.device, self.prioritized = capacity, device, prioritized
-        self.alpha, self.eps = alpha, eps
+        self.capacity, self.device, self.prioritized, self.alpha, self.eps = capacity, device, prioritized, alpha, eps
         self.obs = torch.zeros(capacity, obs_dim, device=device)
         self.next_obs = torch.zeros(capacity, obs_dim, device=device)
         self.actions = torch.zeros(capacity, act_dim, device=device)
@@ -321,52 +292,46 @@ class PrioritizedReplayBuffer:
         self.obs[i] = torch.as_tensor(obs, device=self.device)
         self.next_obs[i] = torch.as_tensor(next_obs, device=self.device)
         self.actions[i] = torch.as_tensor(action, device=self.device)
-        self.rewards[i] = float(reward)
-        self.terminated[i] = float(terminated)
+        self.rewards[i], self.terminated[i] = float(reward), float(terminated)
         if self.prioritized:  # new transitions get the highest priority seen so far: each is replayed soon
             self.tree.update(torch.tensor([i]), (self.max_priority**self.alpha).reshape(1))
-        self.pos = (self.pos + 1) % self.capacity
-        self.size = min(self.size + 1, self.capacity)
+        self.pos, self.size = (self.pos + 1) % self.capacity, min(self.size + 1, self.capacity)
 
     def sample(self, batch_size: int, beta: float):
-        """Returns (indices, obs, actions, rewards, next_obs, terminated, importance weights), all on the device."""
-        if self.prioritized:
+        """(indices, obs, actions, rewards, next_obs, terminated, importance weights), all on the device."""
+        if self.prioritized:  # stratified: one draw per equal-mass segment of the priority line
             total = self.tree.total
-            # Stratified sampling: one draw per equal-mass segment of the priority line.
             u = torch.rand(batch_size, dtype=torch.float64, device=self.device, generator=self.generator)
             values = (torch.arange(batch_size, device=self.device) + u) * (total / batch_size)
             idx = self.tree.find(torch.minimum(values, total * (1 - 1e-12))).clamp_(max=self.size - 1)
-            probs = self.tree.tree[idx + self.tree.leaves] / total
-            weights = (self.size * probs) ** (-beta)
+            weights = (self.size * self.tree.tree[idx + self.tree.leaves] / total) ** (-beta)
             weights = (weights / weights.max()).float()  # normalized by the batch maximum, so weights <= 1
         else:
             idx = torch.randint(0, self.size, (batch_size,), device=self.device, generator=self.generator)
             weights = torch.ones(batch_size, device=self.device)
-        return (idx, self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx],
-                self.terminated[idx], weights)
+        return (idx, self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminated[idx],
+                weights)
 
     def update_priorities(self, indices: torch.Tensor, td_errors: torch.Tensor) -> None:
-        if not self.prioritized:
-            return
-        priorities = td_errors.detach().abs().double() + self.eps
-        self.max_priority = torch.maximum(self.max_priority, priorities.max())
-        self.tree.update(indices, priorities**self.alpha)
+        if self.prioritized:
+            priorities = td_errors.detach().abs().double() + self.eps
+            self.max_priority = torch.maximum(self.max_priority, priorities.max())
+            self.tree.update(indices, priorities**self.alpha)
 
     def state_dict(self) -> dict:
-        n = self.size
-        return {"obs": self.obs[:n].cpu(), "next_obs": self.next_obs[:n].cpu(), "actions": self.actions[:n].cpu(),
-                "rewards": self.rewards[:n].cpu(), "terminated": self.terminated[:n].cpu(),
-                "priorities": self.tree.tree[self.tree.leaves:self.tree.leaves + n].cpu(),
-                "max_priority": float(self.max_priority), "generator": self.generator.get_state(),
-                "pos": self.pos, "size": self.size, "capacity": self.capacity}
+        n, leaves = self.size, self.tree.leaves
+        return {**{name: getattr(self, name)[:n].cpu() for name in self.FIELDS},
+                "priorities": self.tree.tree[leaves:leaves + n].cpu(), "max_priority": float(self.max_priority),
+                "generator": self.generator.get_state(), "pos": self.pos, "size": n, "capacity": self.capacity}
 
     def load_state_dict(self, state: dict) -> None:
         if state["capacity"] != self.capacity:
             raise UserError(f"saved replay buffer has capacity {state['capacity']}, this run {self.capacity}")
         n = state["size"]
-        for name in ("obs", "next_obs", "actions", "rewards", "terminated"):
+        for name in self.FIELDS:
             getattr(self, name)[:n] = state[name].to(self.device)
-        self.tree.rebuild(state["priorities"])
+        self.tree.tree.zero_()
+        self.tree.update(torch.arange(n), state["priorities"])
         self.max_priority = torch.tensor(state["max_priority"], dtype=torch.float64, device=self.device)
         self.generator.set_state(state["generator"])
         self.pos, self.size = state["pos"], n
@@ -379,9 +344,7 @@ LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 def mlp(sizes: list[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(fan_in, fan_out))
-        if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
+        layers += [nn.Linear(fan_in, fan_out)] + ([nn.ReLU()] if i < len(sizes) - 2 else [])
     return nn.Sequential(*layers)
 
 
@@ -400,13 +363,11 @@ class Actor(nn.Module):
 
     def forward(self, obs):
         h = self.trunk(obs)
-        log_std = torch.tanh(self.log_std(h))
-        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (log_std + 1)
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(self.log_std(h)) + 1)
         return self.mean(h), log_std
 
     def sample(self, obs, dist=None):
-        """Reparameterized action and its log-density (tanh and scale Jacobians included); `dist` = self(obs)
-        when the caller already has it."""
+        """Reparameterized action and its log-density (tanh and scale Jacobians included); `dist` = self(obs)."""
         mean, log_std = self(obs) if dist is None else dist
         noise = torch.randn_like(mean)
         pre_tanh = mean + log_std.exp() * noise
@@ -416,19 +377,17 @@ class Actor(nn.Module):
         return torch.tanh(pre_tanh) * self.action_scale + self.action_bias, log_prob
 
     def deterministic(self, obs):
-        mean, _ = self(obs)
-        return torch.tanh(mean) * self.action_scale + self.action_bias
+        return torch.tanh(self(obs)[0]) * self.action_scale + self.action_bias
 
 
 class TwinCritic(nn.Module):
-    """Both Q-networks in one module: weights stacked on a leading axis of size 2, so a single
-    batched matmul per layer evaluates the pair. forward returns Q of shape [2, batch]."""
+    """Both Q-networks in one module, weights stacked on a leading axis of size 2: one batched matmul per layer
+    evaluates the pair. forward returns Q of shape [2, batch]."""
 
     def __init__(self, obs_dim, act_dim, hidden_sizes):
         super().__init__()
         sizes = [obs_dim + act_dim, *hidden_sizes, 1]
-        self.weights = nn.ParameterList()
-        self.biases = nn.ParameterList()
+        self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
         for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
             bound = 1 / math.sqrt(fan_in)  # nn.Linear's default initialization, per critic
             self.weights.append(nn.Parameter(torch.empty(2, fan_in, fan_out).uniform_(-bound, bound)))
@@ -436,28 +395,32 @@ class TwinCritic(nn.Module):
 
     def forward(self, obs, action):
         x = torch.cat([obs, action], -1).unsqueeze(0).expand(2, -1, -1)
-        last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             x = torch.baddbmm(b, x, w)
-            if i < last:
-                x = F.relu(x)
+            x = F.relu(x) if i < len(self.weights) - 1 else x
         return x.squeeze(-1)
+
+
+def arch(args: Args) -> dict:
+    """The networks' description in the checkpoint (the contract the attacks read)."""
+    return {"hidden_sizes": list(args.hidden_sizes), "activation": "relu", "actor": "tanh_gaussian",
+            "log_std_min": LOG_STD_MIN, "log_std_max": LOG_STD_MAX, "critic": "twin_stacked"}
 
 
 # --- Method: VALT-EPS update -----------------------------------------------------------------------
 def linear_ramp(step: int, start: int, end: int) -> float:
     """0 before `start`, 1 after `end`, linear in between."""
-    if end <= start:
-        return float(step >= end)
-    return min(max((step - start) / (end - start), 0.0), 1.0)
+    return float(step >= end) if end <= start else min(max((step - start) / (end - start), 0.0), 1.0)
 
 
 class Learner:
     """Networks, optimizers and the gradient update of the method."""
 
+    NETS = ("actor", "critic", "critic_target")
+    OPTIMIZERS = ("actor_optimizer", "critic_optimizer", "alpha_optimizer")
+
     def __init__(self, args: Args, obs_dim, act_dim, action_low, action_high, device):
-        self.args, self.device = args, device
-        hidden = list(args.hidden_sizes)
+        self.args, self.device, hidden = args, device, list(args.hidden_sizes)
         self.actor = Actor(obs_dim, act_dim, hidden, action_low, action_high).to(device)
         self.critic = TwinCritic(obs_dim, act_dim, hidden).to(device)
         self.critic_target = TwinCritic(obs_dim, act_dim, hidden).to(device)
@@ -473,6 +436,10 @@ class Learner:
         self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=args.alpha_lr, fused=True) if args.autotune else None
         self.eps = args.attack_eps
 
+    @property
+    def alpha(self) -> torch.Tensor:
+        return self.log_alpha.detach().exp()
+
     def worst_rate(self, global_step: int) -> float:
         """k_w: weight of the PGD-worst observation in the adversary mixture."""
         return self.args.worst_rate * linear_ramp(global_step, 0, self.args.worst_rate_remain_steps)
@@ -485,10 +452,9 @@ class Learner:
 
     def pgd_worst_obs(self, critic: TwinCritic, obs: torch.Tensor) -> torch.Tensor:
         """argmin over the eps-ball of mean_j Q_j(s, mu(s~)): signed-gradient PGD, projected after each step. The
-        random start (paper C.1: "a randomized initial step") is uniform in the step box s + U(-step, step), as the
-        reference PGD attacks start (SA-PPO src/policy_gradients/agent.py apply_attack, "critic": uniform in
-        +-eps/steps); from a whole-ball start 2 steps of eps/2 cannot reach the far face for half the coordinates.
-        The entropy term is ignored (SPEC §4); s is the true state."""
+        random start (paper C.1) is uniform in the step box s + U(-step, step), as the reference PGD attacks start
+        (SA-PPO src/policy_gradients/agent.py apply_attack, "critic": uniform in +-eps/steps); from a whole-ball start
+        2 steps of eps/2 cannot reach the far face for half the coordinates. The entropy term is ignored (SPEC §4)."""
         step = self.args.pgd_step_scale * self.eps / self.args.pgd_steps
         start = step if self.args.pgd_start == "step" else self.eps
         delta = (2 * torch.rand_like(obs) - 1) * min(start, self.eps)
@@ -500,32 +466,26 @@ class Learner:
         return (obs + delta).detach()
 
     def adversary_obs(self, critic: TwinCritic, obs: torch.Tensor, k_w: float):
-        """Samples of the eps-worst adversary nu_eps = (1-k_w) Uniform(B_eps) + k_w delta(s~_worst) and their
-        mixture weights. exact: the two components stacked along the batch ([uniform; worst]), so that the
-        mixture expectation is an exact weighted sum (one component is skipped when its weight is 0).
-        sampled: one draw per state; the data-dependent PGD batch costs a host sync (keep exact on GPUs)."""
+        """Samples of nu_eps = (1-k_w) Uniform(B_eps) + k_w delta(s~_worst) and their mixture weights. exact: the
+        components stacked along the batch ([uniform; worst]; one with weight 0 is skipped), so the expectation is
+        an exact weighted sum. sampled: one draw per state (its data-dependent PGD batch costs a host sync)."""
         if self.args.mixture == "sampled":
             obs_tilde = self.uniform_obs(obs)
             worst = torch.rand(len(obs), device=obs.device) < k_w
             if worst.any():
                 obs_tilde[worst] = self.pgd_worst_obs(critic, obs[worst])
             return obs_tilde, [1.0]
-        parts, mix = [], []
-        if k_w < 1.0:
-            parts.append(self.uniform_obs(obs))
-            mix.append(1.0 - k_w)
-        if k_w > 0.0:
-            parts.append(self.pgd_worst_obs(critic, obs))
-            mix.append(k_w)
-        return torch.cat(parts), mix
+        parts = [(1.0 - k_w, self.uniform_obs(obs))] if k_w < 1.0 else []  # drawn in this order: uniform, PGD
+        parts += [(k_w, self.pgd_worst_obs(critic, obs))] if k_w > 0.0 else []
+        return torch.cat([p for _, p in parts]), [m for m, _ in parts]
 
     def sa_regularizer(self, obs: torch.Tensor, eps: float, clean=None) -> torch.Tensor:
-        """max_{s~ in B_eps(s)} D(pi(.|s), pi(.|s~)) by SGLD, as SA-PPO's get_state_kl_bound_sgld
-        (huanzhang12/SA_PPO, src/policy_gradients/steps.py): start s + step*sign(noise), step eps/steps, signed ascent
-        of grad + sqrt(2*step*beta)/(i+2)*N(0,1) with beta = --reg-sgld-beta (reference 1e-5: the noise breaks ties,
-        it does not flip the ascent), projected each step. The clean side pi(.|s) is a constant (detached, as in the
-        reference): only pi(.|s~) at the detached maximiser carries gradient. `clean` = actor(s), if already computed.
-        SPEC §6's beta applies to each state's own gradient; the reference differentiates the batch mean instead."""
+        """max_{s~ in B_eps(s)} D(pi(.|s), pi(.|s~)) by SGLD, as SA-PPO's get_state_kl_bound_sgld (huanzhang12/SA_PPO,
+        src/policy_gradients/steps.py): start s + step*sign(noise), step eps/steps, signed ascent of grad +
+        sqrt(2*step*beta)/(i+2)*N(0,1) with beta = --reg-sgld-beta (reference 1e-5: the noise breaks ties, it does not
+        flip the ascent), projected each step. pi(.|s) is a constant (detached, as in the reference): only pi(.|s~)
+        carries gradient. `clean` = actor(s), if already computed. SPEC §6's beta applies to each state's own
+        gradient; the reference differentiates the batch mean instead."""
         steps = self.args.reg_sgld_steps
         step = eps / steps
         reference = tuple(t.detach() for t in (self.actor(obs) if clean is None else clean))
@@ -533,8 +493,7 @@ class Learner:
         delta = step * torch.randn_like(obs).sign()
         for i in range(steps):
             delta.requires_grad_(True)
-            distance = self.policy_distance(reference, obs + delta).sum()
-            (grad,) = torch.autograd.grad(distance, delta)
+            (grad,) = torch.autograd.grad(self.policy_distance(reference, obs + delta).sum(), delta)
             noise = noise_scale / (i + 2) * torch.randn_like(obs)
             delta = (delta.detach() + step * (grad + noise).sign()).clamp_(-eps, eps)
         return self.policy_distance(reference, (obs + delta).detach()).mean()
@@ -548,18 +507,14 @@ class Learner:
         return (log_std - ref_log_std + ((2 * ref_log_std).exp() + (ref_mean - mean).pow(2)) /
                 (2 * (2 * log_std).exp()) - 0.5).sum(-1)
 
-    @property
-    def alpha(self) -> torch.Tensor:
-        return self.log_alpha.detach().exp()
-
     def soft_value(self, critic, obs_critic, obs_actor):
-        """V(s, s~) = min_j Q_j(s, a') - alpha log pi(a'|s~), a' ~ pi(.|s~): critic sees the true s."""
+        """V(s, s~) = min_j Q_j(s, a') - alpha log pi(a'|s~), a' ~ pi(.|s~): the critic sees the true s."""
         action, log_prob = self.actor.sample(obs_actor)
         return critic(obs_critic, action).min(0).values - self.alpha * log_prob
 
     def critic_target_value(self, rewards, next_obs, terminated, k_w: float):
-        """y = r + gamma (1-term) [(1-k_w) V'(s', s~'_unif) + k_w V'(s', s~'_worst)]; `terminated` (not
-        truncation) cuts the bootstrap. The PGD of the target uses the target critics, the ones defining V'."""
+        """y = r + gamma (1-term) [(1-k_w) V'(s', s~'_unif) + k_w V'(s', s~'_worst)]; `terminated` (not truncation)
+        cuts the bootstrap. The target's PGD runs on the target critics, the ones defining V'."""
         if self.args.pe_adversary:
             next_obs_tilde, mix = self.adversary_obs(self.critic_target, next_obs, k_w)
         else:  # "w/o PE": the clean SAC target
@@ -576,100 +531,367 @@ class Learner:
         q = self.critic(obs, actions)
         td = q - target
         critic_loss = (weights * F.huber_loss(q, target.expand_as(q), reduction="none", delta=self.args.huber_delta)).sum(0).mean()
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic_optimizer.step()
+        optimize(self.critic_optimizer, critic_loss)
 
-        # Actor: the SAC loss alpha log pi(a|s~) - min_j Q_j(s, a), a ~ pi(.|s~), averaged over the adversary
-        # mixture (PGD on the current critics); the critic sees the true s and gets no gradient.
+        # Actor: alpha log pi(a|s~) - min_j Q_j(s, a), a ~ pi(.|s~), averaged over the adversary mixture (PGD on the
+        # current critics); the critic sees the true s and gets no gradient.
         self.critic.requires_grad_(False)
-        if self.args.pi_adversary:
-            obs_tilde, mix = self.adversary_obs(self.critic, obs, k_w)
-        else:  # "w/o PI": the clean SAC actor loss
-            obs_tilde, mix = obs, [1.0]
+        obs_tilde, mix = self.adversary_obs(self.critic, obs, k_w) if self.args.pi_adversary else (obs, [1.0])  # w/o PI
         action, log_prob = self.actor.sample(obs_tilde)
         per_sample = self.alpha * log_prob - self.critic(obs.repeat(len(mix), 1), action).min(0).values
         actor_loss = sum(m * part.mean() for m, part in zip(mix, per_sample.chunk(len(mix))))
         log_prob = sum(m * part for m, part in zip(mix, log_prob.chunk(len(mix))))  # mixture entropy for alpha
-        reg_eps = self.reg_eps(global_step)
-        reg = torch.zeros((), device=obs.device)
+        reg_eps, reg = self.reg_eps(global_step), torch.zeros((), device=obs.device)
         if self.args.reg_coef > 0 and reg_eps > 0:
             reg = self.sa_regularizer(obs, reg_eps)
             actor_loss = actor_loss + self.args.reg_coef * reg
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        self.actor_optimizer.step()
+        optimize(self.actor_optimizer, actor_loss)
         self.critic.requires_grad_(True)
-
         if self.alpha_optimizer is not None:
-            alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
-            self.alpha_optimizer.zero_grad(set_to_none=True)
-            alpha_loss.backward()
-            self.alpha_optimizer.step()
+            optimize(self.alpha_optimizer, -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean())
 
         with torch.no_grad():
             torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), self.args.tau)
         return {"td_errors": td.detach().abs().mean(0), "losses/critic_loss": critic_loss.detach(),
                 "losses/actor_loss": actor_loss.detach(), "losses/q_mean": q.detach().mean(),
-                "losses/alpha": self.alpha, "losses/entropy": -log_prob.detach().mean(),
-                "adversary/worst_rate": torch.tensor(k_w), "adversary/reg": reg.detach(),
-                "adversary/reg_eps": torch.tensor(reg_eps)}
+                "losses/alpha": self.alpha, "losses/entropy": -log_prob.detach().mean(), "losses/sa_reg": reg.detach(),
+                "adversary/worst_rate": torch.tensor(k_w), "adversary/reg_eps": torch.tensor(reg_eps)}
 
     def state_dict(self) -> dict:
-        return {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
-                "critic_target": self.critic_target.state_dict(), "log_alpha": self.log_alpha.detach().cpu(),
-                "actor_optimizer": self.actor_optimizer.state_dict(), "critic_optimizer": self.critic_optimizer.state_dict(),
-                "alpha_optimizer": self.alpha_optimizer.state_dict() if self.alpha_optimizer else None}
+        parts = {name: getattr(self, name) for name in self.NETS + self.OPTIMIZERS}
+        return {**{k: v.state_dict() if v is not None else None for k, v in parts.items()},
+                "log_alpha": self.log_alpha.detach().cpu()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.actor.load_state_dict(state["actor"])
-        self.critic.load_state_dict(state["critic"])
-        self.critic_target.load_state_dict(state["critic_target"])
+        for name in self.NETS + self.OPTIMIZERS:
+            if getattr(self, name) is not None and state[name] is not None:
+                getattr(self, name).load_state_dict(state[name])
         with torch.no_grad():
             self.log_alpha.copy_(state["log_alpha"])
-        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
-        if self.alpha_optimizer is not None and state["alpha_optimizer"] is not None:
-            self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
 
 
-# --- Behaviour policy ------------------------------------------------------------------------------
+def optimize(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
 def behaviour_action(learner: Learner, obs_n: torch.Tensor, episode_state: dict, rng: np.random.Generator,
                      global_step: int) -> np.ndarray:
-    """A fraction adv_ratio of the data is collected on uniformly perturbed observations (a cheap proxy of
-    the eps-worst adversary: PGD per environment step is too costly, SPEC §5); the buffer keeps true states."""
+    """A fraction adv_ratio of the data is collected on uniformly perturbed observations (a cheap proxy of the
+    eps-worst adversary: PGD per environment step is too costly, SPEC §5); the buffer keeps true states."""
     args = learner.args
     if args.adv_ratio_per_step or "perturbed" not in episode_state:
         episode_state["perturbed"] = bool(rng.random() < args.adv_ratio)
     if episode_state["perturbed"]:
         obs_n = learner.uniform_obs(obs_n)
     with torch.no_grad():
-        action, _ = learner.actor.sample(obs_n.unsqueeze(0))
-    return action[0].cpu().numpy()
+        return learner.actor.sample(obs_n.unsqueeze(0))[0][0].cpu().numpy()
 
 
 # --- Evaluation ------------------------------------------------------------------------------------
 def evaluate(actor: Actor, normalizer: RunningNormalizer, env: gym.Env, episodes: int, seed: int) -> list[float]:
-    """Clean returns of the deterministic policy; the normalizer is frozen (read only)."""
+    """Clean returns of the deterministic policy (`actor.deterministic`); the normalizer is frozen (read only)."""
     returns = []
     for episode in range(episodes):
-        obs, _ = env.reset(seed=seed + episode)
-        done, total = False, 0.0
+        (obs, _), done, total = env.reset(seed=seed + episode), False, 0.0
         while not done:
             with torch.no_grad():
                 obs_n = normalizer.normalize(torch.as_tensor(obs, dtype=torch.float32, device=normalizer.device))
                 action = actor.deterministic(obs_n.unsqueeze(0))[0].cpu().numpy()
             obs, reward, terminated, truncated, _ = env.step(action)
-            total += float(reward)
-            done = terminated or truncated
+            total, done = total + float(reward), terminated or truncated
         returns.append(total)
     return returns
 
 
-# --- Checkpoint (the contract every attack reads; see README "Checkpoint contract") ----------------
+# --- Training loop ---------------------------------------------------------------------------------
+def train(args: Args) -> dict:
+    """Runs the whole experiment; returns a summary (final evaluation, checkpoint path, the learner)."""
+    args = resolve_args(args)
+    run = Run(args)  # seeds python/numpy/torch, picks the device, reads --resume
+    env_kwargs = parse_env_kwargs(args.env_id, args.env_kwargs)
+    env, eval_env = make_env(args.env_id, env_kwargs), make_env(args.env_id, env_kwargs)
+    env.action_space.seed(args.seed)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    low, high = env.action_space.low, env.action_space.high
+    learner = Learner(args, obs_dim, act_dim, low, high, run.device)
+    normalizer = RunningNormalizer(obs_dim, args.obs_clip, run.device)
+    buffer = PrioritizedReplayBuffer(args.buffer_size, obs_dim, act_dim, run.device, prioritized=args.per,
+                                     alpha=args.per_alpha, eps=args.per_eps, seed=args.seed)
+    obs, _ = env.reset(seed=args.seed)
+    normalizer.update(obs)  # the normalizer sees every observation the agent acts on, reset ones included
+    with run.attach(env, env_kwargs, learner, normalizer, buffer):
+        ts = run.restore(TrainState(obs=obs))
+        logs: dict = {}
+        while ts.global_step < args.total_timesteps:
+            updating, tick = ts.global_step >= args.learning_starts, time.perf_counter()
+            obs_n = normalizer.normalize(torch.as_tensor(ts.obs, dtype=torch.float32, device=run.device))
+            if not updating:
+                action = run.rng.uniform(low, high).astype(np.float32)
+            else:
+                action = behaviour_action(learner, obs_n, ts.episode_state, run.rng, ts.global_step)
+            next_obs, reward, terminated, truncated, _ = env.step(action)
+            buffer.add(ts.obs, action, reward, next_obs, terminated)  # the TRUE next state; truncation bootstraps
+            normalizer.update(next_obs)
+            ts.advance(next_obs, reward)
+            if terminated or truncated:
+                run.episode_end(ts)
+                ts.obs, _ = env.reset()
+                normalizer.update(ts.obs)
+
+            if ts.global_step > args.learning_starts and buffer.size >= args.batch_size:
+                beta = args.per_beta_start + (1.0 - args.per_beta_start) * min(1.0, ts.global_step / args.total_timesteps)
+                idx, b_obs, b_act, b_rew, b_next, b_term, b_w = buffer.sample(args.batch_size, beta)
+                logs = learner.update(normalizer.normalize(b_obs), b_act, b_rew, normalizer.normalize(b_next),
+                                      b_term, b_w, ts.global_step)
+                buffer.update_priorities(idx, logs["td_errors"])
+                run.watch(logs)
+            if updating:
+                run.count_update_time(time.perf_counter() - tick)
+            run.periodic(ts, ts.global_step - 1, logs, evaluate_policy=lambda: evaluate(
+                learner.actor, normalizer, eval_env, args.eval_episodes, args.seed + 10_000),
+                progress=lambda: f"alpha {float(learner.alpha):.3f}")
+        run.finish(ts, evaluate(learner.actor, normalizer, eval_env, args.eval_episodes, args.seed + 10_000))
+    env.close()
+    eval_env.close()
+    return {"eval_returns": run.last_eval, "save_path": args.save_path, "global_step": ts.global_step,
+            "learner": learner, "normalizer": normalizer, "buffer": buffer}
+
+
+# --- Run harness: checkpoint, resume, divergence guard, stop (identical in every script) ------------
+CHECKPOINT_FORMAT = 1
+
+
+class UserError(Exception):
+    """Bad input: one line, exit code 2."""
+
+
+class Diverged(Exception):
+    """A non-finite loss or parameter: stopped without saving, one line, exit code 3."""
+
+
+class Preempted(Exception):
+    """SIGTERM or SIGINT: saved and stopped, exit code 128 + args[1] (the signal number)."""
+
+
+@dataclass
+class TrainState:
+    """What the loop carries from step to step; saved in every checkpoint for an exact resume."""
+    global_step: int = 0
+    episode_return: float = 0.0
+    episode_length: int = 0
+    episode_state: dict = field(default_factory=dict)  # a method's per-episode state (e.g. an adversary's draw)
+    obs: Optional[np.ndarray] = None
+
+    def advance(self, next_obs, reward) -> None:
+        self.global_step, self.episode_length, self.obs = self.global_step + 1, self.episode_length + 1, next_obs
+        self.episode_return += float(reward)
+
+
+def crossed(every: int, before: int, after: int) -> bool:
+    """Whether a multiple of `every` lies in (before, after] (a PPO rollout ends off the round numbers)."""
+    return every > 0 and after // every > before // every
+
+
+class Run:
+    """Seeding, tensorboard, atomic checkpoints (never a non-finite one), exact resume, the divergence guard
+    (device-side flags, read once per progress line) and SIGTERM/SIGINT (finish the step, save, stop)."""
+
+    def __init__(self, args):
+        self.args, ckpt = args, load_checkpoint(args.resume) if args.resume else None
+        if ckpt is not None and ckpt.get("slim"):
+            raise UserError(f"--resume: {args.resume} is a slim checkpoint (networks only, for attacks): resume from "
+                            "the run's full model.pt")
+        if ckpt is not None and (ckpt["method"], ckpt["env_id"]) != (METHOD, args.env_id):
+            raise UserError(f"--resume: checkpoint is {ckpt['method']} on {ckpt['env_id']}, this run is {METHOD} on "
+                            f"{args.env_id}")
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        random.seed(args.seed)
+        np.random.seed(args.seed)
+        torch.manual_seed(args.seed)
+        self.rng = np.random.default_rng(args.seed)  # exploration actions, episode-level coins (replay has its own)
+        self.device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+        self.resume, self.last_good = ckpt, f"{args.resume} (step {ckpt['global_step']})" if ckpt else None
+        self.health, self.stop_signal, self.last_eval = {}, None, []
+        self.recent_returns: deque = deque(maxlen=10)
+        self.update_clock = [0, 0.0]  # steps and seconds of the updating phase (evaluations excluded)
+        self.summary: dict = {"eval_returns": [], "eval_mean": float("nan"), "eval_std": float("nan"), "sps": 0.0}
+
+    @contextlib.contextmanager
+    def attach(self, env, env_kwargs, learner, normalizer, buffer=None, **parts):
+        """What the checkpoints hold (`parts`: more objects with state dicts); tensorboard and the signal handlers
+        live while the loop runs."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.env, self.env_kwargs, self.learner, self.normalizer, self.buffer, self.parts = (
+            env, env_kwargs, learner, normalizer, buffer, parts)
+        self.writer = SummaryWriter(os.path.join("runs", self.args.run_name))
+        self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(
+            f"|{k}|{v}|" for k, v in vars(self.args).items()))
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
+            handlers = {sig: signal.signal(sig, self.on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield self
+        finally:
+            self.writer.close()  # also when preempted or diverged: the events since the last flush are kept
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+
+    def restore(self, ts: TrainState) -> TrainState:
+        """The loop's state from --resume: networks, optimizers, normalizer, RNGs, environment, buffer."""
+        ckpt, path = self.resume, self.args.resume
+        self.start = (time.time(), ckpt["global_step"] if ckpt else 0)
+        if ckpt is None:
+            return ts
+        saved = ckpt["train_state"]
+        try:
+            self.learner.load_state_dict(ckpt)
+            for name, part in self.parts.items():
+                part.load_state_dict(saved[name])
+        except (RuntimeError, KeyError, ValueError) as e:  # e.g. other --hidden-sizes than the saved run
+            raise UserError(f"--resume: {path} does not fit this run's networks/options ({one_line(e)})")
+        self.normalizer.load_state_dict(ckpt["normalizer"])
+        ts = TrainState(ckpt["global_step"], saved["episode_return"], saved["episode_length"],
+                        saved.get("episode_state", {}), ts.obs)
+        random.setstate(saved["python_rng"])
+        np.random.set_state(tuple(saved["numpy_global_rng"]))  # stored as a list of plain values
+        self.rng.bit_generator.state = saved.get("numpy_rng", self.rng.bit_generator.state)
+        torch.set_rng_state(saved["torch_rng"])
+        if self.device.type == "cuda" and saved.get("cuda_rng"):  # one state per GPU at save time; the count may
+            states = saved["cuda_rng"]  # have changed: ours, or the first
+            torch.cuda.set_rng_state(states[min(torch.cuda.current_device(), len(states) - 1)])
+        buffer_path = os.path.join(os.path.dirname(path), saved.get("buffer_file") or "-")
+        if self.buffer is not None and os.path.isfile(buffer_path):
+            try:
+                state = torch.load(buffer_path, map_location="cpu", weights_only=True)
+            except Exception as e:  # truncated or not a buffer file
+                raise UserError(f"--resume: {buffer_path} is not a readable replay buffer ({type(e).__name__}); "
+                                "delete it to resume with an empty buffer")
+            if state.get("global_step") == ts.global_step:
+                try:
+                    self.buffer.load_state_dict(state)
+                except (RuntimeError, KeyError, ValueError) as e:
+                    raise UserError(f"--resume: {buffer_path} does not match this run's buffer ({one_line(e)})")
+        if self.buffer is not None and self.buffer.size == 0:
+            print(f"[resume] no replay buffer of step {ts.global_step} next to {path} (train with --save-buffer for "
+                  "an exact resume): refilling from empty", flush=True)
+        if saved["env_state"] is not None:
+            set_env_state(self.env, saved["env_state"])
+            ts.obs = saved["obs"].numpy()
+        else:
+            print("[resume] environment state not restorable: starting a new episode", flush=True)
+        print(f"[resume] continuing {path} at step {ts.global_step}", flush=True)
+        return ts
+
+    def watch(self, logs: dict) -> None:
+        """A device-side non-finite flag per logged loss: no host sync here."""
+        for key, value in logs.items():
+            if key.startswith(("losses/", "adversary/")):
+                self.health[key] = self.health.get(key, False) | ~torch.isfinite(value)
+
+    def check(self, step: int, when: str, names: tuple = ()) -> None:
+        bad = [key for key, flag in self.health.items() if bool(flag)] + list(names)  # the guard's one host sync
+        if bad:
+            good = self.last_good or f"none written by this run ({self.args.save_path} untouched)"
+            raise Diverged(f"non-finite {', '.join(bad[:4])} at or before step {step} ({when}); stopped without "
+                           f"saving; last good checkpoint: {good}")
+
+    def episode_end(self, ts: TrainState) -> None:
+        self.recent_returns.append(ts.episode_return)
+        self.writer.add_scalar("charts/episodic_return", ts.episode_return, ts.global_step)
+        self.writer.add_scalar("charts/episodic_length", ts.episode_length, ts.global_step)
+        ts.episode_return, ts.episode_length, ts.episode_state = 0.0, 0, {}
+
+    def count_update_time(self, seconds: float) -> None:
+        self.update_clock = [self.update_clock[0] + 1, self.update_clock[1] + seconds]
+
+    def periodic(self, ts: TrainState, before: int, logs: dict, evaluate_policy, progress) -> None:
+        """After the steps (before, ts.global_step]: progress line and scalars, evaluation, checkpoint, stop."""
+        args, step = self.args, ts.global_step
+        if crossed(args.log_every, before, step) or step == args.total_timesteps:
+            self.check(step, f"read every --log-every {args.log_every} steps")
+            sps = (step - self.start[1]) / max(time.time() - self.start[0], 1e-9)
+            self.writer.add_scalar("charts/SPS", sps, step)
+            for key, value in logs.items():
+                if key.startswith(("losses/", "adversary/", "charts/")):
+                    self.writer.add_scalar(key, float(value), step)
+            ret = f"{np.mean(self.recent_returns):9.1f}" if self.recent_returns else "      n/a"
+            print(f"[{METHOD}] step {step:>9d}/{args.total_timesteps} | sps {sps:6.1f} | return(10) {ret} | "
+                  f"{progress()} | eta {(args.total_timesteps - step) / max(sps, 1e-9) / 60:6.1f} min", flush=True)
+        if crossed(args.eval_every, before, step) and step < args.total_timesteps:
+            self.record_eval(step, evaluate_policy())
+        saved_now = crossed(args.save_every, before, step) and step < args.total_timesteps
+        if saved_now or (self.stop_signal is not None and step < args.total_timesteps):
+            self.save(ts)
+        if self.stop_signal is not None and step < args.total_timesteps:
+            no_buffer = "" if args.save_buffer or self.buffer is None else " (no buffer: --save-buffer for an exact resume)"
+            raise Preempted(f"saved {args.save_path} at step {step}{no_buffer}; continue with the same options plus "
+                            f"--resume {args.save_path}", self.stop_signal)
+
+    def record_eval(self, step: int, returns: list, final: bool = False) -> None:
+        self.last_eval = returns
+        self.writer.add_scalar("eval/return", np.mean(returns), step)
+        self.summary.update(eval_returns=[float(r) for r in returns], eval_mean=float(np.mean(returns)),
+                            eval_std=float(np.std(returns)), eval_step=step,
+                            sps=(step - self.start[1]) / max(time.time() - self.start[0], 1e-9))
+        if self.update_clock[0]:  # read by benchmarks/
+            self.summary["sps_updating"] = self.update_clock[0] / max(self.update_clock[1], 1e-9)
+        print(f"[{METHOD}] {'final eval' if final else 'eval'} at {step}: {np.mean(returns):.1f} +- "
+              f"{np.std(returns):.1f}", flush=True)
+
+    def finish(self, ts: TrainState, returns: list) -> None:
+        self.record_eval(ts.global_step, returns, final=True)
+        self.save(ts)
+        print(f"[{METHOD}] checkpoint: {self.args.save_path}", flush=True)
+
+    def save(self, ts: TrainState) -> None:
+        """Checks every flag and parameter first: a non-finite state never replaces a checkpoint."""
+        args, step, space, np_state = self.args, ts.global_step, self.env.action_space, np.random.get_state()
+        self.check(step, "before saving", nonfinite_tensors(self.learner.state_dict()))
+        stem = os.path.splitext(args.save_path)[0]
+        for path in [args.save_path] + ([f"{stem}_step{step}.pt"] if args.keep_checkpoints else []):
+            buffer_file = None
+            if args.save_buffer and self.buffer is not None:  # next to the checkpoint, written first
+                buffer_file = os.path.basename(os.path.splitext(path)[0]) + "_buffer.pt"
+                atomic_save({**self.buffer.state_dict(), "global_step": step}, os.path.join(os.path.dirname(path),
+                                                                                            buffer_file))
+            train_state = {
+                "episode_return": ts.episode_return, "episode_length": ts.episode_length,
+                "episode_state": ts.episode_state, "obs": torch.as_tensor(ts.obs), "env_state": get_env_state(self.env),
+                "python_rng": random.getstate(), "numpy_rng": self.rng.bit_generator.state,
+                "numpy_global_rng": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+                "torch_rng": torch.get_rng_state(), "buffer_file": buffer_file,
+                "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+                **{name: part.state_dict() for name, part in self.parts.items()}}
+            atomic_save({
+                "checkpoint_format": CHECKPOINT_FORMAT, "method": METHOD, "env_id": args.env_id,
+                "env_kwargs": self.env_kwargs, "obs_dim": self.env.observation_space.shape[0],
+                "act_dim": space.shape[0], "action_low": torch.as_tensor(space.low, dtype=torch.float32),
+                "action_high": torch.as_tensor(space.high, dtype=torch.float32), "arch": arch(args),
+                "eps": args.attack_eps, "global_step": step, "args": dataclasses.asdict(args),
+                "normalizer": self.normalizer.state_dict(), **self.learner.state_dict(), "train_state": train_state,
+                "summary": self.summary}, path)
+        self.last_good = f"{args.save_path} (step {step})"
+
+    def on_signal(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.stop_signal is not None:  # a second signal: exit at once
+            print(f"[{METHOD}] second {name}: exiting now, without saving", flush=True)
+            os._exit(128 + signum)
+        self.stop_signal = signum
+        print(f"[{METHOD}] {name}: finishing this step, then saving (again to exit at once)", flush=True)
+
+
+def one_line(e: Exception) -> str:
+    return str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+
+
 def atomic_save(obj, path: str) -> None:
-    """Temp file + rename: a reader never sees a half-written file, and a failed write (disk full, permission)
-    leaves the previous file as it was and is one clear error."""
+    """Temp file + rename: a reader never sees a half-written file; a failed write (disk full, permission) leaves
+    the previous file intact and is one clear error."""
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -678,8 +900,7 @@ def atomic_save(obj, path: str) -> None:
     except (OSError, RuntimeError) as e:  # torch.save reports some write failures as RuntimeError
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        raise UserError(f"cannot write {path} ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
-                        "the previous file there is intact")
+        raise UserError(f"cannot write {path} ({type(e).__name__}: {one_line(e)}); the previous file there is intact")
 
 
 def nonfinite_tensors(state: dict, prefix: str = "") -> list[str]:
@@ -699,312 +920,21 @@ def load_checkpoint(path: str) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip or unpickler-policy errors all mean "not a checkpoint"
-        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}: {one_line(e)})")
     if not isinstance(ckpt, dict) or "checkpoint_format" not in ckpt or "actor" not in ckpt:
         raise UserError(f"{path} is not a checkpoint of this project (no checkpoint_format / actor entries)")
     return ckpt
 
 
-def build_checkpoint(args, learner, normalizer, env, obs_dim, act_dim, env_kwargs, eps, global_step, train_state,
-                     summary) -> dict:
-    return {
-        "checkpoint_format": CHECKPOINT_FORMAT, "method": METHOD, "env_id": args.env_id, "env_kwargs": env_kwargs,
-        "obs_dim": obs_dim, "act_dim": act_dim,
-        "action_low": torch.as_tensor(env.action_space.low, dtype=torch.float32),
-        "action_high": torch.as_tensor(env.action_space.high, dtype=torch.float32),
-        "arch": {"hidden_sizes": list(args.hidden_sizes), "activation": "relu", "actor": "tanh_gaussian",
-                 "log_std_min": LOG_STD_MIN, "log_std_max": LOG_STD_MAX, "critic": "twin_stacked"},
-        "eps": eps, "global_step": global_step, "args": dataclasses.asdict(args), "normalizer": normalizer.state_dict(),
-        **learner.state_dict(), "train_state": train_state, "summary": summary,
-    }
-
-
-# --- Training loop ---------------------------------------------------------------------------------
-def resolve_args(args: Args) -> Args:
-    task = task_name(args.env_id)
-    if args.total_timesteps is None:
-        args.total_timesteps = TOTAL_TIMESTEPS.get(task, 1_000_000)
-    if args.attack_eps is None:
-        args.attack_eps = ATTACK_EPS.get(task)
-    if args.attack_eps is not None and args.attack_eps <= 0:
-        raise UserError(f"--attack-eps must be > 0, got {args.attack_eps}")
-    if args.attack_eps is None:
-        raise UserError(f"no default attack radius for {args.env_id}: pass --attack-eps")
-    if task not in WORST_RATE_REMAIN_STEPS and None in (args.worst_rate_remain_steps, args.adv_ratio, args.reg_coef):
-        raise UserError(f"no paper defaults for {args.env_id}: pass --worst-rate-remain-steps, --adv-ratio, --reg-coef")
-    if args.worst_rate_remain_steps is None:
-        args.worst_rate_remain_steps = WORST_RATE_REMAIN_STEPS[task]
-    if args.adv_ratio is None:
-        args.adv_ratio = ADV_RATIO[task]
-    if args.reg_coef is None:
-        args.reg_coef = REG_COEF[task]
-    ramp = REG_EPS_RAMP.get(task, (0, 0))
-    args.reg_eps_start_step = ramp[0] if args.reg_eps_start_step is None else args.reg_eps_start_step
-    args.reg_eps_end_step = ramp[1] if args.reg_eps_end_step is None else args.reg_eps_end_step
-    if args.pgd_steps < 1 or args.reg_sgld_steps < 1:
-        raise UserError("--pgd-steps and --reg-sgld-steps must be >= 1")
-    if not args.reg_sgld_beta >= 0:
-        raise UserError(f"--reg-sgld-beta must be >= 0, got {args.reg_sgld_beta}")
-    if args.pgd_start not in ("step", "ball"):
-        raise UserError(f"--pgd-start must be step or ball, got {args.pgd_start!r}")
-    if args.mixture not in ("exact", "sampled"):
-        raise UserError(f"--mixture must be exact or sampled, got {args.mixture!r}")
-    if not 0.0 <= args.adv_ratio <= 1.0 or not 0.0 <= args.worst_rate <= 1.0:
-        raise UserError("--adv-ratio and --worst-rate must lie in [0, 1]")
-    if args.reg_distance not in ("mse", "kl"):
-        raise UserError(f"--reg-distance must be mse or kl, got {args.reg_distance!r}")
-    if args.total_timesteps <= 0 or args.batch_size <= 0 or args.buffer_size <= 0:
-        raise UserError("--total-timesteps, --batch-size and --buffer-size must be positive")
-    if args.run_name is None:
-        args.run_name = f"{args.env_id}__{METHOD}__{args.seed}__{int(time.time())}"
-    if args.save_path is None:
-        args.save_path = os.path.join("runs", args.run_name, "model.pt")
-    return args
-
-
-def train(args: Args) -> dict:
-    """Runs the whole experiment; returns a summary (final evaluation, checkpoint path)."""
-    args = resolve_args(args)
-    resume_ckpt = load_checkpoint(args.resume) if args.resume else None
-    if resume_ckpt is not None:
-        if resume_ckpt.get("slim"):
-            raise UserError(f"--resume: {args.resume} is a slim checkpoint (networks only, for attacks): resume from "
-                            "the run's full model.pt")
-        if resume_ckpt["method"] != METHOD or resume_ckpt["env_id"] != args.env_id:
-            raise UserError(f"--resume: checkpoint is {resume_ckpt['method']} on {resume_ckpt['env_id']}, "
-                            f"this run is {METHOD} on {args.env_id}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)  # exploration actions, episode-level coins (replay has its own)
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-
-    env_kwargs = parse_env_kwargs(args.env_id, args.env_kwargs)
-    env = make_env(args.env_id, env_kwargs)
-    eval_env = make_env(args.env_id, env_kwargs)
-    env.action_space.seed(args.seed)
-    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    low, high = env.action_space.low, env.action_space.high
-    eps = args.attack_eps
-
-    learner = Learner(args, obs_dim, act_dim, low, high, device)
-    normalizer = RunningNormalizer(obs_dim, args.obs_clip, device)
-    buffer = PrioritizedReplayBuffer(args.buffer_size, obs_dim, act_dim, device, prioritized=args.per,
-                                     alpha=args.per_alpha, eps=args.per_eps, seed=args.seed)
-
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(os.path.join("runs", args.run_name))
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-
-    global_step, episode_return, episode_length = 0, 0.0, 0
-    episode_state: dict = {}
-    obs, _ = env.reset(seed=args.seed)
-    normalizer.update(obs)  # the normalizer sees every observation the agent acts on, reset ones included
-    if resume_ckpt is not None:
-        try:
-            learner.load_state_dict(resume_ckpt)
-        except (RuntimeError, KeyError, ValueError) as e:  # e.g. other --hidden-sizes than the saved run
-            raise UserError(f"--resume: {args.resume} does not fit this run's networks/options "
-                            f"({str(e).splitlines()[0][:160]})")
-        normalizer.load_state_dict(resume_ckpt["normalizer"])
-        ts = resume_ckpt["train_state"]
-        global_step, episode_return, episode_length = resume_ckpt["global_step"], ts["episode_return"], ts["episode_length"]
-        episode_state = ts["episode_state"]
-        random.setstate(ts["python_rng"])
-        np.random.set_state(tuple(ts["numpy_global_rng"]))  # stored as a list of plain values
-        rng.bit_generator.state = ts["numpy_rng"]
-        torch.set_rng_state(ts["torch_rng"])
-        if device.type == "cuda" and ts.get("cuda_rng"):  # one state per GPU seen at save time: only ours matters,
-            states, index = ts["cuda_rng"], torch.cuda.current_device()  # and the GPU count may have changed
-            torch.cuda.set_rng_state(states[index if index < len(states) else 0])
-        buffer_path = os.path.join(os.path.dirname(args.resume), ts["buffer_file"]) if ts["buffer_file"] else None
-        buffer_state = None
-        if buffer_path and os.path.isfile(buffer_path):
-            try:
-                buffer_state = torch.load(buffer_path, map_location="cpu", weights_only=True)
-            except Exception as e:  # truncated or not a buffer file
-                raise UserError(f"--resume: {buffer_path} is not a readable replay buffer ({type(e).__name__}); "
-                                "delete it to resume with an empty buffer")
-        if buffer_state is not None and buffer_state.get("global_step") == global_step:
-            try:
-                buffer.load_state_dict(buffer_state)
-            except (RuntimeError, KeyError, ValueError) as e:
-                raise UserError(f"--resume: {buffer_path} does not match this run's buffer "
-                                f"({str(e).splitlines()[0][:160]})")
-        else:
-            print(f"[resume] no replay buffer of step {global_step} next to {args.resume} (train with --save-buffer "
-                  "for an exact resume): refilling from empty", flush=True)
-        if ts["env_state"] is not None:
-            set_env_state(env, ts["env_state"])
-            obs = ts["obs"].numpy()
-        else:
-            print("[resume] environment state not restorable: starting a new episode", flush=True)
-        print(f"[resume] continuing {args.resume} at step {global_step}", flush=True)
-
-    last_saved = {"path": args.resume, "step": global_step if args.resume else None}
-
-    def save(step: int) -> None:
-        """Never replaces a checkpoint by one holding non-finite values (checked before anything is written)."""
-        bad = [k for k, flag in health.items() if bool(flag)] + nonfinite_tensors(learner.state_dict())
-        if bad:
-            diverged(bad, step, "before saving")
-        stem = os.path.splitext(args.save_path)[0]
-        paths = [args.save_path] + ([f"{stem}_step{step}.pt"] if args.keep_checkpoints else [])
-        np_state = np.random.get_state()
-        for path in paths:
-            buffer_file = None
-            if args.save_buffer:
-                buffer_file = os.path.basename(os.path.splitext(path)[0]) + "_buffer.pt"  # next to the checkpoint
-                atomic_save({**buffer.state_dict(), "global_step": step}, os.path.join(os.path.dirname(path), buffer_file))
-            train_state = {
-                "episode_return": episode_return, "episode_length": episode_length, "episode_state": episode_state,
-                "obs": torch.as_tensor(obs), "env_state": get_env_state(env),
-                "python_rng": random.getstate(), "numpy_rng": rng.bit_generator.state,
-                "numpy_global_rng": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
-                "torch_rng": torch.get_rng_state(), "buffer_file": buffer_file,
-                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],  # --cuda: exact resume too
-            }
-            atomic_save(build_checkpoint(args, learner, normalizer, env, obs_dim, act_dim, env_kwargs, eps, step,
-                                         train_state, summary), path)
-        last_saved.update(path=args.save_path, step=step)
-
-    def diverged(names: list[str], step: int, when: str) -> None:
-        good = (f"{last_saved['path']} (step {last_saved['step']})" if last_saved["path"]
-                else f"none written by this run ({args.save_path} untouched)")
-        raise Diverged(f"non-finite {', '.join(names[:4])} at or before step {step} ({when}); stopped without saving; "
-                       f"last good checkpoint: {good}")
-
-    # Divergence guard without a host sync per update: each guarded loss leaves a device-side flag, read once per
-    # --log-every steps, so at most that many updates run between a non-finite loss and the stop (and save()
-    # checks the flags and every parameter before writing).
-    health: dict = {}
-    stop = {"signal": None}
-
-    def on_signal(signum, frame) -> None:
-        if stop["signal"] is not None:  # a second signal: exit at once
-            print(f"[{METHOD}] second {signal.Signals(signum).name}: exiting now, without saving", flush=True)
-            os._exit(128 + signum)
-        stop["signal"] = signum
-        print(f"[{METHOD}] {signal.Signals(signum).name}: finishing this step, then saving (again to exit at once)",
-              flush=True)
-
-    handlers = {}
-    if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
-        handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-    recent_returns: deque[float] = deque(maxlen=10)
-    last_eval: list[float] = []
-    start_time, start_step = time.time(), global_step
-    # Last clean evaluation and throughput, stored in every checkpoint (read by benchmarks/).
-    summary: dict = {"eval_returns": [], "eval_mean": float("nan"), "eval_std": float("nan"), "sps": 0.0}
-
-    update_clock = {"step": 0, "seconds": 0.0}  # steps/s of the updating phase, evaluations excluded
-
-    def record_eval(returns: list[float]) -> None:
-        writer.add_scalar("eval/return", np.mean(returns), global_step)
-        summary.update(eval_returns=[float(r) for r in returns], eval_mean=float(np.mean(returns)),
-                       eval_std=float(np.std(returns)), eval_step=global_step,
-                       sps=(global_step - start_step) / max(time.time() - start_time, 1e-9),
-                       sps_updating=update_clock["step"] / max(update_clock["seconds"], 1e-9))
-    logs: dict = {}
-    try:
-        while global_step < args.total_timesteps:
-            if global_step >= args.learning_starts:
-                tick = time.perf_counter()
-            obs_n = normalizer.normalize(torch.as_tensor(obs, dtype=torch.float32, device=device))
-            if global_step < args.learning_starts:
-                action = rng.uniform(low, high).astype(np.float32)
-            else:
-                action = behaviour_action(learner, obs_n, episode_state, rng, global_step)
-            next_obs, reward, terminated, truncated, _ = env.step(action)
-            # The buffer stores the TRUE next state; a time-limit truncation keeps bootstrapping.
-            buffer.add(obs, action, reward, next_obs, terminated)
-            normalizer.update(next_obs)
-            global_step += 1
-            episode_return += float(reward)
-            episode_length += 1
-            obs = next_obs
-            if terminated or truncated:
-                recent_returns.append(episode_return)
-                writer.add_scalar("charts/episodic_return", episode_return, global_step)
-                writer.add_scalar("charts/episodic_length", episode_length, global_step)
-                obs, _ = env.reset()
-                normalizer.update(obs)
-                episode_return, episode_length, episode_state = 0.0, 0, {}
-
-            if global_step > args.learning_starts and buffer.size >= args.batch_size:
-                beta = args.per_beta_start + (1.0 - args.per_beta_start) * min(1.0, global_step / args.total_timesteps)
-                idx, b_obs, b_act, b_rew, b_next, b_term, b_w = buffer.sample(args.batch_size, beta)
-                logs = learner.update(normalizer.normalize(b_obs), b_act, b_rew, normalizer.normalize(b_next),
-                                      b_term, b_w, global_step)
-                buffer.update_priorities(idx, logs["td_errors"])  # stays on the device
-                for key, value in logs.items():
-                    if key.startswith(("losses/", "adversary/loss")):
-                        flag = ~torch.isfinite(value)
-                        health[key] = flag if key not in health else health[key] | flag
-
-            if global_step > args.learning_starts:
-                update_clock["step"] += 1
-                update_clock["seconds"] += time.perf_counter() - tick
-
-            if global_step % args.log_every == 0 or global_step == args.total_timesteps:
-                bad = [k for k, flag in health.items() if bool(flag)]  # the one host sync of the guard
-                if bad:
-                    diverged(bad, global_step, f"read every --log-every {args.log_every} steps")
-                sps = (global_step - start_step) / max(time.time() - start_time, 1e-9)
-                writer.add_scalar("charts/SPS", sps, global_step)
-                for key, value in logs.items():
-                    if key.startswith(("losses/", "adversary/")):
-                        writer.add_scalar(key, float(value), global_step)
-                ret = f"{np.mean(recent_returns):9.1f}" if recent_returns else "      n/a"
-                eta = (args.total_timesteps - global_step) / max(sps, 1e-9)
-                print(f"[{METHOD}] step {global_step:>9d}/{args.total_timesteps} | sps {sps:6.1f} | return(10) {ret} | "
-                      f"alpha {float(learner.alpha):.3f} | eta {eta / 60:6.1f} min", flush=True)
-            if args.eval_every and global_step % args.eval_every == 0 and global_step < args.total_timesteps:
-                last_eval = evaluate(learner.actor, normalizer, eval_env, args.eval_episodes, args.seed + 10_000)
-                record_eval(last_eval)
-                print(f"[{METHOD}] eval at {global_step}: {np.mean(last_eval):.1f} +- {np.std(last_eval):.1f}", flush=True)
-            if args.save_every and global_step % args.save_every == 0:
-                save(global_step)
-            if stop["signal"] is not None:
-                if not (args.save_every and global_step % args.save_every == 0):  # (not saved a moment ago)
-                    save(global_step)
-                raise Preempted(f"saved {args.save_path} at step {global_step}"
-                                f"{'' if args.save_buffer else ' (no buffer: --save-buffer for an exact resume)'}; continue "
-                                f"with the same options plus --resume {args.save_path}", stop["signal"])
-
-        last_eval = evaluate(learner.actor, normalizer, eval_env, args.eval_episodes, args.seed + 10_000)
-        record_eval(last_eval)
-        print(f"[{METHOD}] final eval at {global_step}: {np.mean(last_eval):.1f} +- {np.std(last_eval):.1f}", flush=True)
-        save(global_step)
-        writer.close()
-        env.close()
-        eval_env.close()
-    finally:
-        writer.close()  # also when preempted or diverged: the events since the last flush are kept
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-    print(f"[{METHOD}] checkpoint: {args.save_path}", flush=True)
-    return {"eval_returns": last_eval, "save_path": args.save_path, "global_step": global_step, "learner": learner,
-            "normalizer": normalizer, "buffer": buffer}
-
-
 def main(argv: Optional[list[str]] = None) -> None:
-    args = tyro.cli(Args, args=argv)
     try:
-        train(args)
-    except UserError as e:
+        train(tyro.cli(Args, args=argv))
+    except (UserError, Diverged) as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except Diverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(3)
+        sys.exit(2 if isinstance(e, UserError) else 3)
     except Preempted as e:
-        print(f"[{METHOD}] stopped: {e}", file=sys.stderr)
-        sys.exit(128 + e.signum)
+        print(f"[{METHOD}] stopped: {e.args[0]}", file=sys.stderr)
+        sys.exit(128 + e.args[1])
 
 
 if __name__ == "__main__":
