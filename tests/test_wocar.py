@@ -1,5 +1,5 @@
 """wocar_ppo.py (WocaR-PPO): interval bounds are sound, the worst action minimises Q_w inside the policy's action
-box, Q_w's target by hand, the kappa schedules, smoke runs that really update (Hopper, Ant 111-dim), exact resume,
+box, Q_w's target by hand, the q_weight schedules, smoke runs that really update (Hopper, Ant 111-dim), exact resume,
 attacks on the checkpoint, the sweep's budgets."""
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ def test_worst_action_radius_is_the_references_fixed_value_unless_scheduled():
     assert scheduled.worst_action_radius(0) == 0.0 and scheduled.worst_action_radius(90) == scheduled.reg_eps(90) > 0.05
 
 
-def test_kappa_schedules():
+def test_q_weight_schedules():
     assert learner().q_weight(50) == pytest.approx(0.8 * 0.5)  # Hopper: linear to 0.8
     walker = wocar_ppo.Learner(wocar_ppo.resolve_args(wocar_ppo.Args(env_id="Walker2d-v4", hidden_sizes=(32, 32))),
                                11, 3, -np.ones(3), np.ones(3), CPU, num_iterations=100)
