@@ -13,7 +13,7 @@ reported separately; --total-timesteps counts the agent's.
     python atla_ppo.py --env-id Hopper-v4
     python atla_ppo.py --env-id Hopper-v4 --pa            # PA-ATLA-PPO
 
-Same sections in the same order as ppo.py; `diff robust_ppo.py atla_ppo.py` shows the adversary.
+Every PPO-family script has the same sections in the same order, so `diff ppo.py atla_ppo.py` shows only the method.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import threading
 import time
 import warnings
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import gymnasium as gym
@@ -40,60 +40,47 @@ import torch.nn.functional as F
 import tyro
 
 METHOD = "atla_ppo"
-CHECKPOINT_FORMAT = 1
-
-# --- Configuration ---------------------------------------------------------------------------------
-# Per-task defaults, keyed by the env id's prefix ("Hopper-v4" -> "Hopper").
-ATTACK_EPS = {"Hopper": 0.075, "Walker2d": 0.05, "HalfCheetah": 0.15, "Ant": 0.15}  # SPEC §1
-# ATLA's budget: train_steps 2441 alternations of 2048 agent + 2048 adversary steps (10M environment steps in all);
-# the paper's Table 1 used 10M (Ant 20M) in all, sweep.py's budgets.
-TOTAL_TIMESTEPS = {"Hopper": 2441 * 2048, "Walker2d": 2441 * 2048, "HalfCheetah": 2441 * 2048, "Ant": 2441 * 2048}
-# ATLA src/config_<task>_atla_ppo.json: the agent's ppo_lr_adam, val_lr, anneal_lr, value_clipping, entropy_coeff,
-# initial_std; the adversary's adv_ppo_lr_adam, adv_val_lr, adv_entropy_coeff (adv_clip_eps 0.2 everywhere).
-TASK_SETTINGS = {
-    "Hopper": dict(policy_lr=3e-4, value_lr=2.5e-4, anneal_lr=True, clip_value_loss=False, ent_coef=0.01,
-                   initial_std=1.0, adv_policy_lr=3e-3, adv_value_lr=3e-5, adv_ent_coef=0.0, adv_clip_coef=0.2),
-    "Walker2d": dict(policy_lr=4e-4, value_lr=3e-4, anneal_lr=True, clip_value_loss=True, ent_coef=3e-4,
-                     initial_std=1.0, adv_policy_lr=1e-3, adv_value_lr=1e-4, adv_ent_coef=1e-5, adv_clip_coef=0.2),
-    "HalfCheetah": dict(policy_lr=1e-4, value_lr=1e-3, anneal_lr=True, clip_value_loss=True, ent_coef=3e-4,
-                        initial_std=0.5, adv_policy_lr=3e-3, adv_value_lr=3e-4, adv_ent_coef=1e-4, adv_clip_coef=0.2),
-    "Ant": dict(policy_lr=5e-5, value_lr=1e-5, anneal_lr=True, clip_value_loss=True, ent_coef=3e-4, initial_std=1.0,
-                adv_policy_lr=3e-5, adv_value_lr=1e-5, adv_ent_coef=1e-5, adv_clip_coef=0.2),
-}
-# --pa: umd-huang-lab/paad_adv_rl code_mujoco/trainer_atla/configs/config_<task>_pa_atla_ppo.json, agent and director
-# (its HalfCheetah config is an LSTM one: its learning rates are used for this MLP as they are).
-PA_TASK_SETTINGS = {
-    "Hopper": dict(policy_lr=3e-4, value_lr=3e-4, anneal_lr=True, clip_value_loss=False, ent_coef=0.01,
-                   initial_std=1.0, adv_policy_lr=1e-2, adv_value_lr=1e-3, adv_ent_coef=3e-4, adv_clip_coef=0.4),
-    "Walker2d": dict(policy_lr=4e-4, value_lr=3e-4, anneal_lr=True, clip_value_loss=True, ent_coef=3e-4,
-                     initial_std=1.0, adv_policy_lr=1e-3, adv_value_lr=1e-4, adv_ent_coef=1e-5, adv_clip_coef=0.2),
-    "HalfCheetah": dict(policy_lr=1e-3, value_lr=3e-3, anneal_lr=True, clip_value_loss=True, ent_coef=3e-4,
-                        initial_std=0.5, adv_policy_lr=1e-2, adv_value_lr=1e-2, adv_ent_coef=3e-4, adv_clip_coef=0.2),
-    "Ant": dict(policy_lr=3e-4, value_lr=3e-4, anneal_lr=True, clip_value_loss=True, ent_coef=3e-4, initial_std=1.0,
-                adv_policy_lr=1e-3, adv_value_lr=3e-4, adv_ent_coef=1e-3, adv_clip_coef=0.2),
-}
-PA_TOTAL_TIMESTEPS = {"Hopper": 2441 * 2048, "Walker2d": 2441 * 2048, "HalfCheetah": 2441 * 2048, "Ant": 4882 * 2048}
-# PA-ATLA's robust_ppo_reg (SGLD, 2 steps): Hopper 0.3, HalfCheetah 0.03, Ant 0.1; its Walker2d config was never
-# retuned (still convex-relax): its coefficient 0.1 is used with SGLD.
-PA_REG_COEF = {"Hopper": 0.3, "Walker2d": 0.1, "HalfCheetah": 0.03, "Ant": 0.1}
-# "+reg.": robust_ppo_reg of ATLA's src/config_<task>_atla_lstm_sappo.json (SGLD, robust_ppo_pgd_steps 2; the MLP ATLA
-# configs carry none): Hopper 0.3, HalfCheetah 0.03, Ant 0.1; eps ramp "start=1,length=1831" of 2441. Walker2d 0:
-# the paper's Walker2d row is plain "ATLA-PPO" (every other task's says "+reg."; that config's 0.3 via --reg-coef).
-REG_COEF = {"Hopper": 0.3, "Walker2d": 0.0, "HalfCheetah": 0.03, "Ant": 0.1}
-# The literature's Ant has 111 observation dims (contact forces included), SPEC §9.
-DEFAULT_ENV_KWARGS = {"Ant-v4": {"use_contact_forces": True}}
+# Per-task defaults by env id prefix: ATLA src/config_<task>_atla_ppo.json's ppo_lr_adam, val_lr, anneal_lr,
+# value_clipping, entropy_coeff, initial_std and the adversary's adv_ppo_lr_adam, adv_val_lr, adv_entropy_coeff,
+# adv_clip_eps; train_steps 2441 alternations of 2048 agent + 2048 adversary steps (the paper's Table 1 used 10M, Ant
+# 20M, in all: sweep.py); attack_eps: SPEC §1. reg_coef ("+reg."): robust_ppo_reg of ATLA's
+# src/config_<task>_atla_lstm_sappo.json (SGLD, robust_ppo_pgd_steps 2; the MLP ATLA configs carry none), radius ramp
+# "start=1,length=1831" of 2441; Walker2d 0: the paper's Walker2d row is plain "ATLA-PPO" (that config's 0.3 via
+# --reg-coef).
+ATLA = dict(total_timesteps=2441 * 2048, anneal_lr=True, clip_value_loss=True, ent_coef=3e-4, initial_std=1.0,
+            adv_clip_coef=0.2)
+TASK_DEFAULTS = {
+    "Hopper": dict(ATLA, attack_eps=0.075, policy_lr=3e-4, value_lr=2.5e-4, clip_value_loss=False, ent_coef=0.01,
+                   adv_policy_lr=3e-3, adv_value_lr=3e-5, adv_ent_coef=0.0, reg_coef=0.3),
+    "Walker2d": dict(ATLA, attack_eps=0.05, policy_lr=4e-4, value_lr=3e-4, adv_policy_lr=1e-3, adv_value_lr=1e-4,
+                     adv_ent_coef=1e-5, reg_coef=0.0),
+    "HalfCheetah": dict(ATLA, attack_eps=0.15, policy_lr=1e-4, value_lr=1e-3, initial_std=0.5, adv_policy_lr=3e-3,
+                        adv_value_lr=3e-4, adv_ent_coef=1e-4, reg_coef=0.03),
+    "Ant": dict(ATLA, attack_eps=0.15, policy_lr=5e-5, value_lr=1e-5, adv_policy_lr=3e-5, adv_value_lr=1e-5,
+                adv_ent_coef=1e-5, reg_coef=0.1)}
+# --pa, where it differs: umd-huang-lab/paad_adv_rl code_mujoco/trainer_atla/configs/config_<task>_pa_atla_ppo.json,
+# agent and director (its HalfCheetah config is an LSTM one: its learning rates are used for this MLP as they are);
+# reg_coef its robust_ppo_reg (SGLD, 2 steps), Walker2d's never retuned from convex-relax: its 0.1 is used with SGLD.
+PA_TASK_DEFAULTS = {
+    "Hopper": dict(TASK_DEFAULTS["Hopper"], value_lr=3e-4, adv_policy_lr=1e-2, adv_value_lr=1e-3, adv_ent_coef=3e-4,
+                   adv_clip_coef=0.4),
+    "Walker2d": dict(TASK_DEFAULTS["Walker2d"], reg_coef=0.1),
+    "HalfCheetah": dict(TASK_DEFAULTS["HalfCheetah"], policy_lr=1e-3, value_lr=3e-3, adv_policy_lr=1e-2,
+                        adv_value_lr=1e-2, adv_ent_coef=3e-4),
+    "Ant": dict(TASK_DEFAULTS["Ant"], total_timesteps=4882 * 2048, policy_lr=3e-4, value_lr=3e-4, adv_policy_lr=1e-3,
+                adv_value_lr=3e-4, adv_ent_coef=1e-3)}
+DEFAULT_ENV_KWARGS = {"Ant-v4": {"use_contact_forces": True}}  # the literature's 111-dim Ant (SPEC §9)
 
 
 @dataclass
 class Args:
-    env_id: str = "Hopper-v4"  # Gymnasium environment id (MuJoCo -v4 tasks for the paper's settings)
-    env_kwargs: str = ""  # extra gym.make kwargs as JSON, merged over the defaults (Ant-v4: {"use_contact_forces": true})
+    env_id: str = "Hopper-v4"  # Gymnasium id (the MuJoCo -v4 tasks have the paper's settings)
+    env_kwargs: str = ""  # extra gym.make kwargs as JSON, merged over the defaults
     seed: int = 1  # seed of python, numpy, torch and the environment
-    total_timesteps: Optional[int] = None
-    """AGENT environment steps (the adversary takes as many again); default ATLA's 2441 x 2048 ~ 5M, whole rollouts"""
+    total_timesteps: Optional[int] = None  # AGENT env steps (the adversary takes as many again); per task
     num_steps: int = 2048  # environment steps per rollout, agent's and adversary's (ATLA "t")
     gamma: float = 0.99
-    gae_lambda: float = 0.95  # "lambda"
+    gae_lambda: float = 0.95  # ATLA "lambda"
     update_epochs: int = 10  # policy epochs over each rollout ("ppo_epochs"), agent and adversary
     value_epochs: int = 10  # value epochs over each rollout, run before the policy epochs ("val_epochs")
     num_minibatches: int = 32
@@ -102,8 +89,7 @@ class Args:
     anneal_lr: Optional[bool] = None  # every learning rate (agent and adversary) decays linearly to 0; default on
     adam_eps: float = 1e-5
     clip_coef: float = 0.2  # surrogate ratio clip of the agent
-    clip_value_loss: Optional[bool] = None
-    """max(unclipped, clipped) value loss around the rollout's values; default per task (off Hopper, else on)"""
+    clip_value_loss: Optional[bool] = None  # max(unclipped, clipped) value loss; default per task (off Hopper, else on)
     value_clip_coef: float = 0.2
     ent_coef: Optional[float] = None  # the agent's entropy bonus; default per task (ATLA entropy_coeff)
     initial_std: Optional[float] = None  # the agent's initial action std; default per task (1.0; HalfCheetah 0.5)
@@ -112,89 +98,100 @@ class Args:
     obs_clip: float = 10.0  # normalized observations are clipped to [-obs_clip, obs_clip] (clip_observations)
     scale_rewards: bool = True  # divide rewards by the running std of the discounted return (norm_rewards "returns")
     reward_clip: float = 10.0  # scaled rewards are clipped to [-reward_clip, reward_clip] (clip_rewards)
-    attack_eps: Optional[float] = None
-    """l_inf radius of the adversary (and of the attacks, stored in the checkpoint), normalized units; default per task"""
-    eval_every: int = 100_000  # agent steps between clean deterministic evaluations, at iteration ends (0: only at the end)
+    attack_eps: Optional[float] = None  # l_inf radius of the adversary (normalized units), in the checkpoint; per task
+    eval_every: int = 100_000  # agent steps between clean deterministic evaluations, at iteration ends (0: at the end)
     eval_episodes: int = 10
-    log_every: int = 10_240  # agent steps between console progress lines (at iteration ends)
+    log_every: int = 10_240  # agent steps between progress lines and scalar logs, at iteration ends
     save_every: int = 500_000  # agent steps between checkpoints, at iteration ends (the final one is always written)
     save_path: Optional[str] = None  # checkpoint file; default runs/{run_name}/model.pt
     keep_checkpoints: bool = False  # also keep every periodic checkpoint as {save_path stem}_step{N}.pt
-    resume: Optional[str] = None  # continue the run stored in this checkpoint (exact: checkpoints fall between iterations)
+    resume: Optional[str] = None  # continue the run in this checkpoint (exact: checkpoints fall between iterations)
     run_name: Optional[str] = None  # default {env_id}__{method}__{seed}__{unix time}
     cuda: bool = False  # PPO's 64-sample minibatches and one env run faster on the CPU
     threads: Optional[int] = None  # torch intra-op threads (default: torch's choice)
     # SA-PPO regulariser ("+reg.", SPEC §6); --reg-coef 0 for plain ATLA-PPO
-    reg_coef: Optional[float] = None  # kappa; default per task (ATLA atla_lstm_sappo: Hopper 0.3, HalfCheetah 0.03, Ant 0.1; Walker2d 0, plain)
-    reg_sgld_steps: int = 2  # SGLD steps of the inner maximisation (robust_ppo_pgd_steps of the atla_lstm_sappo and PA configs)
+    reg_coef: Optional[float] = None  # weight of the SA regulariser; default per task (Walker2d 0: plain ATLA-PPO)
+    reg_sgld_steps: int = 2  # SGLD steps of the inner maximisation (robust_ppo_pgd_steps of the ATLA and PA configs)
     reg_sgld_beta: float = 1e-5  # SGLD inverse temperature: noise sqrt(2*step*beta)/(i+2) (get_state_kl_bound_sgld)
-    reg_eps_ramp: float = 0.75  # the regulariser's radius ramps 0 -> eps over this fraction of the iterations (1831 of 2441)
+    reg_eps_ramp: float = 0.75  # the regulariser's radius ramps 0 -> eps over this fraction of the run (1831/2441)
     reg_detach_std: bool = False  # keep sigma out of the regulariser's gradient (robust_ppo_detach_stdev, off)
     # the adversary
     pa: bool = False  # PA-ATLA-PPO: the adversary is a PA-AD director in action space, realised by PGD on the agent
     adv_policy_lr: Optional[float] = None  # default per task (adv_ppo_lr_adam)
     adv_value_lr: Optional[float] = None  # default per task (adv_val_lr)
     adv_ent_coef: Optional[float] = None  # default per task (adv_entropy_coeff)
-    adv_clip_coef: Optional[float] = None  # default per task (adv_clip_eps: 0.2; PA-ATLA 0.4)
+    adv_clip_coef: Optional[float] = None  # default per task (adv_clip_eps: 0.2; PA-ATLA Hopper 0.4)
     adv_initial_std: float = 1.0  # the adversary's initial std (the references set initial_std for the agent only)
     adv_ratio: float = 1.0  # fraction of the agent's rollout steps that are perturbed (adv_adversary_ratio)
-    pa_steps: int = 1
-    """--pa: signed-gradient steps that turn the director's direction into s~, step eps/steps (PA-ATLA: one FGSM step of eps)"""
+    pa_steps: int = 1  # --pa: signed steps of eps/steps realising the director's direction (PA-ATLA: 1, FGSM)
+    save_buffer = False  # not a flag: on-policy, no replay buffer to save (the run harness reads it)
+
+
+def resolve_args(args: Args) -> Args:
+    for flag, value in (PA_TASK_DEFAULTS if args.pa else TASK_DEFAULTS).get(task_name(args.env_id), {}).items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, value)
+    needed = ("total_timesteps", "attack_eps", "policy_lr", "value_lr", "anneal_lr", "clip_value_loss", "ent_coef",
+              "initial_std", "reg_coef", "adv_policy_lr", "adv_value_lr", "adv_ent_coef", "adv_clip_coef")
+    missing = [f"--{flag.replace('_', '-')}" for flag in needed if getattr(args, flag) is None]
+    if missing:
+        raise UserError(f"{args.env_id} has no paper defaults: pass {', '.join(missing)}")
+    if args.attack_eps <= 0:
+        raise UserError(f"--attack-eps must be > 0, got {args.attack_eps}")
+    if args.num_steps <= 0 or args.num_minibatches <= 0 or args.num_steps // args.num_minibatches < 2:
+        raise UserError("need --num-steps > 0, --num-minibatches in [1, --num-steps / 2]: a minibatch needs 2 samples")
+    if args.total_timesteps < args.num_steps:
+        raise UserError(f"--total-timesteps {args.total_timesteps} is less than one rollout (--num-steps {args.num_steps})")
+    if args.update_epochs < 0 or args.value_epochs < 0:
+        raise UserError("--update-epochs and --value-epochs must be >= 0")
+    if not (args.policy_lr > 0 and args.value_lr > 0 and args.initial_std > 0):
+        raise UserError("--policy-lr, --value-lr and --initial-std must be > 0")
+    if args.reg_coef < 0 or args.reg_sgld_steps < 1 or not args.reg_sgld_beta >= 0 or not 0 < args.reg_eps_ramp <= 1:
+        raise UserError("--reg-coef must be >= 0, --reg-sgld-steps >= 1, --reg-sgld-beta >= 0, --reg-eps-ramp in (0, 1]")
+    if not (args.adv_policy_lr > 0 and args.adv_value_lr > 0 and args.adv_initial_std > 0 and args.adv_clip_coef > 0):
+        raise UserError("--adv-policy-lr, --adv-value-lr, --adv-initial-std and --adv-clip-coef must be > 0")
+    if not 0 <= args.adv_ratio <= 1 or args.pa_steps < 1:
+        raise UserError("--adv-ratio must be in [0, 1] and --pa-steps >= 1")
+    args.total_timesteps -= args.total_timesteps % args.num_steps  # whole rollouts
+    args.run_name = args.run_name or f"{args.env_id}__{METHOD}__{args.seed}__{int(time.time())}"
+    args.save_path = args.save_path or os.path.join("runs", args.run_name, "model.pt")
+    return args
 
 
 # --- Environment -----------------------------------------------------------------------------------
-class UserError(Exception):
-    """Bad input: reported as one line, exit code 2."""
-
-
-class Diverged(Exception):
-    """A non-finite loss or parameter: the run stops without saving, reported as one line, exit code 3."""
-
-
-class Preempted(Exception):
-    """SIGTERM or SIGINT: the run saved a checkpoint and stops, exit code 128 + the signal number."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.signum = signum
-
-
 def task_name(env_id: str) -> str:
     return env_id.split("-")[0]
 
 
 def parse_env_kwargs(env_id: str, env_kwargs: str) -> dict:
     kwargs = dict(DEFAULT_ENV_KWARGS.get(env_id, {}))
-    if env_kwargs:
-        try:
-            extra = json.loads(env_kwargs)
-        except json.JSONDecodeError as e:
-            raise UserError(f"--env-kwargs is not valid JSON ({e}): {env_kwargs!r}")
-        if not isinstance(extra, dict):
-            raise UserError(f"--env-kwargs must be a JSON object, got {env_kwargs!r}")
-        kwargs.update(extra)
-    return kwargs
+    try:
+        extra = json.loads(env_kwargs) if env_kwargs else {}
+    except json.JSONDecodeError as e:
+        raise UserError(f"--env-kwargs is not valid JSON ({e}): {env_kwargs!r}")
+    if not isinstance(extra, dict):
+        raise UserError(f"--env-kwargs must be a JSON object, got {env_kwargs!r}")
+    return {**kwargs, **extra}
 
 
 def make_env(env_id: str, env_kwargs: dict) -> gym.Env:
     if env_id not in gym.registry:
         raise UserError(f"unknown environment id {env_id!r} (e.g. Hopper-v4, HalfCheetah-v4, Walker2d-v4, Ant-v4)")
     try:
-        with warnings.catch_warnings():
-            # The -v4 tasks are the literature's (SPEC §9); gymnasium's "upgrade to v5" notice is noise here.
+        with warnings.catch_warnings():  # the -v4 tasks are the literature's (SPEC §9): "upgrade to v5" is noise
             warnings.filterwarnings("ignore", message=".*is out of date.*")
             env = gym.make(env_id, **env_kwargs)
     except TypeError as e:
         raise UserError(f"cannot make {env_id} with kwargs {env_kwargs}: {e}")
     if not isinstance(env.action_space, gym.spaces.Box):
-        raise UserError(f"{env_id} has a {type(env.action_space).__name__} action space; this PPO needs a continuous Box")
+        raise UserError(f"{env_id} has a {type(env.action_space).__name__} action space; this method needs a continuous Box")
     if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
         raise UserError(f"{env_id} needs a flat Box observation space, got {env.observation_space}")
     return env
 
 
 def get_env_state(env: gym.Env) -> Optional[dict]:
-    """Full simulator state of a MuJoCo env (for an exact resume mid-episode), else None."""
+    """Full simulator state of a MuJoCo env (an exact resume mid-episode), else None."""
     unwrapped = env.unwrapped
     if not (hasattr(unwrapped, "model") and hasattr(unwrapped, "data")):
         return None
@@ -203,7 +200,7 @@ def get_env_state(env: gym.Env) -> Optional[dict]:
     spec = mujoco.mjtState.mjSTATE_INTEGRATION
     physics = np.empty(mujoco.mj_stateSize(unwrapped.model, spec))
     mujoco.mj_getState(unwrapped.model, unwrapped.data, physics, spec)
-    return {"physics": torch.from_numpy(physics), "elapsed_steps": env.get_wrapper_attr("_elapsed_steps"),  # TimeLimit
+    return {"physics": torch.from_numpy(physics), "elapsed_steps": env.get_wrapper_attr("_elapsed_steps"),
             "np_random": unwrapped.np_random.bit_generator.state}
 
 
@@ -218,26 +215,18 @@ def set_env_state(env: gym.Env, state: dict) -> None:
 
 # --- Observation normalizer ------------------------------------------------------------------------
 class RunningNormalizer:
-    """Running mean/variance of raw observations (parallel Welford update in float64).
-
-    As SA-PPO's ZFilter, every observation updates the statistics before it is normalized, and the rollout
-    stores the observations normalized at collection time (the map the policy acted on). Attack radii live in
-    this normalized space (SPEC §1); the checkpoint carries the final statistics.
-    """
+    """Running mean/variance of raw observations (parallel Welford update in float64). The replay buffer stores raw
+    observations, normalized at sampling time with the current statistics, so acting and learning see the same map.
+    Attack radii live in this normalized space (SPEC §1)."""
 
     def __init__(self, dim: int, clip: float, device: torch.device):
-        self.mean = np.zeros(dim, np.float64)
-        self.var = np.ones(dim, np.float64)
-        self.count = 1e-4
-        self.clip = clip
-        self.device = device
+        self.mean, self.var, self.count, self.clip, self.device = np.zeros(dim), np.ones(dim), 1e-4, clip, device
         self._sync()
 
     def update(self, x: np.ndarray) -> None:
         x = np.asarray(x, np.float64).reshape(-1, self.mean.shape[0])
         batch_mean, batch_var, n = x.mean(0), x.var(0), x.shape[0]
-        delta = batch_mean - self.mean
-        total = self.count + n
+        delta, total = batch_mean - self.mean, self.count + n
         self.mean = self.mean + delta * n / total
         self.var = (self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total
         self.count = total
@@ -255,29 +244,25 @@ class RunningNormalizer:
                 "count": float(self.count), "clip": float(self.clip)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.mean = state["mean"].numpy().astype(np.float64)
-        self.var = state["var"].numpy().astype(np.float64)
+        self.mean, self.var = state["mean"].numpy().astype(np.float64), state["var"].numpy().astype(np.float64)
         self.count, self.clip = float(state["count"]), float(state["clip"])
         self._sync()
 
 
+# --- Rollout ---------------------------------------------------------------------------------------
 class ReturnScaler:
     """SA-PPO's RewardFilter (norm_rewards "returns"): r / std(running discounted return), clipped; the return
     accumulator restarts with every episode. The std is the sample std of every accumulated return so far
     (Welford, float64; with one sample the reference's RunningStat reports |mean|)."""
 
     def __init__(self, gamma: float, clip: float):
-        self.gamma, self.clip = gamma, clip
-        self.n, self.mean, self.m2, self.ret = 0, 0.0, 0.0, 0.0
+        self.gamma, self.clip, self.n, self.mean, self.m2, self.ret = gamma, clip, 0, 0.0, 0.0, 0.0
 
-    def __call__(self, reward: float, update: bool = True) -> float:
-        """`update=False` (the adversary's rollouts, ATLA's read-only filters): scale without moving the statistics."""
-        self.ret = self.ret * self.gamma + reward
-        if update:
-            self.n += 1
-            delta = self.ret - self.mean
-            self.mean += delta / self.n
-            self.m2 += delta * (self.ret - self.mean)
+    def __call__(self, reward: float) -> float:
+        self.ret, self.n = self.ret * self.gamma + reward, self.n + 1
+        delta = self.ret - self.mean
+        self.mean += delta / self.n
+        self.m2 += delta * (self.ret - self.mean)
         std = math.sqrt(self.m2 / (self.n - 1)) if self.n > 1 else abs(self.mean)
         return float(np.clip(reward / (std + 1e-8), -self.clip, self.clip))
 
@@ -288,33 +273,30 @@ class ReturnScaler:
         return {"n": self.n, "mean": self.mean, "m2": self.m2, "ret": self.ret}
 
     def load_state_dict(self, state: dict) -> None:
-        self.n, self.mean, self.m2, self.ret = int(state["n"]), float(state["mean"]), float(state["m2"]), float(state["ret"])
+        self.n, self.mean, self.m2, self.ret = int(state["n"]), *(float(state[k]) for k in ("mean", "m2", "ret"))
 
 
-# --- Rollout storage -------------------------------------------------------------------------------
 class Rollout:
-    """One on-policy rollout of `num_steps` transitions (normalized observations as the policy saw them).
-
-    `next_values[t]` is V of the TRUE next state of step t: the next row's value inside an episode, V(final
-    observation) at a time-limit truncation (gymnasium's truncated flag: the episode was cut, not ended), 0 at
-    a termination; GAE cuts its trace at every episode end either way."""
+    """One on-policy rollout, observations normalized as the policy saw them (SA-PPO's ZFilter: statistics first).
+    `next_values[t]` is V of the TRUE next state of step t: the next row's V inside an episode, V(final observation)
+    at a time-limit truncation (cut, not ended), 0 at a termination; `episode_end` (either) cuts GAE's trace."""
 
     def __init__(self, num_steps: int, obs_dim: int, act_dim: int, device: torch.device):
-        self.obs = torch.zeros(num_steps, obs_dim, device=device)
-        self.actions = torch.zeros(num_steps, act_dim, device=device)
-        self.log_probs = torch.zeros(num_steps, device=device)
-        self.rewards = torch.zeros(num_steps, device=device)
-        self.values = torch.zeros(num_steps, device=device)
-        self.next_values = torch.zeros(num_steps, device=device)
-        self.terminated = torch.zeros(num_steps, device=device)
-        self.episode_end = torch.zeros(num_steps, device=device)  # terminated or truncated
+        self.obs, self.actions = (torch.zeros(num_steps, dim, device=device) for dim in (obs_dim, act_dim))
+        self.log_probs, self.rewards, self.values, self.next_values, self.terminated, self.episode_end = torch.zeros(
+            6, num_steps, device=device)
+
+    def finish(self, last_value: torch.Tensor) -> None:  # next_values inside episodes (last_value: after the last row)
+        following = torch.cat([self.values[1:], last_value])
+        inside = self.episode_end == 0
+        self.next_values[inside] = following[inside]
+        self.next_values[self.terminated == 1] = 0.0
 
 
 def compute_gae(rewards, values, next_values, terminated, episode_end, gamma: float, lam: float):
     """Generalized advantage estimation over one rollout. delta_t = r_t + gamma (1 - term_t) V(s'_t) - V(s_t);
     A_t = delta_t + gamma lam (1 - end_t) A_{t+1}. Returns (advantages, value targets = A + V)."""
-    advantages = torch.zeros_like(rewards)
-    last = torch.zeros((), device=rewards.device)
+    advantages, last = torch.zeros_like(rewards), torch.zeros((), device=rewards.device)
     deltas = rewards + gamma * (1.0 - terminated) * next_values - values
     for t in reversed(range(len(rewards))):
         last = deltas[t] + gamma * lam * (1.0 - episode_end[t]) * last
@@ -328,20 +310,16 @@ def mlp(sizes: list[int], output_gain: float) -> nn.Sequential:
     src/policy_gradients/models.py initialize_weights "orthogonal")."""
     layers: list[nn.Module] = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        linear = nn.Linear(fan_in, fan_out)
-        last = i == len(sizes) - 2
+        linear, last = nn.Linear(fan_in, fan_out), i == len(sizes) - 2
         nn.init.orthogonal_(linear.weight, gain=output_gain if last else math.sqrt(2))
         nn.init.zeros_(linear.bias)
-        layers.append(linear)
-        if not last:
-            layers.append(nn.Tanh())
+        layers += [linear] + ([] if last else [nn.Tanh()])
     return nn.Sequential(*layers)
 
 
 class Actor(nn.Module):
-    """Diagonal Gaussian with a state-independent log-std (SA-PPO CtsPolicy): output gain 0.01. The environment
-    receives the sample clipped to the action box (CleanRL; the reference hands the raw sample to the simulator,
-    which clamps the control but charges the control cost on the raw value)."""
+    """Diagonal Gaussian with a state-independent log-std (SA-PPO CtsPolicy), output gain 0.01. The environment gets
+    the sample clipped to the box (CleanRL; the reference's simulator clamps it but charges the raw control cost)."""
 
     def __init__(self, obs_dim, act_dim, hidden_sizes, action_low, action_high, initial_std: float = 1.0):
         super().__init__()
@@ -350,13 +328,11 @@ class Actor(nn.Module):
         self.register_buffer("action_low", torch.as_tensor(action_low, dtype=torch.float32))
         self.register_buffer("action_high", torch.as_tensor(action_high, dtype=torch.float32))
 
-    def forward(self, obs):
-        """(mean, log_std) with log_std broadcast to the batch (the interface the attacks share with SAC)."""
+    def forward(self, obs):  # (mean, log_std) with log_std broadcast to the batch, as SAC's actor
         mean = self.mean(obs)
         return mean, self.log_std.expand_as(mean)
 
-    def log_prob(self, obs, actions, dist=None):
-        """`dist` = self(obs) when the caller already has it."""
+    def log_prob(self, obs, actions, dist=None):  # dist: self(obs) when the caller already has it
         mean, log_std = self(obs) if dist is None else dist
         return (-0.5 * ((actions - mean) / log_std.exp()).pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
 
@@ -367,14 +343,12 @@ class Actor(nn.Module):
         """An unclipped Gaussian sample (what PPO's ratio needs) and its log-density."""
         mean, log_std = self(obs) if dist is None else dist
         noise = torch.randn_like(mean)
-        action = mean + log_std.exp() * noise
-        return action, (-0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        return mean + log_std.exp() * noise, (-0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
 
     def clip(self, action):
         return torch.max(torch.min(action, self.action_high), self.action_low)
 
     def deterministic(self, obs):
-        """The action the environment executes for the mean: clipped to the box."""
         return self.clip(self.mean(obs))
 
 
@@ -389,11 +363,19 @@ class Critic(nn.Module):
         return self.net(obs).squeeze(-1)
 
 
+def arch(args: Args) -> dict:
+    """The networks' description in the checkpoint (the contract the attacks read)."""
+    return {"hidden_sizes": list(args.hidden_sizes), "activation": "tanh", "actor": "gaussian_state_independent_std",
+            "critic": "state_value", "adversary": "atla_director_action" if args.pa else "atla_hardtanh_obs",
+            "adversary_hidden_sizes": list(args.hidden_sizes), "adversary_activation": "tanh"}
+
+
+# --- Method: ATLA-PPO, PPO alternating with a learned PPO adversary --------------------------------
 def director_gradient(net: nn.Sequential, x: torch.Tensor, clean: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """d/dx [cos(c, u) + |c|], c = net(x) - clean, for a Linear/Tanh MLP, by its hand-written backward pass: the
-    numbers of autograd through F.cosine_similarity and norm (tests/test_atla.py) at a fraction of the cost, which
-    matters because --pa runs it at every environment step of both rollouts (with autograd: ~1/3 of PA-ATLA's time).
-    d/dc: (u^ - (c^.u^) c^) / |c| + c^, with ^ a unit vector (c != 0: x starts off s at random)."""
+    numbers of autograd through F.cosine_similarity and norm (tests/test_atla.py) at a fraction of the cost, as --pa
+    runs it at every environment step of both rollouts. d/dc: (u^ - (c^.u^) c^) / |c| + c^, with ^ a unit vector
+    (c != 0: x starts off s at random)."""
     linears = list(net)[::2]
     if not all(isinstance(m, nn.Linear) for m in linears) or not all(isinstance(m, nn.Tanh) for m in list(net)[1::2]):
         raise TypeError("director_gradient: expects alternating Linear and Tanh layers")
@@ -410,34 +392,27 @@ def director_gradient(net: nn.Sequential, x: torch.Tensor, clean: torch.Tensor, 
     return grad @ linears[0].weight
 
 
-# --- Method: ATLA-PPO update -----------------------------------------------------------------------
 class Learner:
-    """Networks, optimizers and the gradient updates of the agent and of its adversary."""
+    """Networks, optimizers and the PPO updates of the agent (with the SA regulariser) and of its adversary."""
+
+    NETS = ("actor", "critic", "adversary", "adversary_critic")
+    OPTIMIZERS = ("actor_optimizer", "critic_optimizer", "adversary_optimizer", "adversary_critic_optimizer")
 
     def __init__(self, args: Args, obs_dim, act_dim, action_low, action_high, device, num_iterations: int):
-        self.args, self.device, self.num_iterations = args, device, num_iterations
-        hidden = list(args.hidden_sizes)
+        self.args, self.device, self.num_iterations, hidden = args, device, num_iterations, list(args.hidden_sizes)
         self.actor = Actor(obs_dim, act_dim, hidden, action_low, action_high, args.initial_std).to(device)
         self.critic = Critic(obs_dim, hidden).to(device)
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=args.policy_lr, eps=args.adam_eps)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=args.value_lr, eps=args.adam_eps)
-        self.eps = args.attack_eps
-        # The adversary: the same Gaussian policy class (its box is unused) over u in observation space (SA-RL) or
-        # in action space (PA-AD director), with its own value network and Adams.
-        adv_dim = act_dim if args.pa else obs_dim
-        self.adversary = Actor(obs_dim, adv_dim, hidden, -np.ones(adv_dim), np.ones(adv_dim), args.adv_initial_std).to(device)
+        # the same Gaussian policy (its box unused) over u in observation space (SA-RL) or action space (PA-AD)
+        self.eps, adv_dim = args.attack_eps, act_dim if args.pa else obs_dim
+        self.adversary = Actor(obs_dim, adv_dim, hidden, -np.ones(adv_dim), np.ones(adv_dim),
+                               args.adv_initial_std).to(device)
         self.adversary_critic = Critic(obs_dim, hidden).to(device)
-        self.adversary_optimizer = torch.optim.Adam(self.adversary.parameters(), lr=args.adv_policy_lr, eps=args.adam_eps)
+        self.adversary_optimizer = torch.optim.Adam(self.adversary.parameters(), lr=args.adv_policy_lr,
+                                                    eps=args.adam_eps)
         self.adversary_critic_optimizer = torch.optim.Adam(self.adversary_critic.parameters(), lr=args.adv_value_lr,
                                                            eps=args.adam_eps)
-
-    def set_learning_rates(self, iteration: int) -> None:
-        """anneal_lr: lr * (1 - k / train_steps) in iteration k = 0, 1, ... for all four optimizers."""
-        fraction = 1.0 - iteration / self.num_iterations if self.args.anneal_lr else 1.0
-        for optimizer, lr in ((self.actor_optimizer, self.args.policy_lr), (self.critic_optimizer, self.args.value_lr),
-                              (self.adversary_optimizer, self.args.adv_policy_lr),
-                              (self.adversary_critic_optimizer, self.args.adv_value_lr)):
-            optimizer.param_groups[0]["lr"] = lr * fraction
 
     def perturb(self, obs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """The adversary's action u made an observation in the eps-ball. SA-RL (ATLA "adv_ppo"): s + eps hardtanh(u).
@@ -459,9 +434,14 @@ class Learner:
                 x = torch.max(torch.min(x + (eps / steps) * grad.sign(), obs + eps), obs - eps)
         return x
 
-    def minibatches(self, n: int):
-        """A fresh shuffle split into --num-minibatches (torch's RNG: part of the exact resume)."""
-        return torch.randperm(n, device=self.device).tensor_split(self.args.num_minibatches)
+    def perceived(self, obs_n: torch.Tensor) -> torch.Tensor:
+        """The state the agent's critic bootstraps at: perturbed, as the next row's would be (it learns on s~)."""
+        obs = obs_n.unsqueeze(0)
+        if not self.args.adv_ratio > 0:
+            return obs
+        with torch.no_grad():
+            u, _ = self.adversary.sample(obs)
+        return self.perturb(obs, u)
 
     def value_loss(self, critic, obs, targets, old_values):
         values = critic(obs)
@@ -486,7 +466,7 @@ class Learner:
         search; SPEC §6's beta applies to each state's own gradient, as here."""
         steps = self.args.reg_sgld_steps
         step = eps / steps
-        reference = (self.actor.mean(obs) if clean_mean is None else clean_mean).detach()  # `clean_mean`: mu(s), if known
+        reference = (self.actor.mean(obs) if clean_mean is None else clean_mean).detach()  # mu(s), given if known
         std = self.actor.log_std.exp()
         noise_scale = math.sqrt(2 * step * self.args.reg_sgld_beta)
         delta = step * torch.randn_like(obs).sign()
@@ -523,31 +503,31 @@ class Learner:
         """Value epochs, then policy epochs (ATLA take_steps order) on one rollout of the agent (with the SA
         regulariser) or of the adversary (its own clip, entropy and optimizers). Returns scalar tensors."""
         args = self.args
-        if not adversary:
-            self.set_learning_rates(iteration)  # once per iteration, before its agent update
-        policy, critic = (self.adversary, self.adversary_critic) if adversary else (self.actor, self.critic)
-        policy_opt, critic_opt = ((self.adversary_optimizer, self.adversary_critic_optimizer) if adversary
-                                  else (self.actor_optimizer, self.critic_optimizer))
+        if not adversary:  # anneal_lr: lr * (1 - k / train_steps) in iteration k, all four optimizers
+            fraction = 1.0 - iteration / self.num_iterations if args.anneal_lr else 1.0
+            for name, lr in zip(self.OPTIMIZERS, (args.policy_lr, args.value_lr, args.adv_policy_lr, args.adv_value_lr)):
+                getattr(self, name).param_groups[0]["lr"] = lr * fraction
+        policy, critic, policy_opt, critic_opt = (
+            (self.adversary, self.adversary_critic, self.adversary_optimizer, self.adversary_critic_optimizer)
+            if adversary else (self.actor, self.critic, self.actor_optimizer, self.critic_optimizer))
         clip, ent_coef = (args.adv_clip_coef, args.adv_ent_coef) if adversary else (args.clip_coef, args.ent_coef)
         advantages, targets = compute_gae(rollout.rewards, rollout.values, rollout.next_values, rollout.terminated,
                                           rollout.episode_end, args.gamma, args.gae_lambda)
-        n = len(rollout.rewards)
+        # a fresh shuffle per epoch from torch's RNG (part of the exact resume)
+        minibatches = lambda: torch.randperm(len(rollout.obs), device=self.device).tensor_split(args.num_minibatches)
         for _ in range(args.value_epochs):
-            for idx in self.minibatches(n):
+            for idx in minibatches():
                 value_loss = self.value_loss(critic, rollout.obs[idx], targets[idx], rollout.values[idx])
                 self.step(critic_opt, value_loss, critic.parameters())
-        total = args.update_epochs * args.num_minibatches
-        reg_eps = 0.0
+        total, reg_eps = args.update_epochs * args.num_minibatches, 0.0
         for epoch in range(args.update_epochs):
-            for b, idx in enumerate(self.minibatches(n)):
+            for b, idx in enumerate(minibatches()):
                 reg_eps = 0.0 if adversary else self.reg_eps(iteration + (epoch * args.num_minibatches + b) / total)
-                loss, surrogate, entropy, log_ratio, reg = self.policy_loss(policy, rollout.obs[idx], rollout.actions[idx],
-                                                                        rollout.log_probs[idx], advantages[idx], clip,
-                                                                        ent_coef, reg_eps)
+                loss, surrogate, entropy, log_ratio, reg = self.policy_loss(
+                    policy, rollout.obs[idx], rollout.actions[idx], rollout.log_probs[idx], advantages[idx], clip,
+                    ent_coef, reg_eps)
                 self.step(policy_opt, loss, policy.parameters())
-        with torch.no_grad():
-            # from the log-ratio: a ratio that underflows to 0 (a large policy step; the adversary's lr is 10x
-            # the agent's) leaves this diagnostic finite instead of tripping the divergence guard
+        with torch.no_grad():  # from the log-ratio: a ratio that underflows to 0 keeps this diagnostic finite
             approx_kl = ((log_ratio.exp() - 1) - log_ratio).mean()
         prefix = "adversary/" if adversary else "losses/"
         logs = {f"{prefix}value_loss": value_loss.detach(), f"{prefix}policy_loss": surrogate.detach(),
@@ -559,65 +539,380 @@ class Learner:
                 "charts/learning_rate": torch.tensor(self.actor_optimizer.param_groups[0]["lr"])}
 
     def state_dict(self) -> dict:
-        return {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
-                "actor_optimizer": self.actor_optimizer.state_dict(),
-                "critic_optimizer": self.critic_optimizer.state_dict(),
-                "adversary": self.adversary.state_dict(), "adversary_critic": self.adversary_critic.state_dict(),
-                "adversary_optimizer": self.adversary_optimizer.state_dict(),
-                "adversary_critic_optimizer": self.adversary_critic_optimizer.state_dict()}
+        return {name: getattr(self, name).state_dict() for name in self.NETS + self.OPTIMIZERS}
 
     def load_state_dict(self, state: dict) -> None:
-        self.actor.load_state_dict(state["actor"])
-        self.critic.load_state_dict(state["critic"])
-        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
-        self.adversary.load_state_dict(state["adversary"])
-        self.adversary_critic.load_state_dict(state["adversary_critic"])
-        self.adversary_optimizer.load_state_dict(state["adversary_optimizer"])
-        self.adversary_critic_optimizer.load_state_dict(state["adversary_critic_optimizer"])
+        for name in self.NETS + self.OPTIMIZERS:
+            getattr(self, name).load_state_dict(state[name])
 
 
-# --- Behaviour policy ------------------------------------------------------------------------------
-def behaviour_action(learner: Learner, obs_n: torch.Tensor, adversary_phase: bool, attacked: bool):
-    """One step of either rollout. Agent phase: the adversary perturbs (with probability --adv-ratio) and the agent's
-    sample, log-density and value are taken at the perturbed observation (ATLA stores the perturbed states).
-    Adversary phase: the adversary always perturbs; its sample u, log-density and value at the CLEAN observation
-    are the transition, the agent's sample at the perturbed one is what the environment gets.
-    Returns (environment action, stored observation, stored action, its log-density, stored value)."""
+def behaviour_action(learner: Learner, obs_n: torch.Tensor):
+    """The agent acts on the observation the adversary perturbs (with probability --adv-ratio), and ATLA stores the
+    perturbed state: (unclipped sample, the observation it saw, its log-density, V there)."""
+    args, obs = learner.args, obs_n.unsqueeze(0)
+    with torch.no_grad():
+        if args.adv_ratio >= 1.0 or random.random() < args.adv_ratio:
+            u, _ = learner.adversary.sample(obs)
+            obs = learner.perturb(obs, u)
+        action, log_prob = learner.actor.sample(obs)
+        return action[0], obs[0], log_prob[0], learner.critic(obs)[0]
+
+
+def adversary_action(learner: Learner, obs_n: torch.Tensor):
+    """The adversary always perturbs; its transition is taken at the CLEAN observation: (the agent's unclipped sample
+    at s~ for the environment, u, its log-density, the adversary's V(s))."""
     obs = obs_n.unsqueeze(0)
     with torch.no_grad():
-        if adversary_phase or attacked:
-            u, u_log_prob = learner.adversary.sample(obs)
-    obs_tilde = learner.perturb(obs, u) if (adversary_phase or attacked) else obs
-    with torch.no_grad():
-        action, log_prob = learner.actor.sample(obs_tilde)
-        if adversary_phase:
-            return action[0], obs_n, u[0], u_log_prob[0], learner.adversary_critic(obs)[0]
-        return action[0], obs_tilde[0], action[0], log_prob[0], learner.critic(obs_tilde)[0]
+        u, log_prob = learner.adversary.sample(obs)
+        action, _ = learner.actor.sample(learner.perturb(obs, u))
+        return action[0], u[0], log_prob[0], learner.adversary_critic(obs)[0]
+
+
+def scale_read_only(scaler: ReturnScaler, reward: float) -> float:
+    """The adversary's rewards scaled as the agent's, statistics frozen (ATLA's normalizer_read_only)."""
+    scaler.ret = scaler.ret * scaler.gamma + reward
+    std = math.sqrt(scaler.m2 / (scaler.n - 1)) if scaler.n > 1 else abs(scaler.mean)
+    return float(np.clip(reward / (std + 1e-8), -scaler.clip, scaler.clip))
+
+
+class StepCount:
+    """The adversary's environment steps, counted apart from the agent's (train_state['adversary_steps'])."""
+    n = 0
+
+    def state_dict(self) -> int:
+        return self.n
+
+    def load_state_dict(self, n: int) -> None:
+        self.n = int(n)
 
 
 # --- Evaluation ------------------------------------------------------------------------------------
 def evaluate(actor: Actor, normalizer: RunningNormalizer, env: gym.Env, episodes: int, seed: int) -> list[float]:
-    """Clean returns of the deterministic policy (the clipped mean); the normalizer is frozen (read only)."""
+    """Clean returns of the deterministic policy (`actor.deterministic`); the normalizer is frozen (read only)."""
     returns = []
     for episode in range(episodes):
-        obs, _ = env.reset(seed=seed + episode)
-        done, total = False, 0.0
+        (obs, _), done, total = env.reset(seed=seed + episode), False, 0.0
         while not done:
             with torch.no_grad():
                 obs_n = normalizer.normalize(torch.as_tensor(obs, dtype=torch.float32, device=normalizer.device))
                 action = actor.deterministic(obs_n.unsqueeze(0))[0].cpu().numpy()
             obs, reward, terminated, truncated, _ = env.step(action)
-            total += float(reward)
-            done = terminated or truncated
+            total, done = total + float(reward), terminated or truncated
         returns.append(total)
     return returns
 
 
-# --- Checkpoint (the contract every attack reads; see README "Checkpoint contract") ----------------
+# --- Training loop ---------------------------------------------------------------------------------
+def train(args: Args) -> dict:
+    """Runs the whole experiment; returns a summary (final evaluation, checkpoint path, the learner)."""
+    args = resolve_args(args)
+    run = Run(args)  # seeds python/numpy/torch, picks the device, reads --resume
+    env_kwargs = parse_env_kwargs(args.env_id, args.env_kwargs)
+    env, eval_env = make_env(args.env_id, env_kwargs), make_env(args.env_id, env_kwargs)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    learner = Learner(args, obs_dim, act_dim, env.action_space.low, env.action_space.high, run.device,
+                      num_iterations=args.total_timesteps // args.num_steps)
+    normalizer = RunningNormalizer(obs_dim, args.obs_clip, run.device)
+    scaler = ReturnScaler(args.gamma, args.reward_clip)
+    rollout = Rollout(args.num_steps, obs_dim, act_dim, run.device)
+    adv_rollout = Rollout(args.num_steps, obs_dim, act_dim if args.pa else obs_dim, run.device)
+    adversary_steps = StepCount()
+    as_input = lambda raw: normalizer.normalize(torch.as_tensor(raw, dtype=torch.float32, device=run.device))
+    evaluate_policy = lambda: evaluate(learner.actor, normalizer, eval_env, args.eval_episodes, args.seed + 10_000)
+    obs, _ = env.reset(seed=args.seed)
+    normalizer.update(obs)  # the normalizer sees every observation the agent acts on, reset ones included
+    with run.attach(env, env_kwargs, learner, normalizer, reward_scaler=scaler, adversary_steps=adversary_steps):
+        ts = run.restore(TrainState(obs=obs))
+        if ts.global_step % args.num_steps:  # checkpoints fall between rollouts
+            raise UserError(f"--resume: step {ts.global_step} is not a multiple of --num-steps {args.num_steps}")
+        while ts.global_step < args.total_timesteps:
+            before = ts.global_step
+            for t in range(args.num_steps):  # the agent's rollout, under attack
+                obs_n = as_input(ts.obs)
+                action, seen, log_prob, value = behaviour_action(learner, obs_n)
+                next_obs, reward, terminated, truncated, _ = env.step(learner.actor.clip(action).cpu().numpy())
+                rollout.obs[t], rollout.actions[t], rollout.log_probs[t], rollout.values[t] = seen, action, log_prob, value
+                rollout.rewards[t] = scaler(float(reward)) if args.scale_rewards else float(reward)
+                rollout.terminated[t], rollout.episode_end[t] = float(terminated), float(terminated or truncated)
+                normalizer.update(next_obs)
+                ts.advance(next_obs, reward)
+                if truncated and not terminated:  # the time limit cut the episode: bootstrap from its last state
+                    with torch.no_grad():
+                        rollout.next_values[t] = learner.critic(learner.perceived(as_input(next_obs)))[0]
+                if terminated or truncated:
+                    run.episode_end(ts)
+                    ts.obs, _ = env.reset()
+                    normalizer.update(ts.obs)
+                    scaler.reset()
+            with torch.no_grad():
+                rollout.finish(learner.critic(learner.perceived(as_input(ts.obs))))
+            logs = learner.update(rollout, before // args.num_steps)
+            for t in range(args.num_steps):  # the adversary's rollout: reward -r, normalizer and scaler read-only
+                obs_n = as_input(ts.obs)
+                action, u, log_prob, value = adversary_action(learner, obs_n)
+                next_obs, reward, terminated, truncated, _ = env.step(learner.actor.clip(action).cpu().numpy())
+                adv_rollout.obs[t], adv_rollout.actions[t], adv_rollout.log_probs[t], adv_rollout.values[t] = (
+                    obs_n, u, log_prob, value)
+                adv_rollout.rewards[t] = -(scale_read_only(scaler, float(reward)) if args.scale_rewards else float(reward))
+                adv_rollout.terminated[t], adv_rollout.episode_end[t] = float(terminated), float(terminated or truncated)
+                adversary_steps.n, ts.obs = adversary_steps.n + 1, next_obs  # the agent's global_step stays
+                ts.episode_return, ts.episode_length = ts.episode_return + float(reward), ts.episode_length + 1
+                if truncated and not terminated:
+                    with torch.no_grad():
+                        adv_rollout.next_values[t] = learner.adversary_critic(as_input(next_obs).unsqueeze(0))[0]
+                if terminated or truncated:  # not one of the agent's episodes: not logged
+                    ts.episode_return, ts.episode_length, ts.episode_state = 0.0, 0, {}
+                    ts.obs, _ = env.reset()
+                    scaler.reset()
+            with torch.no_grad():
+                adv_rollout.finish(learner.adversary_critic(as_input(ts.obs).unsqueeze(0)))
+            logs |= learner.update(adv_rollout, before // args.num_steps, adversary=True)
+            logs |= {"charts/adversary_env_steps": adversary_steps.n,
+                     "charts/total_env_steps": ts.global_step + adversary_steps.n}
+            run.watch(logs)
+            run.check(ts.global_step, "checked every iteration")  # one host sync per 2 x 2048 env steps: free
+            run.periodic(ts, before, logs, evaluate_policy,
+                         progress=lambda: f"(+{adversary_steps.n} adversary) | std {float(logs['charts/std']):.3f}")
+        run.finish(ts, evaluate_policy())
+    env.close()
+    eval_env.close()
+    return {"eval_returns": run.last_eval, "save_path": args.save_path, "global_step": ts.global_step,
+            "learner": learner, "normalizer": normalizer, "adversary_steps": adversary_steps.n}
+
+
+# --- Run harness: checkpoint, resume, divergence guard, stop (identical in every script) ------------
+CHECKPOINT_FORMAT = 1
+
+
+class UserError(Exception):
+    """Bad input: one line, exit code 2."""
+
+
+class Diverged(Exception):
+    """A non-finite loss or parameter: stopped without saving, one line, exit code 3."""
+
+
+class Preempted(Exception):
+    """SIGTERM or SIGINT: saved and stopped, exit code 128 + args[1] (the signal number)."""
+
+
+@dataclass
+class TrainState:
+    """What the loop carries from step to step; saved in every checkpoint for an exact resume."""
+    global_step: int = 0
+    episode_return: float = 0.0
+    episode_length: int = 0
+    episode_state: dict = field(default_factory=dict)  # a method's per-episode state (e.g. an adversary's draw)
+    obs: Optional[np.ndarray] = None
+
+    def advance(self, next_obs, reward) -> None:
+        self.global_step, self.episode_length, self.obs = self.global_step + 1, self.episode_length + 1, next_obs
+        self.episode_return += float(reward)
+
+
+def crossed(every: int, before: int, after: int) -> bool:
+    """Whether a multiple of `every` lies in (before, after] (a PPO rollout ends off the round numbers)."""
+    return every > 0 and after // every > before // every
+
+
+class Run:
+    """Seeding, tensorboard, atomic checkpoints (never a non-finite one), exact resume, the divergence guard
+    (device-side flags, read once per progress line) and SIGTERM/SIGINT (finish the step, save, stop)."""
+
+    def __init__(self, args):
+        self.args, ckpt = args, load_checkpoint(args.resume) if args.resume else None
+        if ckpt is not None and ckpt.get("slim"):
+            raise UserError(f"--resume: {args.resume} is a slim checkpoint (networks only, for attacks): resume from "
+                            "the run's full model.pt")
+        if ckpt is not None and (ckpt["method"], ckpt["env_id"]) != (METHOD, args.env_id):
+            raise UserError(f"--resume: checkpoint is {ckpt['method']} on {ckpt['env_id']}, this run is {METHOD} on "
+                            f"{args.env_id}")
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        random.seed(args.seed)
+        np.random.seed(args.seed)
+        torch.manual_seed(args.seed)
+        self.rng = np.random.default_rng(args.seed)  # exploration actions, episode-level coins (replay has its own)
+        self.device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+        self.resume, self.last_good = ckpt, f"{args.resume} (step {ckpt['global_step']})" if ckpt else None
+        self.health, self.stop_signal, self.last_eval = {}, None, []
+        self.recent_returns: deque = deque(maxlen=10)
+        self.update_clock = [0, 0.0]  # steps and seconds of the updating phase (evaluations excluded)
+        self.summary: dict = {"eval_returns": [], "eval_mean": float("nan"), "eval_std": float("nan"), "sps": 0.0}
+
+    @contextlib.contextmanager
+    def attach(self, env, env_kwargs, learner, normalizer, buffer=None, **parts):
+        """What the checkpoints hold (`parts`: more objects with state dicts); tensorboard and the signal handlers
+        live while the loop runs."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.env, self.env_kwargs, self.learner, self.normalizer, self.buffer, self.parts = (
+            env, env_kwargs, learner, normalizer, buffer, parts)
+        self.writer = SummaryWriter(os.path.join("runs", self.args.run_name))
+        self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(
+            f"|{k}|{v}|" for k, v in vars(self.args).items()))
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
+            handlers = {sig: signal.signal(sig, self.on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield self
+        finally:
+            self.writer.close()  # also when preempted or diverged: the events since the last flush are kept
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+
+    def restore(self, ts: TrainState) -> TrainState:
+        """The loop's state from --resume: networks, optimizers, normalizer, RNGs, environment, buffer."""
+        ckpt, path = self.resume, self.args.resume
+        self.start = (time.time(), ckpt["global_step"] if ckpt else 0)
+        if ckpt is None:
+            return ts
+        saved = ckpt["train_state"]
+        try:
+            self.learner.load_state_dict(ckpt)
+            for name, part in self.parts.items():
+                part.load_state_dict(saved[name])
+        except (RuntimeError, KeyError, ValueError) as e:  # e.g. other --hidden-sizes than the saved run
+            raise UserError(f"--resume: {path} does not fit this run's networks/options ({one_line(e)})")
+        self.normalizer.load_state_dict(ckpt["normalizer"])
+        ts = TrainState(ckpt["global_step"], saved["episode_return"], saved["episode_length"],
+                        saved.get("episode_state", {}), ts.obs)
+        random.setstate(saved["python_rng"])
+        np.random.set_state(tuple(saved["numpy_global_rng"]))  # stored as a list of plain values
+        self.rng.bit_generator.state = saved.get("numpy_rng", self.rng.bit_generator.state)
+        torch.set_rng_state(saved["torch_rng"])
+        if self.device.type == "cuda" and saved.get("cuda_rng"):  # one state per GPU at save time; the count may
+            states = saved["cuda_rng"]  # have changed: ours, or the first
+            torch.cuda.set_rng_state(states[min(torch.cuda.current_device(), len(states) - 1)])
+        buffer_path = os.path.join(os.path.dirname(path), saved.get("buffer_file") or "-")
+        if self.buffer is not None and os.path.isfile(buffer_path):
+            try:
+                state = torch.load(buffer_path, map_location="cpu", weights_only=True)
+            except Exception as e:  # truncated or not a buffer file
+                raise UserError(f"--resume: {buffer_path} is not a readable replay buffer ({type(e).__name__}); "
+                                "delete it to resume with an empty buffer")
+            if state.get("global_step") == ts.global_step:
+                try:
+                    self.buffer.load_state_dict(state)
+                except (RuntimeError, KeyError, ValueError) as e:
+                    raise UserError(f"--resume: {buffer_path} does not match this run's buffer ({one_line(e)})")
+        if self.buffer is not None and self.buffer.size == 0:
+            print(f"[resume] no replay buffer of step {ts.global_step} next to {path} (train with --save-buffer for "
+                  "an exact resume): refilling from empty", flush=True)
+        if saved["env_state"] is not None:
+            set_env_state(self.env, saved["env_state"])
+            ts.obs = saved["obs"].numpy()
+        else:
+            print("[resume] environment state not restorable: starting a new episode", flush=True)
+        print(f"[resume] continuing {path} at step {ts.global_step}", flush=True)
+        return ts
+
+    def watch(self, logs: dict) -> None:
+        """A device-side non-finite flag per logged loss: no host sync here."""
+        for key, value in logs.items():
+            if key.startswith(("losses/", "adversary/")):
+                self.health[key] = self.health.get(key, False) | ~torch.isfinite(value)
+
+    def check(self, step: int, when: str, names: tuple = ()) -> None:
+        bad = [key for key, flag in self.health.items() if bool(flag)] + list(names)  # the guard's one host sync
+        if bad:
+            good = self.last_good or f"none written by this run ({self.args.save_path} untouched)"
+            raise Diverged(f"non-finite {', '.join(bad[:4])} at or before step {step} ({when}); stopped without "
+                           f"saving; last good checkpoint: {good}")
+
+    def episode_end(self, ts: TrainState) -> None:
+        self.recent_returns.append(ts.episode_return)
+        self.writer.add_scalar("charts/episodic_return", ts.episode_return, ts.global_step)
+        self.writer.add_scalar("charts/episodic_length", ts.episode_length, ts.global_step)
+        ts.episode_return, ts.episode_length, ts.episode_state = 0.0, 0, {}
+
+    def count_update_time(self, seconds: float) -> None:
+        self.update_clock = [self.update_clock[0] + 1, self.update_clock[1] + seconds]
+
+    def periodic(self, ts: TrainState, before: int, logs: dict, evaluate_policy, progress) -> None:
+        """After the steps (before, ts.global_step]: progress line and scalars, evaluation, checkpoint, stop."""
+        args, step = self.args, ts.global_step
+        if crossed(args.log_every, before, step) or step == args.total_timesteps:
+            self.check(step, f"read every --log-every {args.log_every} steps")
+            sps = (step - self.start[1]) / max(time.time() - self.start[0], 1e-9)
+            self.writer.add_scalar("charts/SPS", sps, step)
+            for key, value in logs.items():
+                if key.startswith(("losses/", "adversary/", "charts/")):
+                    self.writer.add_scalar(key, float(value), step)
+            ret = f"{np.mean(self.recent_returns):9.1f}" if self.recent_returns else "      n/a"
+            print(f"[{METHOD}] step {step:>9d}/{args.total_timesteps} | sps {sps:6.1f} | return(10) {ret} | "
+                  f"{progress()} | eta {(args.total_timesteps - step) / max(sps, 1e-9) / 60:6.1f} min", flush=True)
+        if crossed(args.eval_every, before, step) and step < args.total_timesteps:
+            self.record_eval(step, evaluate_policy())
+        saved_now = crossed(args.save_every, before, step) and step < args.total_timesteps
+        if saved_now or (self.stop_signal is not None and step < args.total_timesteps):
+            self.save(ts)
+        if self.stop_signal is not None and step < args.total_timesteps:
+            no_buffer = "" if args.save_buffer or self.buffer is None else " (no buffer: --save-buffer for an exact resume)"
+            raise Preempted(f"saved {args.save_path} at step {step}{no_buffer}; continue with the same options plus "
+                            f"--resume {args.save_path}", self.stop_signal)
+
+    def record_eval(self, step: int, returns: list, final: bool = False) -> None:
+        self.last_eval = returns
+        self.writer.add_scalar("eval/return", np.mean(returns), step)
+        self.summary.update(eval_returns=[float(r) for r in returns], eval_mean=float(np.mean(returns)),
+                            eval_std=float(np.std(returns)), eval_step=step,
+                            sps=(step - self.start[1]) / max(time.time() - self.start[0], 1e-9))
+        if self.update_clock[0]:  # read by benchmarks/
+            self.summary["sps_updating"] = self.update_clock[0] / max(self.update_clock[1], 1e-9)
+        print(f"[{METHOD}] {'final eval' if final else 'eval'} at {step}: {np.mean(returns):.1f} +- "
+              f"{np.std(returns):.1f}", flush=True)
+
+    def finish(self, ts: TrainState, returns: list) -> None:
+        self.record_eval(ts.global_step, returns, final=True)
+        self.save(ts)
+        print(f"[{METHOD}] checkpoint: {self.args.save_path}", flush=True)
+
+    def save(self, ts: TrainState) -> None:
+        """Checks every flag and parameter first: a non-finite state never replaces a checkpoint."""
+        args, step, space, np_state = self.args, ts.global_step, self.env.action_space, np.random.get_state()
+        self.check(step, "before saving", nonfinite_tensors(self.learner.state_dict()))
+        stem = os.path.splitext(args.save_path)[0]
+        for path in [args.save_path] + ([f"{stem}_step{step}.pt"] if args.keep_checkpoints else []):
+            buffer_file = None
+            if args.save_buffer and self.buffer is not None:  # next to the checkpoint, written first
+                buffer_file = os.path.basename(os.path.splitext(path)[0]) + "_buffer.pt"
+                atomic_save({**self.buffer.state_dict(), "global_step": step}, os.path.join(os.path.dirname(path),
+                                                                                            buffer_file))
+            train_state = {
+                "episode_return": ts.episode_return, "episode_length": ts.episode_length,
+                "episode_state": ts.episode_state, "obs": torch.as_tensor(ts.obs), "env_state": get_env_state(self.env),
+                "python_rng": random.getstate(), "numpy_rng": self.rng.bit_generator.state,
+                "numpy_global_rng": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+                "torch_rng": torch.get_rng_state(), "buffer_file": buffer_file,
+                "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+                **{name: part.state_dict() for name, part in self.parts.items()}}
+            atomic_save({
+                "checkpoint_format": CHECKPOINT_FORMAT, "method": METHOD, "env_id": args.env_id,
+                "env_kwargs": self.env_kwargs, "obs_dim": self.env.observation_space.shape[0],
+                "act_dim": space.shape[0], "action_low": torch.as_tensor(space.low, dtype=torch.float32),
+                "action_high": torch.as_tensor(space.high, dtype=torch.float32), "arch": arch(args),
+                "eps": args.attack_eps, "global_step": step, "args": dataclasses.asdict(args),
+                "normalizer": self.normalizer.state_dict(), **self.learner.state_dict(), "train_state": train_state,
+                "summary": self.summary}, path)
+        self.last_good = f"{args.save_path} (step {step})"
+
+    def on_signal(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.stop_signal is not None:  # a second signal: exit at once
+            print(f"[{METHOD}] second {name}: exiting now, without saving", flush=True)
+            os._exit(128 + signum)
+        self.stop_signal = signum
+        print(f"[{METHOD}] {name}: finishing this step, then saving (again to exit at once)", flush=True)
+
+
+def one_line(e: Exception) -> str:
+    return str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+
+
 def atomic_save(obj, path: str) -> None:
-    """Temp file + rename: a reader never sees a half-written file, and a failed write (disk full, permission)
-    leaves the previous file as it was and is one clear error."""
+    """Temp file + rename: a reader never sees a half-written file; a failed write (disk full, permission) leaves
+    the previous file intact and is one clear error."""
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -626,8 +921,7 @@ def atomic_save(obj, path: str) -> None:
     except (OSError, RuntimeError) as e:  # torch.save reports some write failures as RuntimeError
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        raise UserError(f"cannot write {path} ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
-                        "the previous file there is intact")
+        raise UserError(f"cannot write {path} ({type(e).__name__}: {one_line(e)}); the previous file there is intact")
 
 
 def nonfinite_tensors(state: dict, prefix: str = "") -> list[str]:
@@ -647,324 +941,21 @@ def load_checkpoint(path: str) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip or unpickler-policy errors all mean "not a checkpoint"
-        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}: {one_line(e)})")
     if not isinstance(ckpt, dict) or "checkpoint_format" not in ckpt or "actor" not in ckpt:
         raise UserError(f"{path} is not a checkpoint of this project (no checkpoint_format / actor entries)")
     return ckpt
 
 
-def build_checkpoint(args, learner, normalizer, env, obs_dim, act_dim, env_kwargs, eps, global_step, train_state,
-                     summary) -> dict:
-    return {
-        "checkpoint_format": CHECKPOINT_FORMAT, "method": METHOD, "env_id": args.env_id, "env_kwargs": env_kwargs,
-        "obs_dim": obs_dim, "act_dim": act_dim,
-        "action_low": torch.as_tensor(env.action_space.low, dtype=torch.float32),
-        "action_high": torch.as_tensor(env.action_space.high, dtype=torch.float32),
-        "arch": {"hidden_sizes": list(args.hidden_sizes), "activation": "tanh", "actor": "gaussian_state_independent_std",
-                 "critic": "state_value", "adversary": "atla_director_action" if args.pa else "atla_hardtanh_obs",
-                 "adversary_hidden_sizes": list(args.hidden_sizes), "adversary_activation": "tanh"},
-        "eps": eps, "global_step": global_step, "args": dataclasses.asdict(args), "normalizer": normalizer.state_dict(),
-        **learner.state_dict(), "train_state": train_state, "summary": summary,
-    }
-
-
-# --- Training loop ---------------------------------------------------------------------------------
-def resolve_args(args: Args) -> Args:
-    task = task_name(args.env_id)
-    settings = PA_TASK_SETTINGS if args.pa else TASK_SETTINGS
-    for key, value in settings.get(task, settings["Hopper"]).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    if args.total_timesteps is None:
-        args.total_timesteps = (PA_TOTAL_TIMESTEPS if args.pa else TOTAL_TIMESTEPS).get(task, 2441 * 2048)
-    if args.attack_eps is None:
-        args.attack_eps = ATTACK_EPS.get(task)
-    if args.attack_eps is not None and args.attack_eps <= 0:
-        raise UserError(f"--attack-eps must be > 0, got {args.attack_eps}")
-    if args.num_steps <= 0 or args.num_minibatches <= 0 or args.num_steps // args.num_minibatches < 2:
-        raise UserError("--num-steps must be positive and --num-minibatches in [1, --num-steps / 2] (advantages are "
-                        "normalized per minibatch: a minibatch needs 2 samples)")
-    if args.total_timesteps < args.num_steps:
-        raise UserError(f"--total-timesteps {args.total_timesteps} is less than one rollout (--num-steps {args.num_steps})")
-    if args.update_epochs < 0 or args.value_epochs < 0:
-        raise UserError("--update-epochs and --value-epochs must be >= 0")
-    if not (args.policy_lr > 0 and args.value_lr > 0 and args.initial_std > 0):
-        raise UserError("--policy-lr, --value-lr and --initial-std must be > 0")
-    if args.reg_coef is None:
-        args.reg_coef = (PA_REG_COEF if args.pa else REG_COEF).get(task, 0.1)
-    if args.attack_eps is None:
-        raise UserError(f"no default radius for {args.env_id}: pass --attack-eps (the adversary's eps)")
-    if args.reg_coef < 0 or args.reg_sgld_steps < 1 or not args.reg_sgld_beta >= 0 or not 0 < args.reg_eps_ramp <= 1:
-        raise UserError("--reg-coef must be >= 0, --reg-sgld-steps >= 1, --reg-sgld-beta >= 0, --reg-eps-ramp in (0, 1]")
-    if not (args.adv_policy_lr > 0 and args.adv_value_lr > 0 and args.adv_initial_std > 0 and args.adv_clip_coef > 0):
-        raise UserError("--adv-policy-lr, --adv-value-lr, --adv-initial-std and --adv-clip-coef must be > 0")
-    if not 0 <= args.adv_ratio <= 1 or args.pa_steps < 1:
-        raise UserError("--adv-ratio must be in [0, 1] and --pa-steps >= 1")
-    args.total_timesteps -= args.total_timesteps % args.num_steps  # whole rollouts
-    if args.run_name is None:
-        args.run_name = f"{args.env_id}__{METHOD}__{args.seed}__{int(time.time())}"
-    if args.save_path is None:
-        args.save_path = os.path.join("runs", args.run_name, "model.pt")
-    return args
-
-
-def crossed(every: int, before: int, after: int) -> bool:
-    """Whether a multiple of `every` lies in (before, after]: rollouts end off the round numbers."""
-    return every > 0 and after // every > before // every
-
-
-def train(args: Args) -> dict:
-    """Runs the whole experiment; returns a summary (final evaluation, checkpoint path)."""
-    args = resolve_args(args)
-    resume_ckpt = load_checkpoint(args.resume) if args.resume else None
-    if resume_ckpt is not None:
-        if resume_ckpt.get("slim"):
-            raise UserError(f"--resume: {args.resume} is a slim checkpoint (networks only, for attacks): resume from "
-                            "the run's full model.pt")
-        if resume_ckpt["method"] != METHOD or resume_ckpt["env_id"] != args.env_id:
-            raise UserError(f"--resume: checkpoint is {resume_ckpt['method']} on {resume_ckpt['env_id']}, "
-                            f"this run is {METHOD} on {args.env_id}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-
-    env_kwargs = parse_env_kwargs(args.env_id, args.env_kwargs)
-    env = make_env(args.env_id, env_kwargs)
-    eval_env = make_env(args.env_id, env_kwargs)
-    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    low, high = env.action_space.low, env.action_space.high
-    eps = args.attack_eps
-    num_iterations = args.total_timesteps // args.num_steps
-
-    learner = Learner(args, obs_dim, act_dim, low, high, device, num_iterations)
-    normalizer = RunningNormalizer(obs_dim, args.obs_clip, device)
-    scaler = ReturnScaler(args.gamma, args.reward_clip)
-    rollout = Rollout(args.num_steps, obs_dim, act_dim, device)
-    adversary_rollout = Rollout(args.num_steps, obs_dim, act_dim if args.pa else obs_dim, device)
-
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(os.path.join("runs", args.run_name))
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-
-    global_step, episode_return, episode_length = 0, 0.0, 0
-    adversary_steps = 0  # the adversary's own environment steps, counted apart from the agent's global_step
-    obs, _ = env.reset(seed=args.seed)
-    normalizer.update(obs)  # the normalizer sees every observation the agent acts on, reset ones included
-    if resume_ckpt is not None:
-        try:
-            learner.load_state_dict(resume_ckpt)
-        except (RuntimeError, KeyError, ValueError) as e:  # e.g. other --hidden-sizes than the saved run
-            raise UserError(f"--resume: {args.resume} does not fit this run's networks/options "
-                            f"({str(e).splitlines()[0][:160]})")
-        normalizer.load_state_dict(resume_ckpt["normalizer"])
-        ts = resume_ckpt["train_state"]
-        global_step, episode_return, episode_length = resume_ckpt["global_step"], ts["episode_return"], ts["episode_length"]
-        adversary_steps = ts["adversary_steps"]
-        if global_step % args.num_steps:
-            raise UserError(f"--resume: step {global_step} is not a multiple of --num-steps {args.num_steps}")
-        scaler.load_state_dict(ts["reward_scaler"])
-        random.setstate(ts["python_rng"])
-        np.random.set_state(tuple(ts["numpy_global_rng"]))  # stored as a list of plain values
-        torch.set_rng_state(ts["torch_rng"])
-        if device.type == "cuda" and ts.get("cuda_rng"):  # one state per GPU seen at save time: only ours matters,
-            states, index = ts["cuda_rng"], torch.cuda.current_device()  # and the GPU count may have changed
-            torch.cuda.set_rng_state(states[index if index < len(states) else 0])
-        if ts["env_state"] is not None:
-            set_env_state(env, ts["env_state"])
-            obs = ts["obs"].numpy()
-        else:
-            print("[resume] environment state not restorable: starting a new episode", flush=True)
-        print(f"[resume] continuing {args.resume} at step {global_step}", flush=True)
-
-    last_saved = {"path": args.resume, "step": global_step if args.resume else None}
-
-    def save(step: int) -> None:
-        """Never replaces a checkpoint by one holding non-finite values (checked before anything is written)."""
-        bad = [k for k, flag in health.items() if bool(flag)] + nonfinite_tensors(learner.state_dict())
-        if bad:
-            diverged(bad, step, "before saving")
-        stem = os.path.splitext(args.save_path)[0]
-        paths = [args.save_path] + ([f"{stem}_step{step}.pt"] if args.keep_checkpoints else [])
-        np_state = np.random.get_state()
-        for path in paths:
-            train_state = {
-                "episode_return": episode_return, "episode_length": episode_length,
-                "obs": torch.as_tensor(obs), "env_state": get_env_state(env), "reward_scaler": scaler.state_dict(),
-                "adversary_steps": adversary_steps,
-                "python_rng": random.getstate(),
-                "numpy_global_rng": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],  # --cuda: exact resume too
-            }
-            atomic_save(build_checkpoint(args, learner, normalizer, env, obs_dim, act_dim, env_kwargs, eps, step,
-                                         train_state, summary), path)
-        last_saved.update(path=args.save_path, step=step)
-
-    def diverged(names: list[str], step: int, when: str) -> None:
-        good = (f"{last_saved['path']} (step {last_saved['step']})" if last_saved["path"]
-                else f"none written by this run ({args.save_path} untouched)")
-        raise Diverged(f"non-finite {', '.join(names[:4])} at or before step {step} ({when}); stopped without saving; "
-                       f"last good checkpoint: {good}")
-
-    # Divergence guard: each loss leaves a device-side flag, read once per rollout (a rollout is 2048 env steps,
-    # so the one host sync is free); save() also checks every parameter before writing.
-    health: dict = {}
-    stop = {"signal": None}
-
-    def on_signal(signum, frame) -> None:
-        if stop["signal"] is not None:  # a second signal: exit at once
-            print(f"[{METHOD}] second {signal.Signals(signum).name}: exiting now, without saving", flush=True)
-            os._exit(128 + signum)
-        stop["signal"] = signum
-        print(f"[{METHOD}] {signal.Signals(signum).name}: finishing this rollout and its update, then saving "
-              "(again to exit at once)", flush=True)
-
-    handlers = {}
-    if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
-        handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-    recent_returns: deque[float] = deque(maxlen=10)
-    last_eval: list[float] = []
-    start_time, start_step = time.time(), global_step
-    # Last clean evaluation and throughput, stored in every checkpoint (read by benchmarks/).
-    summary: dict = {"eval_returns": [], "eval_mean": float("nan"), "eval_std": float("nan"), "sps": 0.0}
-
-    def record_eval(returns: list[float]) -> None:
-        writer.add_scalar("eval/return", np.mean(returns), global_step)
-        summary.update(eval_returns=[float(r) for r in returns], eval_mean=float(np.mean(returns)),
-                       eval_std=float(np.std(returns)), eval_step=global_step,
-                       sps=(global_step - start_step) / max(time.time() - start_time, 1e-9))
-    def collect(rollout: Rollout, adversary_phase: bool) -> None:
-        """One rollout of --num-steps. The adversary's: normalizer and reward scaler read-only (ATLA's
-        normalizer_read_only), rewards negated, its own value network bootstraps."""
-        nonlocal obs, episode_return, episode_length, global_step, adversary_steps
-        critic = learner.adversary_critic if adversary_phase else learner.critic
-        sign = -1.0 if adversary_phase else 1.0
-        for t in range(args.num_steps):
-            obs_n = normalizer.normalize(torch.as_tensor(obs, dtype=torch.float32, device=device))
-            attacked = adversary_phase or args.adv_ratio >= 1.0 or random.random() < args.adv_ratio
-            action, stored_obs, stored_action, log_prob, value = behaviour_action(learner, obs_n, adversary_phase,
-                                                                                  attacked)
-            next_obs, reward, terminated, truncated, _ = env.step(learner.actor.clip(action).cpu().numpy())
-            rollout.obs[t], rollout.actions[t], rollout.log_probs[t] = stored_obs, stored_action, log_prob
-            rollout.values[t] = value
-            scaled = scaler(float(reward), update=not adversary_phase) if args.scale_rewards else float(reward)
-            rollout.rewards[t] = sign * scaled
-            rollout.terminated[t], rollout.episode_end[t] = float(terminated), float(terminated or truncated)
-            if adversary_phase:
-                adversary_steps += 1
-            else:
-                normalizer.update(next_obs)
-                global_step += 1
-            episode_return += float(reward)
-            episode_length += 1
-            obs = next_obs
-            if truncated and not terminated:  # the time limit cut the episode: bootstrap from its last state
-                with torch.no_grad():
-                    final_n = normalizer.normalize(torch.as_tensor(next_obs, dtype=torch.float32, device=device))
-                    rollout.next_values[t] = critic(perceived(final_n, adversary_phase))[0]
-            if terminated or truncated:
-                if not adversary_phase:  # the agent's episodes under attack; the adversary's are its own
-                    recent_returns.append(episode_return)
-                    writer.add_scalar("charts/episodic_return", episode_return, global_step)
-                    writer.add_scalar("charts/episodic_length", episode_length, global_step)
-                obs, _ = env.reset()
-                if not adversary_phase:
-                    normalizer.update(obs)
-                scaler.reset()
-                episode_return, episode_length = 0.0, 0
-        # V of each next state inside the rollout, and of the state after it.
-        with torch.no_grad():
-            last_n = normalizer.normalize(torch.as_tensor(obs, dtype=torch.float32, device=device))
-            following = torch.cat([rollout.values[1:], critic(perceived(last_n, adversary_phase))])
-        inside = rollout.episode_end == 0
-        rollout.next_values[inside] = following[inside]
-        rollout.next_values[rollout.terminated == 1] = 0.0
-
-    def perceived(obs_n: torch.Tensor, adversary_phase: bool) -> torch.Tensor:
-        """The observation a bootstrap value is taken at: the adversary's critic sees the clean state; the agent's
-        critic is trained on perturbed states, so its bootstrap state is perturbed too (as the next row's would be)."""
-        obs = obs_n.unsqueeze(0)
-        if adversary_phase or not args.adv_ratio > 0:
-            return obs
-        with torch.no_grad():
-            u, _ = learner.adversary.sample(obs)
-        return learner.perturb(obs, u)
-
-    try:
-        while global_step < args.total_timesteps:
-            iteration = global_step // args.num_steps
-            collect(rollout, adversary_phase=False)
-            logs = learner.update(rollout, iteration)
-            collect(adversary_rollout, adversary_phase=True)
-            logs.update(learner.update(adversary_rollout, iteration, adversary=True))
-            for key, value in logs.items():
-                if key.startswith(("losses/", "adversary/")):
-                    flag = ~torch.isfinite(value)
-                    health[key] = flag if key not in health else health[key] | flag
-            bad = [k for k, flag in health.items() if bool(flag)]
-            if bad:
-                diverged(bad, global_step, "checked every iteration")
-            writer.add_scalar("charts/adversary_env_steps", adversary_steps, global_step)
-            writer.add_scalar("charts/total_env_steps", global_step + adversary_steps, global_step)
-
-            before = global_step - args.num_steps
-            sps = (global_step - start_step) / max(time.time() - start_time, 1e-9)
-            writer.add_scalar("charts/SPS", sps, global_step)
-            for key, value in logs.items():
-                writer.add_scalar(key, float(value), global_step)
-            if crossed(args.log_every, before, global_step) or global_step == args.total_timesteps:
-                ret = f"{np.mean(recent_returns):9.1f}" if recent_returns else "      n/a"
-                eta = (args.total_timesteps - global_step) / max(sps, 1e-9)
-                print(f"[{METHOD}] step {global_step:>9d}/{args.total_timesteps} (+{adversary_steps} adversary) | "
-                      f"sps {sps:6.1f} | return(10, attacked) {ret} | std {float(logs['charts/std']):.3f} | "
-                      f"eta {eta / 60:6.1f} min", flush=True)
-            if crossed(args.eval_every, before, global_step) and global_step < args.total_timesteps:
-                last_eval = evaluate(learner.actor, normalizer, eval_env, args.eval_episodes, args.seed + 10_000)
-                record_eval(last_eval)
-                print(f"[{METHOD}] eval at {global_step}: {np.mean(last_eval):.1f} +- {np.std(last_eval):.1f}", flush=True)
-            saved_now = crossed(args.save_every, before, global_step) and global_step < args.total_timesteps
-            if saved_now:
-                save(global_step)
-            if stop["signal"] is not None and global_step < args.total_timesteps:
-                if not saved_now:
-                    save(global_step)
-                raise Preempted(f"saved {args.save_path} at step {global_step}; continue with the same options plus "
-                                f"--resume {args.save_path}", stop["signal"])
-
-        last_eval = evaluate(learner.actor, normalizer, eval_env, args.eval_episodes, args.seed + 10_000)
-        record_eval(last_eval)
-        print(f"[{METHOD}] final eval at {global_step}: {np.mean(last_eval):.1f} +- {np.std(last_eval):.1f}", flush=True)
-        save(global_step)
-        writer.close()
-        env.close()
-        eval_env.close()
-    finally:
-        writer.close()  # also when preempted or diverged: the events since the last flush are kept
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-    print(f"[{METHOD}] checkpoint: {args.save_path}", flush=True)
-    return {"eval_returns": last_eval, "save_path": args.save_path, "global_step": global_step, "learner": learner,
-            "normalizer": normalizer, "adversary_steps": adversary_steps}
-
-
 def main(argv: Optional[list[str]] = None) -> None:
-    args = tyro.cli(Args, args=argv)
     try:
-        train(args)
-    except UserError as e:
+        train(tyro.cli(Args, args=argv))
+    except (UserError, Diverged) as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except Diverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(3)
+        sys.exit(2 if isinstance(e, UserError) else 3)
     except Preempted as e:
-        print(f"[{METHOD}] stopped: {e}", file=sys.stderr)
-        sys.exit(128 + e.signum)
+        print(f"[{METHOD}] stopped: {e.args[0]}", file=sys.stderr)
+        sys.exit(128 + e.args[1])
 
 
 if __name__ == "__main__":
