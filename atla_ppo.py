@@ -124,7 +124,6 @@ class Args:
     adv_initial_std: float = 1.0  # the adversary's initial std (the references set initial_std for the agent only)
     adv_ratio: float = 1.0  # fraction of the agent's rollout steps that are perturbed (adv_adversary_ratio)
     pa_steps: int = 1  # --pa: signed steps of eps/steps realising the director's direction (PA-ATLA: 1, FGSM)
-    save_buffer = False  # not a flag: on-policy, no replay buffer to save (the run harness reads it)
 
 
 def resolve_args(args: Args) -> Args:
@@ -215,9 +214,8 @@ def set_env_state(env: gym.Env, state: dict) -> None:
 
 # --- Observation normalizer ------------------------------------------------------------------------
 class RunningNormalizer:
-    """Running mean/variance of raw observations (parallel Welford update in float64). The replay buffer stores raw
-    observations, normalized at sampling time with the current statistics, so acting and learning see the same map.
-    Attack radii live in this normalized space (SPEC §1)."""
+    """Running mean/variance of raw observations (parallel Welford update in float64). Attack radii live in this
+    normalized space (SPEC §1)."""
 
     def __init__(self, dim: int, clip: float, device: torch.device):
         self.mean, self.var, self.count, self.clip, self.device = np.zeros(dim), np.ones(dim), 1e-4, clip, device
@@ -848,7 +846,7 @@ class Run:
         if saved_now or (self.stop_signal is not None and step < args.total_timesteps):
             self.save(ts)
         if self.stop_signal is not None and step < args.total_timesteps:
-            no_buffer = "" if args.save_buffer or self.buffer is None else " (no buffer: --save-buffer for an exact resume)"
+            no_buffer = "" if self.buffer is None or args.save_buffer else " (no buffer: --save-buffer for an exact resume)"
             raise Preempted(f"saved {args.save_path} at step {step}{no_buffer}; continue with the same options plus "
                             f"--resume {args.save_path}", self.stop_signal)
 
@@ -875,7 +873,7 @@ class Run:
         stem = os.path.splitext(args.save_path)[0]
         for path in [args.save_path] + ([f"{stem}_step{step}.pt"] if args.keep_checkpoints else []):
             buffer_file = None
-            if args.save_buffer and self.buffer is not None:  # next to the checkpoint, written first
+            if getattr(args, "save_buffer", False) and self.buffer is not None:  # beside the checkpoint, first
                 buffer_file = os.path.basename(os.path.splitext(path)[0]) + "_buffer.pt"
                 atomic_save({**self.buffer.state_dict(), "global_step": step}, os.path.join(os.path.dirname(path),
                                                                                             buffer_file))

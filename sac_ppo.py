@@ -53,8 +53,8 @@ TASK_DEFAULTS = {
                 reg_eps_end_step=2_700_000),
 }
 # Any other task: 1M steps and the regulariser at full radius from the start; the adversary's settings must be passed.
-OTHER_TASK_DEFAULTS = dict(total_timesteps=1_000_000, reg_eps_start_step=0, reg_eps_end_step=0)
-NEEDED = ("attack_eps", "adv_iterations", "adv_ratio", "reg_coef", "adv_policy_lr", "adv_value_lr", "adv_ent_coef")
+NEEDED = ("total_timesteps", "attack_eps", "adv_iterations", "adv_ratio", "reg_coef", "reg_eps_start_step",
+          "reg_eps_end_step", "adv_policy_lr", "adv_value_lr", "adv_ent_coef")  # on other tasks: given, or one error
 DEFAULT_ENV_KWARGS = {"Ant-v4": {"use_contact_forces": True}}  # the literature's 111-dim Ant (SPEC §9)
 
 
@@ -121,7 +121,7 @@ class Args:
 
 
 def resolve_args(args: Args) -> Args:
-    for flag, value in TASK_DEFAULTS.get(task_name(args.env_id), OTHER_TASK_DEFAULTS).items():
+    for flag, value in TASK_DEFAULTS.get(task_name(args.env_id), {}).items():
         if getattr(args, flag) is None:
             setattr(args, flag, value)
     missing = [f"--{flag.replace('_', '-')}" for flag in NEEDED if getattr(args, flag) is None]
@@ -204,9 +204,8 @@ def set_env_state(env: gym.Env, state: dict) -> None:
 
 # --- Observation normalizer ------------------------------------------------------------------------
 class RunningNormalizer:
-    """Running mean/variance of raw observations (parallel Welford update in float64). The replay buffer stores raw
-    observations, normalized at sampling time with the current statistics, so acting and learning see the same map.
-    Attack radii live in this normalized space (SPEC §1)."""
+    """Running mean/variance of raw observations (parallel Welford update in float64). Attack radii live in this
+    normalized space (SPEC §1)."""
 
     def __init__(self, dim: int, clip: float, device: torch.device):
         self.mean, self.var, self.count, self.clip, self.device = np.zeros(dim), np.ones(dim), 1e-4, clip, device
@@ -283,7 +282,8 @@ class SumTree:
 
 class PrioritizedReplayBuffer:
     """Proportional PER (Schaul et al. 2016) over raw transitions, uniform when `prioritized=False`; storage,
-    sum-tree and the sampling generator all live on `device`."""
+    sum-tree and the sampling generator all live on `device`. Observations are normalized when sampled, with the
+    current statistics, so acting and learning see the same map."""
 
     FIELDS = ("obs", "next_obs", "actions", "rewards", "terminated")
 
@@ -971,7 +971,7 @@ class Run:
         if saved_now or (self.stop_signal is not None and step < args.total_timesteps):
             self.save(ts)
         if self.stop_signal is not None and step < args.total_timesteps:
-            no_buffer = "" if args.save_buffer or self.buffer is None else " (no buffer: --save-buffer for an exact resume)"
+            no_buffer = "" if self.buffer is None or args.save_buffer else " (no buffer: --save-buffer for an exact resume)"
             raise Preempted(f"saved {args.save_path} at step {step}{no_buffer}; continue with the same options plus "
                             f"--resume {args.save_path}", self.stop_signal)
 
@@ -998,7 +998,7 @@ class Run:
         stem = os.path.splitext(args.save_path)[0]
         for path in [args.save_path] + ([f"{stem}_step{step}.pt"] if args.keep_checkpoints else []):
             buffer_file = None
-            if args.save_buffer and self.buffer is not None:  # next to the checkpoint, written first
+            if getattr(args, "save_buffer", False) and self.buffer is not None:  # beside the checkpoint, first
                 buffer_file = os.path.basename(os.path.splitext(path)[0]) + "_buffer.pt"
                 atomic_save({**self.buffer.state_dict(), "global_step": step}, os.path.join(os.path.dirname(path),
                                                                                             buffer_file))

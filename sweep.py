@@ -51,13 +51,12 @@ PPO_BUDGETS = {"ppo": _PPO_5M, "robust_ppo": _PPO_5M, "atla_ppo": _PPO_5M,
                "wocar_ppo": {"HalfCheetah": 2_000_000, "Hopper": 2_000_000, "Walker2d": 2_000_000, "Ant": 10_000_000}}
 PPO_METHODS = set(PPO_BUDGETS)
 ENVS = ["HalfCheetah-v4", "Hopper-v4", "Walker2d-v4", "Ant-v4"]
-# per-task step schedules (method module attribute -> the flag that carries it), scaled with the budget
+# the per-task step schedules (flags of each script's TASK_DEFAULTS), scaled with the budget
 SCHEDULES = {
-    "robust_sac": [("REG_EPS_RAMP", ("reg_eps_start_step", "reg_eps_end_step"))],
-    "sac_valt_eps": [("REG_EPS_RAMP", ("reg_eps_start_step", "reg_eps_end_step")),
-                     ("WORST_RATE_REMAIN_STEPS", ("worst_rate_remain_steps",))],
-    "sac_valt_soft": [("REG_EPS_RAMP", ("reg_eps_start_step", "reg_eps_end_step"))],
-    "sac_ppo": [("REG_EPS_RAMP", ("reg_eps_start_step", "reg_eps_end_step")), ("ADV_ITERATIONS", ("adv_iterations",))],
+    "robust_sac": ("reg_eps_start_step", "reg_eps_end_step"),
+    "sac_valt_eps": ("reg_eps_start_step", "reg_eps_end_step", "worst_rate_remain_steps"),
+    "sac_valt_soft": ("reg_eps_start_step", "reg_eps_end_step"),
+    "sac_ppo": ("reg_eps_start_step", "reg_eps_end_step", "adv_iterations"),
 }
 
 
@@ -96,11 +95,8 @@ def trial_overrides(method: str, env_id: str, seed: int, scale: float, out: str,
             "save_every": max(1, int(steps * save_every_frac)), "eval_every": max(1000, steps // 20),
             "learning_starts": min(5000, max(1, steps // 10)),
             "threads": threads}  # never more torch threads than the CPUs Ray gives the trial
-    for attr, flags in SCHEDULES.get(method, []):
-        value = getattr(mod, attr)[task]
-        values = value if isinstance(value, tuple) else (value,)
-        for flag, v in zip(flags, values):
-            over[flag] = max(1, int(round(v * scale)))
+    for flag in SCHEDULES.get(method, ()):
+        over[flag] = max(1, int(round(mod.TASK_DEFAULTS[task][flag] * scale)))
     over.update(extra)
     return over
 
@@ -434,6 +430,9 @@ def main(argv=None) -> None:
     import ray
 
     if a.address:
+        unreachable = cluster_unreachable(a.address)
+        if unreachable:
+            p.error(unreachable)
         ray.init(address=a.address, runtime_env={"working_dir": ROOT, "excludes": ["runs", "sweeps", ".git", "results"]})
     else:
         # Ray runs workers at nice 15 by default; a local sweep should get the machine like any other job.
@@ -613,6 +612,23 @@ def main(argv=None) -> None:
     if failed:
         print(f"[sweep] {len(failed)} failed: {', '.join(failed)} (fix and re-run: finished work is skipped)", flush=True)
         sys.exit(1)
+
+
+def cluster_unreachable(address: str) -> Optional[str]:
+    """Why --address cannot be a Ray cluster (Ray itself takes minutes to give up on a dead host:port); None when
+    a head answers there, or for "auto" (Ray's own lookup says what it finds)."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if address == "auto":
+        return None
+    if not host or not port.isdigit():
+        return f"--address {address!r}: expected host:port (or ray://host:port, or auto)"
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        return f"--address {address}: no Ray head answers there ({e.strerror or type(e).__name__})"
+    return None
 
 
 def worst_text(row: dict) -> str:

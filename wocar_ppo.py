@@ -111,7 +111,6 @@ class Args:
     q_weight_schedule: Optional[str] = None  # linear (q_weight k/K), exp ((q_weight k/K)^3: Walker2d) or constant
     worst_action_steps: int = 50  # signed steps of box/steps that minimise Q_w over the policy's action box (maxiter)
     worst_action_eps: Optional[float] = 0.01  # a_w's state ball (WocaR worst_q_step: 0.01); None: the ramped reg eps
-    save_buffer = False  # not a flag: on-policy, no replay buffer to save (the run harness reads it)
 
 
 def resolve_args(args: Args) -> Args:
@@ -203,9 +202,8 @@ def set_env_state(env: gym.Env, state: dict) -> None:
 
 # --- Observation normalizer ------------------------------------------------------------------------
 class RunningNormalizer:
-    """Running mean/variance of raw observations (parallel Welford update in float64). The replay buffer stores raw
-    observations, normalized at sampling time with the current statistics, so acting and learning see the same map.
-    Attack radii live in this normalized space (SPEC §1)."""
+    """Running mean/variance of raw observations (parallel Welford update in float64). Attack radii live in this
+    normalized space (SPEC §1)."""
 
     def __init__(self, dim: int, clip: float, device: torch.device):
         self.mean, self.var, self.count, self.clip, self.device = np.zeros(dim), np.ones(dim), 1e-4, clip, device
@@ -804,7 +802,7 @@ class Run:
         if saved_now or (self.stop_signal is not None and step < args.total_timesteps):
             self.save(ts)
         if self.stop_signal is not None and step < args.total_timesteps:
-            no_buffer = "" if args.save_buffer or self.buffer is None else " (no buffer: --save-buffer for an exact resume)"
+            no_buffer = "" if self.buffer is None or args.save_buffer else " (no buffer: --save-buffer for an exact resume)"
             raise Preempted(f"saved {args.save_path} at step {step}{no_buffer}; continue with the same options plus "
                             f"--resume {args.save_path}", self.stop_signal)
 
@@ -831,7 +829,7 @@ class Run:
         stem = os.path.splitext(args.save_path)[0]
         for path in [args.save_path] + ([f"{stem}_step{step}.pt"] if args.keep_checkpoints else []):
             buffer_file = None
-            if args.save_buffer and self.buffer is not None:  # next to the checkpoint, written first
+            if getattr(args, "save_buffer", False) and self.buffer is not None:  # beside the checkpoint, first
                 buffer_file = os.path.basename(os.path.splitext(path)[0]) + "_buffer.pt"
                 atomic_save({**self.buffer.state_dict(), "global_step": step}, os.path.join(os.path.dirname(path),
                                                                                             buffer_file))

@@ -30,20 +30,15 @@ METHODS = ["sac", "robust_sac", "sac_valt_eps", "sac_valt_soft", "sac_ppo"]
 
 
 def scaled_overrides(method: str, env_id: str, steps: int) -> list[str]:
-    """The paper's per-task step schedules, scaled to this budget."""
+    """The paper's per-task step schedules (sweep.SCHEDULES), scaled to this budget."""
+    import sweep
+
     task = sac.task_name(env_id)
     scale = steps / sac.TASK_DEFAULTS[task]["total_timesteps"]
-    s = lambda v: str(max(1, int(round(v * scale))))  # noqa: E731
-    out: list[str] = []
-    if method in ("robust_sac", "sac_valt_eps", "sac_valt_soft", "sac_ppo"):
-        ramp = {"robust_sac": robust_sac, "sac_valt_eps": sac_valt_eps, "sac_valt_soft": sac_valt_soft,
-                "sac_ppo": sac_ppo}[method].REG_EPS_RAMP[task]
-        out += ["--reg-eps-start-step", s(ramp[0]), "--reg-eps-end-step", s(ramp[1])]
-    if method == "sac_valt_eps":
-        out += ["--worst-rate-remain-steps", s(sac_valt_eps.WORST_RATE_REMAIN_STEPS[task])]
-    if method == "sac_ppo":
-        out += ["--adv-iterations", s(sac_ppo.ADV_ITERATIONS[task])]
-    return out
+    defaults = {"robust_sac": robust_sac, "sac_valt_eps": sac_valt_eps, "sac_valt_soft": sac_valt_soft,
+                "sac_ppo": sac_ppo}.get(method, sac).TASK_DEFAULTS[task]
+    return [x for flag in sweep.SCHEDULES.get(method, ())
+            for x in (f"--{flag.replace('_', '-')}", str(max(1, int(round(defaults[flag] * scale)))))]
 
 
 def run_name(method: str, env_id: str, seed: int, steps: int) -> str:

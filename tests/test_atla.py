@@ -161,7 +161,7 @@ def test_attacks_on_atla_checkpoints_include_the_own_adversary(workdir, pa):
 
 
 def test_a_policy_step_that_underflows_the_ratio_is_not_called_divergence():
-    """Session 8's ATLA Hopper seed 1 was stopped at step 980992 by a non-finite adversary/approx_kl: the
+    """An ATLA Hopper run was stopped at step 980992 by a non-finite adversary/approx_kl: the
     adversary's (lr 3e-3, the reference's) log-ratio reached -168 on some samples, exp() underflowed to 0 and the
     old estimator (r - 1) - log r was inf while the loss and every parameter were finite."""
     args = atla_ppo.resolve_args(atla_ppo.Args(env_id="Hopper-v4", hidden_sizes=(16, 16), num_steps=64,

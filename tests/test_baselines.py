@@ -151,9 +151,11 @@ def test_sac_ppo_smoke_runs_adversary_iterations(workdir, env_id, extra):
 
 
 def test_sac_ppo_task_without_paper_defaults_names_the_missing_flags():
-    args = sac_ppo.Args(env_id="InvertedPendulum-v4", attack_eps=0.1, adv_iterations=3, adv_ratio=0.5, reg_coef=0.0)
+    given = dict(total_timesteps=1000, reg_eps_start_step=0, reg_eps_end_step=0)
+    args = sac_ppo.Args(env_id="InvertedPendulum-v4", attack_eps=0.1, adv_iterations=3, adv_ratio=0.5, reg_coef=0.0,
+                        **given)
     with pytest.raises(sac_ppo.UserError, match=r"pass --adv-policy-lr, --adv-value-lr, --adv-ent-coef$"):
         sac_ppo.resolve_args(args)
     args = sac_ppo.Args(env_id="InvertedPendulum-v4", attack_eps=0.1, adv_iterations=3, adv_ratio=0.5, reg_coef=0.0,
-                        adv_policy_lr=1e-4, adv_value_lr=1e-4, adv_ent_coef=0.0)
+                        **given, adv_policy_lr=1e-4, adv_value_lr=1e-4, adv_ent_coef=0.0)
     assert sac_ppo.resolve_args(args).adv_iterations == 3

@@ -80,8 +80,7 @@ def test_gpu_speed_times_the_updating_phase_from_the_progress_lines(tmp_path):
 
     for script in ("sac", "robust_sac", "sac_valt_eps", "sac_valt_soft"):  # every variant prints the parsed format
         with open(os.path.join(ROOT, f"{script}.py")) as f:
-            text = f.read()
-            assert any(f"step {{{n}:>9d}}/{{args.total_timesteps}} | sps" in text for n in ("step", "global_step")), script
+            assert "step {step:>9d}/{args.total_timesteps} | sps" in f.read(), script
     cmd = gpu_speed.variant_command("sac_valt_eps --compile", "Hopper-v4", 300, 600, 100)
     assert cmd[-1] == "--compile" and "--worst-rate" in cmd and cmd[cmd.index("--total-timesteps") + 1] == "600"
     a = argparse.Namespace(env="Hopper-v4", learning_starts=300, warmup_steps=100, steps=200, log_every=100)

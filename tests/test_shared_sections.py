@@ -10,8 +10,8 @@ import pytest
 
 from conftest import ROOT
 
-SAC_FAMILY = ["sac.py"]
-PPO_FAMILY = ["ppo.py"]
+SAC_FAMILY = ["sac.py", "robust_sac.py", "sac_valt_eps.py", "sac_valt_soft.py", "sac_ppo.py"]
+PPO_FAMILY = ["ppo.py", "robust_ppo.py", "atla_ppo.py", "wocar_ppo.py"]
 SHARED = {"sac.py": ("Environment", "Observation normalizer", "Prioritized replay", "Evaluation", "Run harness"),
           "ppo.py": ("Environment", "Observation normalizer", "Rollout", "Evaluation", "Run harness")}
 
@@ -35,4 +35,26 @@ def test_shared_sections_are_identical_to_the_base_script(script):
     for name in SHARED[base]:
         assert name in mine, f"{script} has no section {name!r}"
         assert mine[name] == theirs[name], f"{script}: section {name!r} differs from {base}'s"
-    assert mine["Run harness"] == sections("sac.py")["Run harness"], f"{script}: the run harness differs from sac.py's"
+    for name in ("Environment", "Observation normalizer", "Evaluation", "Run harness"):  # one copy for all nine
+        assert mine[name] == sections("sac.py")[name], f"{script}: section {name!r} differs from sac.py's"
+
+
+def sync(script: str) -> list:
+    """Rewrites `script`'s shared sections as copies of its base script's; returns the names of those it changed."""
+    base = "sac.py" if script in SAC_FAMILY else "ppo.py"
+    path = os.path.join(ROOT, script)
+    text, mine, theirs = open(path).read(), sections(script), sections(base)
+    theirs["Run harness"] = sections("sac.py")["Run harness"]
+    changed = [name for name in SHARED[base] if name in mine and mine[name] != theirs[name]]
+    for name in changed:
+        head = re.search(rf"^# --- {re.escape(name)}\b.*$", text, flags=re.M).group(0)
+        text = text.replace(head + mine[name], head + theirs[name], 1)
+    open(path, "w").write(text)
+    return changed
+
+
+if __name__ == "__main__":  # python tests/test_shared_sections.py robust_sac.py ...: copy the base's sections over
+    import sys
+
+    for name in sys.argv[1:]:
+        print(name, sync(name))

@@ -262,3 +262,11 @@ def test_a_long_run_keeps_its_state_outside_the_tree_and_a_fresh_machine_continu
     tracked = subprocess.run(["git", "ls-files"], cwd=clone, capture_output=True, text=True).stdout.split()
     assert f"results/study/trials/{name}/resume.pt" not in tracked and not (trial / "resume.pt").exists()
     assert f"results/study/trials/{name}/done.json" in tracked
+
+
+def test_an_unreachable_cluster_address_is_one_line_at_once(tmp_path):
+    cmd = [sys.executable, os.path.join(ROOT, "sweep.py"), "--methods", "sac", "--envs", "Hopper-v4", "--seeds", "1",
+           "--out", str(tmp_path / "s"), "--address", "127.0.0.1:1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "no Ray head answers there" in proc.stderr and "Traceback" not in proc.stderr
+    assert sweep.cluster_unreachable("head:notaport").startswith("--address 'head:notaport': expected host:port")
