@@ -782,7 +782,7 @@ class Run:
         if self.device.type == "cuda" and saved.get("cuda_rng"):  # one state per GPU at save time; the count may
             states = saved["cuda_rng"]  # have changed: ours, or the first
             torch.cuda.set_rng_state(states[min(torch.cuda.current_device(), len(states) - 1)])
-        buffer_path = os.path.join(os.path.dirname(path), saved.get("buffer_file") or "-")
+        buffer_path = os.path.join(os.path.dirname(path), saved.get("buffer_file") or "")  # "": the folder, no file
         if self.buffer is not None and os.path.isfile(buffer_path):
             try:
                 state = torch.load(buffer_path, map_location="cpu", weights_only=True)
