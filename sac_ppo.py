@@ -860,6 +860,7 @@ class Run:
         self.resume, self.last_good = ckpt, f"{args.resume} (step {ckpt['global_step']})" if ckpt else None
         self.health, self.stop_signal, self.last_eval = {}, None, []
         self.recent_returns: deque = deque(maxlen=10)
+        self.progress_marks: deque = deque(maxlen=11)  # (time, step) of the last progress lines: the recent rate
         self.update_clock = [0, 0.0]  # steps and seconds of the updating phase (evaluations excluded)
         self.summary: dict = {"eval_returns": [], "eval_mean": float("nan"), "eval_std": float("nan"), "sps": 0.0}
 
@@ -957,8 +958,13 @@ class Run:
         args, step = self.args, ts.global_step
         if crossed(args.log_every, before, step) or step == args.total_timesteps:
             self.check(step, f"read every --log-every {args.log_every} steps")
-            sps = (step - self.start[1]) / max(time.time() - self.start[0], 1e-9)
-            self.writer.add_scalar("charts/SPS", sps, step)
+            now = time.time()
+            self.writer.add_scalar("charts/SPS", (step - self.start[1]) / max(now - self.start[0], 1e-9), step)
+            if before < getattr(args, "learning_starts", 0) <= step:  # the random-action warm-up is fast
+                self.progress_marks.clear()
+            since, since_step = self.progress_marks[0] if self.progress_marks else self.start
+            self.progress_marks.append((now, step))
+            sps = (step - since_step) / max(now - since, 1e-9)  # over the last 10 lines, for an honest ETA
             for key, value in logs.items():
                 if key.startswith(("losses/", "adversary/", "charts/")):
                     self.writer.add_scalar(key, float(value), step)

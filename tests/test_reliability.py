@@ -165,3 +165,18 @@ def test_bad_files_on_resume_are_one_clear_line(saved_run, tmp_path, damage, mes
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = error_lines(proc.stderr)
     assert len(lines) == 1 and message in lines[0], lines
+
+
+def test_the_eta_counts_the_rate_after_the_random_action_warm_up(monkeypatch, capsys):
+    """1000 warm-up steps take 1 s, every later 1000 take 10 s: at step 3000 of 10000 the ETA is 7000 / 100 steps/s
+    = 1.2 min; the cumulative rate (3000 / 21 s) would say 0.8 min."""
+    args = sac.resolve_args(sac.Args(env_id="HalfCheetah-v4", total_timesteps=10_000, learning_starts=1000,
+                                     log_every=1000, eval_every=0, save_every=0, save_path="unused.pt"))
+    run, clock = sac.Run(args), [0.0]
+    monkeypatch.setattr(sac.time, "time", lambda: clock[0])
+    run.start, run.writer = (0.0, 0), type("Writer", (), {"add_scalar": lambda *a: None})()
+    for step, seconds in [(1000, 1.0), (2000, 11.0), (3000, 21.0)]:
+        clock[0] = seconds
+        run.periodic(sac.TrainState(global_step=step), step - 1000, {}, None, progress=lambda: "")
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "step      3000/10000 | sps  100.0" in last and last.endswith("eta    1.2 min"), last
