@@ -76,6 +76,7 @@ class Args:
     attack_eps: Optional[float] = None  # l_inf attack radius (normalized units) stored in the checkpoint; per task
     eval_every: int = 10_000  # steps between clean deterministic evaluations (0: only at the end)
     eval_episodes: int = 10
+    capture_video: bool = False  # also write each evaluation's first episode to videos/{run_name}/eval_step{N}.mp4
     log_every: int = 1000  # steps between progress lines and scalar logs (the divergence guard reads its flags then)
     save_every: int = 50_000  # steps between checkpoints (the final one is always written)
     save_path: Optional[str] = None  # checkpoint file; default runs/{run_name}/model.pt
@@ -518,19 +519,56 @@ def behaviour_action(learner: Learner, obs_n: torch.Tensor, episode_state: dict,
 
 
 # --- Evaluation ------------------------------------------------------------------------------------
-def evaluate(actor: Actor, normalizer: RunningNormalizer, env: gym.Env, episodes: int, seed: int) -> list[float]:
-    """Clean returns of the deterministic policy (`actor.deterministic`); the normalizer is frozen (read only)."""
+def evaluate(actor: Actor, normalizer: RunningNormalizer, env: gym.Env, episodes: int, seed: int,
+             video_path: Optional[str] = None) -> list[float]:
+    """Clean returns of the deterministic policy (`actor.deterministic`); the normalizer is frozen (read only).
+    With `video_path` (and an env from make_eval_env with --capture-video) the first episode is also an mp4."""
     returns = []
     for episode in range(episodes):
         (obs, _), done, total = env.reset(seed=seed + episode), False, 0.0
+        frames = [env.render()] if video_path and episode == 0 else None
         while not done:
             with torch.no_grad():
                 obs_n = normalizer.normalize(torch.as_tensor(obs, dtype=torch.float32, device=normalizer.device))
                 action = actor.deterministic(obs_n.unsqueeze(0))[0].cpu().numpy()
             obs, reward, terminated, truncated, _ = env.step(action)
             total, done = total + float(reward), terminated or truncated
+            if frames is not None:
+                frames.append(env.render())
+        if frames is not None:
+            write_video(video_path, frames, env.metadata.get("render_fps", 30))
         returns.append(total)
     return returns
+
+
+def make_eval_env(args, env_kwargs: dict) -> gym.Env:
+    """The evaluation environment; with --capture-video it renders off-screen (EGL unless MUJOCO_GL says otherwise)."""
+    if not args.capture_video:
+        return make_env(args.env_id, env_kwargs)
+    if not os.environ.get("DISPLAY"):
+        os.environ.setdefault("MUJOCO_GL", "egl")
+    try:
+        env = make_env(args.env_id, {**env_kwargs, "render_mode": "rgb_array", "width": 320, "height": 240})
+        env.reset(seed=args.seed)
+        env.render()
+    except UserError:
+        raise
+    except Exception as e:  # no GL backend: mujoco and PyOpenGL raise their own error types
+        raise UserError(f"--capture-video: cannot render {args.env_id} off-screen ({one_line(e)}); install EGL "
+                        "(libegl1) or OSMesa (libosmesa6) and set MUJOCO_GL=egl or osmesa")
+    return env
+
+
+def video_file(args, step: int) -> Optional[str]:
+    return os.path.join("videos", args.run_name, f"eval_step{step}.mp4") if args.capture_video else None
+
+
+def write_video(path: str, frames: list, fps: int) -> None:
+    import imageio.v2 as imageio  # with imageio-ffmpeg's bundled ffmpeg
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    imageio.mimwrite(path, frames, fps=fps, macro_block_size=8)
+    print(f"[{METHOD}] video: {path}", flush=True)
 
 
 # --- Training loop ---------------------------------------------------------------------------------
@@ -539,7 +577,7 @@ def train(args: Args) -> dict:
     args = resolve_args(args)
     run = Run(args)  # seeds python/numpy/torch, picks the device, reads --resume
     env_kwargs = parse_env_kwargs(args.env_id, args.env_kwargs)
-    env, eval_env = make_env(args.env_id, env_kwargs), make_env(args.env_id, env_kwargs)
+    env, eval_env = make_env(args.env_id, env_kwargs), make_eval_env(args, env_kwargs)
     env.action_space.seed(args.seed)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     low, high = env.action_space.low, env.action_space.high
@@ -547,6 +585,8 @@ def train(args: Args) -> dict:
     normalizer = RunningNormalizer(obs_dim, args.obs_clip, run.device)
     buffer = PrioritizedReplayBuffer(args.buffer_size, obs_dim, act_dim, run.device, prioritized=args.per,
                                      alpha=args.per_alpha, eps=args.per_eps, seed=args.seed)
+    evaluate_policy = lambda step: evaluate(learner.actor, normalizer, eval_env, args.eval_episodes,
+                                            args.seed + 10_000, video_file(args, step))
     obs, _ = env.reset(seed=args.seed)
     normalizer.update(obs)  # the normalizer sees every observation the agent acts on, reset ones included
     with run.attach(env, env_kwargs, learner, normalizer, buffer):
@@ -577,10 +617,9 @@ def train(args: Args) -> dict:
                 run.watch(logs)
             if updating:
                 run.count_update_time(time.perf_counter() - tick)
-            run.periodic(ts, ts.global_step - 1, logs, evaluate_policy=lambda: evaluate(
-                learner.actor, normalizer, eval_env, args.eval_episodes, args.seed + 10_000),
-                progress=lambda: f"alpha {float(learner.alpha):.3f}")
-        run.finish(ts, evaluate(learner.actor, normalizer, eval_env, args.eval_episodes, args.seed + 10_000))
+            run.periodic(ts, ts.global_step - 1, logs, evaluate_policy,
+                         progress=lambda: f"alpha {float(learner.alpha):.3f}")
+        run.finish(ts, evaluate_policy)
     env.close()
     eval_env.close()
     return {"eval_returns": run.last_eval, "save_path": args.save_path, "global_step": ts.global_step,
@@ -756,7 +795,7 @@ class Run:
             print(f"[{METHOD}] step {step:>9d}/{args.total_timesteps} | sps {sps:6.1f} | return(10) {ret} | "
                   f"{progress()} | eta {(args.total_timesteps - step) / max(sps, 1e-9) / 60:6.1f} min", flush=True)
         if crossed(args.eval_every, before, step) and step < args.total_timesteps:
-            self.record_eval(step, evaluate_policy())
+            self.record_eval(step, evaluate_policy(step))
         saved_now = crossed(args.save_every, before, step) and step < args.total_timesteps
         if saved_now or (self.stop_signal is not None and step < args.total_timesteps):
             self.save(ts)
@@ -776,8 +815,8 @@ class Run:
         print(f"[{METHOD}] {'final eval' if final else 'eval'} at {step}: {np.mean(returns):.1f} +- "
               f"{np.std(returns):.1f}", flush=True)
 
-    def finish(self, ts: TrainState, returns: list) -> None:
-        self.record_eval(ts.global_step, returns, final=True)
+    def finish(self, ts: TrainState, evaluate_policy) -> None:
+        self.record_eval(ts.global_step, evaluate_policy(ts.global_step), final=True)
         self.save(ts)
         print(f"[{METHOD}] checkpoint: {self.args.save_path}", flush=True)
 

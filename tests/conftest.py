@@ -18,8 +18,8 @@ TINY = ["--learning-starts", "200", "--batch-size", "32", "--hidden-sizes", "32"
         "--eval-every", "0", "--eval-episodes", "1", "--log-every", "200", "--threads", "1"]
 
 
-def run_script(script: str, *args: str, cwd: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+def run_script(script: str, *args: str, cwd: str, timeout: int = 300, env: dict = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
     return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env=env)
 

@@ -14,6 +14,7 @@ SAC_FAMILY = ["sac.py", "robust_sac.py", "sac_valt_eps.py", "sac_valt_soft.py", 
 PPO_FAMILY = ["ppo.py", "robust_ppo.py", "atla_ppo.py", "wocar_ppo.py"]
 SHARED = {"sac.py": ("Environment", "Observation normalizer", "Prioritized replay", "Evaluation", "Run harness"),
           "ppo.py": ("Environment", "Observation normalizer", "Rollout", "Evaluation", "Run harness")}
+ONE_COPY = ("Environment", "Observation normalizer", "Evaluation", "Run harness")  # the same in all nine
 
 
 def sections(script: str) -> dict:
@@ -35,7 +36,7 @@ def test_shared_sections_are_identical_to_the_base_script(script):
     for name in SHARED[base]:
         assert name in mine, f"{script} has no section {name!r}"
         assert mine[name] == theirs[name], f"{script}: section {name!r} differs from {base}'s"
-    for name in ("Environment", "Observation normalizer", "Evaluation", "Run harness"):  # one copy for all nine
+    for name in ONE_COPY:
         assert mine[name] == sections("sac.py")[name], f"{script}: section {name!r} differs from sac.py's"
 
 
@@ -44,7 +45,7 @@ def sync(script: str) -> list:
     base = "sac.py" if script in SAC_FAMILY else "ppo.py"
     path = os.path.join(ROOT, script)
     text, mine, theirs = open(path).read(), sections(script), sections(base)
-    theirs["Run harness"] = sections("sac.py")["Run harness"]
+    theirs.update({name: sections("sac.py")[name] for name in ONE_COPY})
     changed = [name for name in SHARED[base] if name in mine and mine[name] != theirs[name]]
     for name in changed:
         head = re.search(rf"^# --- {re.escape(name)}\b.*$", text, flags=re.M).group(0)

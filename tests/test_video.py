@@ -1,0 +1,47 @@
+"""Videos: --capture-video in the method scripts writes each evaluation's first episode as an mp4 rendered
+off-screen (EGL on a headless machine); without a renderer it is one clear line."""
+from __future__ import annotations
+
+import os
+
+import imageio.v3 as iio
+import pytest
+
+from attacks.common import load_victim
+from conftest import TINY, run_script
+from test_ppo import TINY_PPO_CLI
+
+
+def first_eval_episode_length(ckpt_path: str, seed: int) -> int:
+    """Steps of the deterministic episode the final evaluation starts with (seed + 10000), replayed independently
+    through the checkpoint contract."""
+    victim = load_victim(ckpt_path)
+    env, steps, done = victim.make_env(), 0, False
+    obs, _ = env.reset(seed=seed + 10_000)
+    while not done:
+        obs, _, terminated, truncated, _ = env.step(victim.act(victim.normalize(obs).unsqueeze(0))[0].numpy())
+        steps, done = steps + 1, terminated or truncated
+    return steps
+
+
+@pytest.mark.parametrize("script, extra", [("sac.py", TINY), ("ppo.py", TINY_PPO_CLI)])
+def test_capture_video_writes_the_first_episode_of_each_evaluation(workdir, script, extra):
+    steps = 400 if script == "sac.py" else 256
+    proc = run_script(script, "--env-id", "Hopper-v4", *extra, "--total-timesteps", str(steps), "--eval-every",
+                      str(steps // 2), "--capture-video", "--run-name", "v", cwd=str(workdir))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    folder = workdir / "videos" / "v"
+    assert sorted(os.listdir(folder)) == sorted([f"eval_step{steps // 2}.mp4", f"eval_step{steps}.mp4"])
+    frames = iio.imread(folder / f"eval_step{steps}.mp4")
+    expected = first_eval_episode_length(str(workdir / "runs" / "v" / "model.pt"), seed=1) + 1  # + the reset frame
+    assert frames.shape == (expected, 240, 320, 3)
+    assert frames.std() > 1.0  # a rendered scene, not a blank frame
+
+
+def test_capture_video_without_a_renderer_is_one_line(workdir):
+    env = {"MUJOCO_GL": "glfw", "DISPLAY": ""}  # an on-screen backend and no display: nothing can render
+    proc = run_script("sac.py", "--env-id", "Hopper-v4", *TINY, "--total-timesteps", "300", "--capture-video",
+                      cwd=str(workdir), env=env)
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]  # GLFW prints its own warnings too
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(errors) == 1, proc.stderr[-2000:]
+    assert "--capture-video: cannot render Hopper-v4 off-screen" in errors[0]
