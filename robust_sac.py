@@ -210,51 +210,37 @@ class RunningNormalizer:
 
 
 # --- Prioritized replay ----------------------------------------------------------------------------
-class SumTree:
-    """Binary sum-tree over `capacity` priorities in one float64 tensor on the buffer's device (no host sync per
-    update). Leaf writes are immediate; the sums above written leaves are recomputed before the next search."""
+class BlockedPriorities:
+    """Priorities for proportional sampling in a fixed number of tensor operations (no loop over tree levels, no
+    host sync): the leaves as [blocks, BLOCK] float64, each block's sum kept current. A draw finds its block by a
+    search over the block sums' running total, then its leaf by a search within that block."""
+
+    BLOCK = 64  # ~sqrt(capacity / batch) at the paper's 1M buffer and batch 256: both searches stay small
 
     def __init__(self, capacity: int, device: torch.device):
-        self.leaves = 1 << max(0, (capacity - 1).bit_length())
-        self.depth = self.leaves.bit_length() - 1
-        self.tree = torch.zeros(2 * self.leaves, dtype=torch.float64, device=device)
-        self.pairs = self.tree.view(-1, 2)  # pairs[p] = (tree[2p], tree[2p+1]): the children of node p
-        self.stale: list[torch.Tensor] = []  # leaf positions written since the last propagation
-
-    @property
-    def total(self) -> torch.Tensor:
-        self.propagate()
-        return self.tree[1]
+        self.blocks = -(-capacity // self.BLOCK)
+        self.leaves = torch.zeros(self.blocks, self.BLOCK, dtype=torch.float64, device=device)
+        self.block_sums = torch.zeros(self.blocks, dtype=torch.float64, device=device)
 
     def update(self, indices: torch.Tensor, priorities: torch.Tensor) -> None:
         """Sets leaves; an index given twice keeps its larger priority (order-free, so deterministic on GPUs)."""
-        pos = torch.as_tensor(indices, device=self.tree.device) + self.leaves
-        priorities = torch.as_tensor(priorities, dtype=torch.float64, device=self.tree.device)
-        self.tree.scatter_reduce_(0, pos, priorities, "amax", include_self=False)
-        self.stale.append(pos)
+        indices = torch.as_tensor(indices, device=self.leaves.device)
+        priorities = torch.as_tensor(priorities, dtype=torch.float64, device=self.leaves.device)
+        self.leaves.view(-1).scatter_reduce_(0, indices, priorities, "amax", include_self=False)
+        rows = indices // self.BLOCK  # a block written twice gets the same sum twice
+        self.block_sums[rows] = self.leaves[rows].sum(1)
 
-    def propagate(self) -> None:
-        if self.stale:
-            pos, self.stale = torch.cat(self.stale), []
-            for _ in range(self.depth):  # repeated parents get the same sum: no need to deduplicate
-                pos = pos >> 1
-                self.tree[pos] = self.pairs[pos].sum(1)
-
-    def find(self, values: torch.Tensor) -> torch.Tensor:
-        """Index i of each value v with prefix(i) <= v < prefix(i+1)."""
-        self.propagate()
-        idx = torch.ones(len(values), dtype=torch.long, device=self.tree.device)
-        for _ in range(self.depth):
-            left = self.pairs[idx, 0]
-            go_right = values >= left
-            values = torch.where(go_right, values - left, values)
-            idx = 2 * idx + go_right
-        return idx - self.leaves
+    def find(self, values: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+        """Index i of each value v with prefix(i) <= v < prefix(i+1); `ends` = block_sums.cumsum(0)."""
+        row = torch.searchsorted(ends, values, right=True).clamp_(max=self.blocks - 1)
+        within = self.leaves[row].cumsum(1)
+        rest = (values - (ends[row] - self.block_sums[row])).unsqueeze(1)
+        return row * self.BLOCK + torch.searchsorted(within, rest, right=True).squeeze(1).clamp_(max=self.BLOCK - 1)
 
 
 class PrioritizedReplayBuffer:
     """Proportional PER (Schaul et al. 2016) over raw transitions, uniform when `prioritized=False`; storage,
-    sum-tree and the sampling generator all live on `device`. Observations are normalized when sampled, with the
+    priorities and the sampling generator all live on `device`. Observations are normalized when sampled, with the
     current statistics, so acting and learning see the same map."""
 
     FIELDS = ("obs", "next_obs", "actions", "rewards", "terminated")
@@ -266,7 +252,7 @@ class PrioritizedReplayBuffer:
         self.actions = torch.zeros(capacity, act_dim, device=device)
         self.rewards = torch.zeros(capacity, device=device)
         self.terminated = torch.zeros(capacity, device=device)
-        self.tree = SumTree(capacity, device)
+        self.priorities = BlockedPriorities(capacity, device)
         self.max_priority = torch.ones((), dtype=torch.float64, device=device)
         self.generator = torch.Generator(device).manual_seed(seed)  # replay sampling only
         self.pos, self.size = 0, 0
@@ -278,17 +264,18 @@ class PrioritizedReplayBuffer:
         self.actions[i] = torch.as_tensor(action, device=self.device)
         self.rewards[i], self.terminated[i] = float(reward), float(terminated)
         if self.prioritized:  # new transitions get the highest priority seen so far: each is replayed soon
-            self.tree.update(torch.tensor([i]), (self.max_priority**self.alpha).reshape(1))
+            self.priorities.update(torch.tensor([i]), (self.max_priority**self.alpha).reshape(1))
         self.pos, self.size = (self.pos + 1) % self.capacity, min(self.size + 1, self.capacity)
 
     def sample(self, batch_size: int, beta: float):
         """(indices, obs, actions, rewards, next_obs, terminated, importance weights), all on the device."""
         if self.prioritized:  # stratified: one draw per equal-mass segment of the priority line
-            total = self.tree.total
+            ends = self.priorities.block_sums.cumsum(0)
+            total = ends[-1]
             u = torch.rand(batch_size, dtype=torch.float64, device=self.device, generator=self.generator)
             values = (torch.arange(batch_size, device=self.device) + u) * (total / batch_size)
-            idx = self.tree.find(torch.minimum(values, total * (1 - 1e-12))).clamp_(max=self.size - 1)
-            weights = (self.size * self.tree.tree[idx + self.tree.leaves] / total) ** (-beta)
+            idx = self.priorities.find(torch.minimum(values, total * (1 - 1e-12)), ends).clamp_(max=self.size - 1)
+            weights = (self.size * self.priorities.leaves.view(-1)[idx] / total) ** (-beta)
             weights = (weights / weights.max()).float()  # normalized by the batch maximum, so weights <= 1
         else:
             idx = torch.randint(0, self.size, (batch_size,), device=self.device, generator=self.generator)
@@ -300,12 +287,12 @@ class PrioritizedReplayBuffer:
         if self.prioritized:
             priorities = td_errors.detach().abs().double() + self.eps
             self.max_priority = torch.maximum(self.max_priority, priorities.max())
-            self.tree.update(indices, priorities**self.alpha)
+            self.priorities.update(indices, priorities**self.alpha)
 
     def state_dict(self) -> dict:
-        n, leaves = self.size, self.tree.leaves
+        n = self.size
         return {**{name: getattr(self, name)[:n].cpu() for name in self.FIELDS},
-                "priorities": self.tree.tree[leaves:leaves + n].cpu(), "max_priority": float(self.max_priority),
+                "priorities": self.priorities.leaves.view(-1)[:n].cpu(), "max_priority": float(self.max_priority),
                 "generator": self.generator.get_state(), "pos": self.pos, "size": n, "capacity": self.capacity}
 
     def load_state_dict(self, state: dict) -> None:
@@ -314,8 +301,8 @@ class PrioritizedReplayBuffer:
         n = state["size"]
         for name in self.FIELDS:
             getattr(self, name)[:n] = state[name].to(self.device)
-        self.tree.tree.zero_()
-        self.tree.update(torch.arange(n), state["priorities"])
+        self.priorities = BlockedPriorities(self.capacity, self.device)
+        self.priorities.update(torch.arange(n), state["priorities"])
         self.max_priority = torch.tensor(state["max_priority"], dtype=torch.float64, device=self.device)
         self.generator.set_state(state["generator"])
         self.pos, self.size = state["pos"], n

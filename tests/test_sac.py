@@ -16,21 +16,43 @@ TINY_ARGS = dict(learning_starts=200, batch_size=32, hidden_sizes=(32, 32), buff
 
 
 # --- prioritized replay -----------------------------------------------------------------------------
-def test_sum_tree_find_matches_cumulative_sum():
+def test_blocked_priorities_find_matches_cumulative_sum():
     rng = np.random.default_rng(0)
-    tree = sac.SumTree(13, CPU)  # not a power of two on purpose
-    prios = rng.random(13)
-    tree.update(torch.arange(13), torch.from_numpy(prios))
-    assert float(tree.total) == pytest.approx(prios.sum())
-    values = rng.random(1000) * prios.sum()
-    expected = np.searchsorted(np.cumsum(prios), values, side="right")
-    np.testing.assert_array_equal(tree.find(torch.from_numpy(values)).numpy(), expected)
-    # a later partial update keeps every internal node consistent; an index given twice keeps the larger priority
-    tree.update(torch.tensor([2, 7, 7]), torch.tensor([5.0, 0.5, 0.25]))
-    prios[2], prios[7] = 5.0, 0.5
-    assert float(tree.total) == pytest.approx(prios.sum())
-    np.testing.assert_array_equal(tree.find(torch.from_numpy(values)).numpy(),
-                                  np.searchsorted(np.cumsum(prios), values, side="right"))
+    prios = rng.random(203)  # several blocks, the last one partial
+    tree = sac.BlockedPriorities(203, CPU)
+    tree.update(torch.arange(203), torch.from_numpy(prios))
+
+    def check():
+        ends = tree.block_sums.cumsum(0)
+        assert float(ends[-1]) == pytest.approx(prios.sum())
+        values = np.concatenate([rng.random(2000) * prios.sum(), np.cumsum(prios)[:-1]])  # boundaries included
+        expected = np.searchsorted(np.cumsum(prios), values, side="right")
+        found = tree.find(torch.from_numpy(values), ends).numpy()
+        assert np.all(np.abs(found - expected) <= 1)  # exactly on a boundary: either side, by rounding
+        np.testing.assert_array_equal(found[:2000], expected[:2000])
+    check()
+    # a later partial update keeps every block sum current; an index given twice keeps the larger priority
+    tree.update(torch.tensor([2, 70, 70, 202]), torch.tensor([5.0, 0.5, 0.25, 3.0]))
+    prios[2], prios[70], prios[202] = 5.0, 0.5, 3.0
+    check()
+
+
+def test_per_matches_the_exact_probabilities_over_many_blocks():
+    """Chi-square of 64 000 stratified draws from a 300-slot buffer (5 blocks, random priorities) against
+    p_i / sum p: far below the 0.999 quantile (~380 at 299 degrees of freedom); a draw one slot off fails it."""
+    rng = np.random.default_rng(1)
+    buf = sac.PrioritizedReplayBuffer(300, 1, 1, CPU, alpha=1.0, eps=0.0, seed=3)
+    for i in range(300):
+        buf.add([i], [0.0], 0.0, [i], False)
+    td = torch.from_numpy(rng.random(300) ** 3 + 1e-3)
+    buf.update_priorities(torch.arange(300), td)
+    counts = torch.zeros(300, dtype=torch.float64)
+    for _ in range(250):
+        counts += torch.bincount(buf.sample(256, beta=0.4)[0], minlength=300)
+    expected = counts.sum() * td / td.sum()
+    assert float(((counts - expected) ** 2 / expected).sum()) < 380
+    shifted = torch.roll(counts, 1)  # what an off-by-one search would produce
+    assert float(((shifted - expected) ** 2 / expected).sum()) > 1000
 
 
 def test_per_samples_proportionally_and_weights_follow_formula():
@@ -52,7 +74,7 @@ def test_per_samples_proportionally_and_weights_follow_formula():
     torch.testing.assert_close(w, (raw / raw.max()).float(), rtol=1e-5, atol=0)
     # new transitions enter with the max priority seen
     buf.add([9], [0.0], 0.0, [9], False)
-    assert float(buf.tree.tree[buf.tree.leaves + 0]) == pytest.approx(8.0)
+    assert float(buf.priorities.leaves.view(-1)[0]) == pytest.approx(8.0)
 
 
 def test_uniform_replay_has_unit_weights():
@@ -61,7 +83,7 @@ def test_uniform_replay_has_unit_weights():
         buf.add([i], [0.0], 0.0, [i], False)
     *_, w = buf.sample(32, beta=0.4)
     assert torch.all(w == 1)
-    assert not buf.tree.stale  # no sum-tree bookkeeping piles up when it is never read
+    assert float(buf.priorities.block_sums.sum()) == 0  # uniform replay keeps no priorities
 
 
 def test_replay_sampling_is_seeded_and_its_state_round_trips():
@@ -203,14 +225,13 @@ def test_resume_from_a_file_that_is_not_a_checkpoint(workdir):
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_a_loaded_buffer_has_the_same_sum_tree():
+def test_a_loaded_buffer_has_the_same_priorities():
     rng = np.random.default_rng(5)
     buf = sac.PrioritizedReplayBuffer(100, 1, 1, CPU, seed=1)
     for i in range(37):
         buf.add([i], [0.0], 1.0, [i + 1], False)
     buf.update_priorities(torch.from_numpy(rng.integers(0, 37, 20)), torch.from_numpy(rng.random(20)))
-    buf.tree.propagate()
     restored = sac.PrioritizedReplayBuffer(100, 1, 1, CPU, seed=2)
     restored.load_state_dict(buf.state_dict())
-    restored.tree.propagate()
-    assert torch.equal(restored.tree.tree, buf.tree.tree) and restored.max_priority == buf.max_priority
+    assert torch.equal(restored.priorities.leaves, buf.priorities.leaves) and restored.max_priority == buf.max_priority
+    assert torch.equal(restored.priorities.block_sums, buf.priorities.block_sums)
