@@ -93,3 +93,13 @@ def test_gpu_speed_times_the_updating_phase_from_the_progress_lines(tmp_path):
     bad = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu_speed.py"), "--env", "Nope-v0",
                           "--count-ops"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown environment id" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_prioritized_sampling_is_a_fixed_handful_of_operations():
+    """The operations a GPU launches one by one per SAC step (torch profiler, CPU): prioritized sampling is two
+    searches, not a loop over tree levels (it was 265 with the 20-level sum tree)."""
+    import gpu_speed
+
+    counts = gpu_speed.count_ops("Hopper-v4")
+    assert counts["prioritized sampling"] <= 40 and counts["priority write-back"] <= 16, counts
+    assert sum(counts.values()) <= 340, counts
