@@ -45,3 +45,28 @@ def test_capture_video_without_a_renderer_is_one_line(workdir):
     errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]  # GLFW prints its own warnings too
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(errors) == 1, proc.stderr[-2000:]
     assert "--capture-video: cannot render Hopper-v4 off-screen" in errors[0]
+
+
+def test_attack_video_shows_the_tables_first_episode_natural_and_attacked(workdir):
+    tmp_path = workdir
+    """attacks/video.py: the natural and the PGD episode of seed 0 side by side; their returns are those the attack
+    modules report for that episode without rendering, and the video has a frame per step of the longer one."""
+    import dataclasses
+
+    import sac
+    from attacks import natural, pgd, video
+    from attacks.common import EvalArgs
+    from test_sac import TINY_ARGS
+
+    out = sac.train(sac.Args(env_id="Hopper-v4", total_timesteps=400, seed=0, save_every=0, run_name="victim",
+                             save_path=str(tmp_path / "model.pt"), **TINY_ARGS))
+    victim = load_victim(out["save_path"])
+    args = dataclasses.make_dataclass("A", [], bases=(pgd.Args, EvalArgs), kw_only=True)(episodes=1, seed=0)
+    shown = video.natural_vs_attack(victim, natural, pgd, "PGD (minQ)", args, str(tmp_path / "v.mp4"))
+    clean = natural.evaluate(victim, args)["stats"]
+    attacked = pgd.evaluate(victim, args)["stats"]
+    assert shown["natural_return"] == clean.returns[0] and shown["attacked_return"] == attacked.returns[0]
+    frames = iio.imread(tmp_path / "v.mp4")
+    assert frames.shape == (max(clean.lengths[0], attacked.lengths[0]) + 1, 240, 640, 3)
+    assert shown["frames"] == len(frames)
+    assert frames[:, :, :320].std() > 1.0 and frames[:, :, 320:].std() > 1.0
