@@ -3,11 +3,15 @@ attack evaluation of each method/env's median seed (by final clean evaluation re
 and figures (results.py).
 
     python sweep.py --envs HalfCheetah-v4 --seeds 2 --budget-scale 0.02            # a laptop mini-grid
-    python sweep.py --address auto --seeds 8 --num-cpus 1 --num-gpus 0.25           # paper scale on a cluster
+    python sweep.py --address auto --storage s3://bucket/studies --seeds 8 --num-gpus 0.25   # paper scale on a cluster
 
 Fault tolerance: each trial checkpoints every --save-every-frac of its budget (with its replay buffer);
 a trial whose worker dies is retried by Ray (--max-retries) and resumes from its last checkpoint. Running
 the same command again skips finished trials and finished attack evaluations.
+
+On a cluster (--address), --storage (a shared path or a pyarrow.fs URI, as Ray Train's storage_path) is where
+trials and attacks write: checkpoints go there as they are made, so a retry on any node resumes from the last
+one, and the driver copies every finished piece into --out (docs/sweeps.md, "On a cluster").
 
 Every seed is also attacked with the cheap attacks (`--seed-attacks`, default natural,uniform,mad,pgd) on its
 slim checkpoint, so the worst case has a spread over seeds, not only the median seed's value.
@@ -156,6 +160,222 @@ def run_attacks(ckpt: str, out_json: str, attack_args: list[str]) -> dict:
     with open(out_json, "w") as f:
         json.dump(row, f, indent=1)
     return row
+
+
+class Storage:
+    """A study's folder that every node and the driver reach: a local or shared path, or a pyarrow.fs URI (s3://,
+    gs://, ...), as Ray Train's storage_path. Names inside it are '/'-separated and relative."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        if "://" in uri and not uri.startswith("file://"):
+            import pyarrow.fs  # ImportError: the driver says what to install
+
+            self.fs, self.root = pyarrow.fs.FileSystem.from_uri(uri)
+        else:
+            self.fs, self.root = None, os.path.abspath(uri.removeprefix("file://"))
+            self.uri = self.root  # what the workers receive: absolute, whatever their working folder
+
+    def path(self, rel: str = "") -> str:
+        return f"{self.root.rstrip('/')}/{rel}" if rel else self.root
+
+    def exists(self, rel: str) -> bool:
+        if self.fs is None:
+            return os.path.exists(self.path(rel))
+        import pyarrow.fs
+
+        return self.fs.get_file_info(self.path(rel)).type != pyarrow.fs.FileType.NotFound
+
+    def put(self, local: str, rel: str) -> None:
+        """One file; a reader never sees it half written (temp + rename; an object store's upload is atomic)."""
+        import shutil
+
+        dst = self.path(rel)
+        if self.fs is None:
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            tmp = f"{dst}.tmp.{os.getpid()}"
+            shutil.copyfile(local, tmp)
+            os.replace(tmp, dst)
+            return
+        self.fs.create_dir(dst.rpartition("/")[0], recursive=True)
+        with open(local, "rb") as src, self.fs.open_output_stream(dst) as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+
+    def files(self, rel: str) -> list[str]:
+        """The files under rel (or rel itself when it is a file), relative to rel; [] when absent."""
+        if self.fs is None:
+            top = self.path(rel)
+            if os.path.isfile(top):
+                return [""]
+            return sorted(os.path.relpath(os.path.join(d, f), top).replace(os.sep, "/")
+                          for d, _, fs in os.walk(top) for f in fs if ".tmp." not in f)
+        import pyarrow.fs
+
+        top = self.path(rel)
+        info = self.fs.get_file_info(top)
+        if info.type == pyarrow.fs.FileType.File:
+            return [""]
+        if info.type == pyarrow.fs.FileType.NotFound:
+            return []
+        found = self.fs.get_file_info(pyarrow.fs.FileSelector(top, recursive=True))
+        return sorted(i.path[len(top.rstrip("/")) + 1:] for i in found if i.type == pyarrow.fs.FileType.File)
+
+    def get(self, rel: str, local: str, skip: tuple = ()) -> list[str]:
+        """Copies rel (a file or a folder) to local; returns the local files written."""
+        import shutil
+
+        written = []
+        for sub in self.files(rel):
+            if sub.endswith(skip):
+                continue
+            src, dst = self.path(f"{rel}/{sub}" if sub else rel), os.path.join(local, sub) if sub else local
+            os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
+            tmp = f"{dst}.tmp.{os.getpid()}"
+            if self.fs is None:
+                shutil.copyfile(src, tmp)
+            else:
+                with self.fs.open_input_stream(src) as f, open(tmp, "wb") as out:
+                    shutil.copyfileobj(f, out, 1 << 20)
+            os.replace(tmp, dst)
+            written.append(dst)
+        return written
+
+    def put_tree(self, local: str, rel: str, sent: Optional[dict] = None, last: tuple = ()) -> None:
+        """Every file under local (temp files aside) that changed since `sent` saw it; a replay buffer before its
+        checkpoint and the `last` names after everything else, so what the storage holds is always resumable."""
+        order = lambda p: (p.endswith(last), not p.endswith("_buffer.pt"), p)  # noqa: E731
+        paths = sorted((os.path.join(d, f) for d, _, fs in os.walk(local) for f in fs if ".tmp." not in f), key=order)
+        for p in paths:
+            try:
+                st = os.stat(p)
+            except FileNotFoundError:  # replaced by the trainer meanwhile: the next pass sends it
+                continue
+            if sent is not None and sent.get(p) == (st.st_size, st.st_mtime_ns):
+                continue
+            self.put(p, f"{rel}/{os.path.relpath(p, local).replace(os.sep, '/')}")
+            if sent is not None:
+                sent[p] = (st.st_size, st.st_mtime_ns)
+
+
+def storage_problem(uri: str) -> Optional[str]:
+    """Why the driver cannot use --storage (one line), or None after a probe file went in and out."""
+    import tempfile
+
+    try:
+        store = Storage(uri)
+    except ImportError:
+        return f"--storage {uri}: a URI storage needs pyarrow, which is not installed (pip install pyarrow)"
+    except Exception as e:  # an unknown scheme, a filesystem pyarrow was built without, bad credentials
+        return f"--storage {uri}: {one_line(e)}"
+    probe = f".probe.{os.getpid()}"
+    try:
+        with tempfile.NamedTemporaryFile() as f:
+            store.put(f.name, probe)
+        if store.fs is None:
+            os.remove(store.path(probe))
+        else:
+            store.fs.delete_file(store.path(probe))
+    except Exception as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else one_line(e)
+        return f"--storage {uri}: the driver cannot write there ({why})"
+    return None
+
+
+def call(fn: str, *args):
+    """Runs sweep.<fn> from the worker's own copy of the code (a function pickled from the driver's __main__ would
+    carry the driver's paths)."""
+    import sweep as worker_sweep
+
+    return getattr(worker_sweep, fn)(*args)
+
+
+def storage_trial(method: str, overrides: dict, storage_uri: str, every_s: float = 2.0) -> dict:
+    """A trial on a node that shares no folder with the driver: it runs in a scratch folder of this node, starts
+    from whatever an earlier attempt (on any node) left in the storage, sends its checkpoint (buffer first), log,
+    attempts and events there each time the checkpoint changes, and its slim model and done marker (last) at the end."""
+    import shutil
+    import tempfile
+    import threading
+
+    from attacks.common import slim_checkpoint
+
+    store, name = Storage(storage_uri), overrides["run_name"]
+    scratch = tempfile.mkdtemp(prefix=f"{name}.")
+    trial_dir, rel = os.path.join(scratch, "trials", name), f"trials/{name}"
+    store.get(rel, trial_dir)
+    overrides = {**overrides, "save_path": os.path.join(trial_dir, "model.pt")}
+    sent: dict = {}
+    stop = threading.Event()
+
+    def send_checkpoints() -> None:
+        seen = None
+        while not stop.wait(every_s):
+            try:
+                stamp = os.stat(overrides["save_path"]).st_mtime_ns
+            except FileNotFoundError:
+                continue
+            if stamp != seen:
+                store.put_tree(trial_dir, rel, sent, last=("model.pt",))
+                seen = stamp
+
+    sender = threading.Thread(target=send_checkpoints, daemon=True)
+    sender.start()
+    try:
+        result = run_trial(method, overrides, trial_dir)
+    finally:
+        stop.set()
+        sender.join()
+        if not os.path.isfile(os.path.join(trial_dir, "done.json")):  # stopped or failed: its last checkpoint counts
+            store.put_tree(trial_dir, rel, sent, last=("model.pt",))
+    slim = os.path.join(scratch, "models", f"{name}.pt")
+    slim_checkpoint(overrides["save_path"], slim)
+    store.put(slim, f"models/{name}.pt")
+    store.put_tree(trial_dir, rel, sent, last=("done.json",))
+    shutil.rmtree(scratch, ignore_errors=True)
+    return result
+
+
+def storage_attacks(victim: bytes, rel_ckpt: str, rel_out: str, storage_uri: str, attack_args: list[str]) -> dict:
+    """run_attacks on a node that shares no folder with the driver: the victim comes as bytes, attackers and RS
+    critics trained by earlier suites come from the storage, and every file the suite writes goes back there."""
+    import shutil
+    import tempfile
+
+    store, scratch = Storage(storage_uri), tempfile.mkdtemp(prefix="attacks.")
+    ckpt = os.path.join(scratch, rel_ckpt)
+    os.makedirs(os.path.dirname(ckpt), exist_ok=True)
+    with open(ckpt, "wb") as f:
+        f.write(victim)
+    cache = f"{os.path.dirname(rel_ckpt)}/attackers"
+    store.get(cache, os.path.join(scratch, cache))
+    row = run_attacks(ckpt, os.path.join(scratch, rel_out), attack_args)
+    for rel in attack_files(rel_ckpt, rel_out):
+        if os.path.isfile(os.path.join(scratch, rel)):
+            store.put(os.path.join(scratch, rel), rel)
+    if os.path.isdir(os.path.join(scratch, cache)):
+        store.put_tree(os.path.join(scratch, cache), cache)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return row
+
+
+def attack_files(rel_ckpt: str, rel_out: str) -> list[str]:
+    """What an attack run writes besides the attackers: the checkpoint's row (.json, .md), its own JSON and log."""
+    stem, out_stem = os.path.splitext(rel_ckpt)[0], os.path.splitext(rel_out)[0]
+    return list(dict.fromkeys([f"{stem}_attacks.json", f"{stem}_attacks.md", f"{out_stem}.json", f"{out_stem}.log"]))
+
+
+def fetch_attacks(store: Storage, out: str, rel_ckpt: str, rel_out: str) -> None:
+    """The driver's copy of an attack run's files; each row names the driver's checkpoint, not the worker's."""
+    for rel in attack_files(rel_ckpt, rel_out):
+        for path in store.get(rel, os.path.join(out, rel)):
+            if path.endswith(".json"):
+                with open(path) as f:
+                    row = json.load(f)
+                row["ckpt"] = os.path.join(out, rel_ckpt)
+                with open(path, "w") as f:
+                    json.dump(row, f, indent=1)
+    cache = f"{os.path.dirname(rel_ckpt)}/attackers"
+    store.get(cache, os.path.join(out, cache))
 
 
 def slim_model(out: str, name: str, state_dir: Optional[str] = None) -> Optional[str]:
@@ -369,6 +589,10 @@ def main(argv=None) -> None:
     p.add_argument("--budget-scale", type=float, default=1.0, help="fraction of the paper's budgets and schedules")
     p.add_argument("--out", default="sweeps/default")
     p.add_argument("--address", default=None, help="Ray cluster address ('auto' to join a running cluster)")
+    p.add_argument("--storage", default=None,
+                   help="where trials and attacks write, for nodes that share no folder with the driver: a path every "
+                        "node reaches (NFS) or a pyarrow.fs URI (s3://bucket/studies, gs://...); the study is "
+                        "<storage>/<name of --out>, every finished piece is copied into --out (needed with --address)")
     p.add_argument("--num-cpus", type=float, default=1, help="CPUs per trial")
     p.add_argument("--num-gpus", type=float, default=0, help="GPUs per trial (fractions share a GPU)")
     p.add_argument("--local-cpus", type=int, default=None, help="CPUs of the embedded local Ray (default: all)")
@@ -415,6 +639,22 @@ def main(argv=None) -> None:
         extra["hidden_sizes"] = tuple(extra["hidden_sizes"])
     out = os.path.abspath(a.out)
     state_dir = os.path.abspath(a.state_dir) if a.state_dir else None
+    if a.address:
+        unreachable = cluster_unreachable(a.address)
+        if unreachable:
+            p.error(unreachable)
+    if a.address and not a.storage:
+        p.error("--address: give --storage, a path every node reaches or a URI (s3://, gs://): a worker node cannot "
+                "write into the driver's --out")
+    store = None
+    if a.storage:
+        if a.state_dir or a.slim_every:
+            p.error("--state-dir and --slim-every keep files on the training node: not with --storage")
+        study_uri = f"{a.storage.rstrip('/')}/{os.path.basename(out)}"
+        problem = storage_problem(study_uri)
+        if problem:
+            p.error(problem)
+        store = Storage(study_uri)
     os.makedirs(os.path.join(out, "attacks"), exist_ok=True)
     repo = git_toplevel(out) if a.git_commit else ROOT
     if repo is None:
@@ -429,19 +669,47 @@ def main(argv=None) -> None:
 
     import ray
 
+    threads_env = {"OMP_NUM_THREADS": str(max(1, int(a.num_cpus)))}
     if a.address:
-        unreachable = cluster_unreachable(a.address)
-        if unreachable:
-            p.error(unreachable)
-        ray.init(address=a.address, runtime_env={"working_dir": ROOT, "excludes": ["runs", "sweeps", ".git", "results"]})
+        # the workers' code: this folder as Ray's working_dir, without studies and runs (large, and not code)
+        excludes = ["runs", "sweeps", ".git", "results"] + [
+            os.path.relpath(d, ROOT) for d in (out, store.path() if store.fs is None else None)
+            if d and os.path.abspath(d).startswith(ROOT + os.sep)]
+        ray.init(address=a.address, runtime_env={"working_dir": ROOT, "excludes": excludes, "env_vars": threads_env})
     else:
         # Ray runs workers at nice 15 by default; a local sweep should get the machine like any other job.
         os.environ.setdefault("RAY_worker_niceness", "0")
         # "local": always a Ray of its own, whatever RAY_ADDRESS or a `ray start` record on this machine says
         ray.init(address="local", num_cpus=a.local_cpus, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": ROOT, "OMP_NUM_THREADS": str(max(1, int(a.num_cpus)))}})
-    train_task = ray.remote(num_cpus=a.num_cpus, num_gpus=a.num_gpus, max_retries=a.max_retries)(run_trial)
-    attack_task = ray.remote(num_cpus=a.num_cpus, max_retries=a.max_retries)(run_attacks)
+                 runtime_env={"env_vars": {"PYTHONPATH": ROOT, **threads_env}})
+    train_remote = ray.remote(num_cpus=a.num_cpus, num_gpus=a.num_gpus, max_retries=a.max_retries)(call)
+    attack_remote = ray.remote(num_cpus=a.num_cpus, max_retries=a.max_retries)(call)
+    attack_rels: dict = {}  # ref -> (checkpoint, JSON) relative to --out, for a storage run's files
+
+    def train_task(method: str, over: dict, trial_dir: str):
+        if store is None:
+            return train_remote.remote("run_trial", method, over, trial_dir)
+        over = {k: v for k, v in over.items() if k != "save_path"}  # the driver's path: the worker picks its own
+        return train_remote.remote("storage_trial", method, over, store.uri)
+
+    def attack_task(ckpt: str, out_json: str, args: list[str]):
+        if store is None:
+            return attack_remote.remote("run_attacks", ckpt, out_json, args)
+        rels = (os.path.relpath(ckpt, out), os.path.relpath(out_json, out))
+        with open(ckpt, "rb") as f:
+            ref = attack_remote.remote("storage_attacks", f.read(), *rels, store.uri, args)
+        attack_rels[ref] = rels
+        return ref
+
+    def landed(ref, name: Optional[str] = None) -> None:
+        """A storage run's files into --out: a trial's (no replay buffer) and its slim model, or an attack run's."""
+        if store is None:
+            return
+        if name is not None:
+            store.get(f"trials/{name}", os.path.join(out, "trials", name), skip=("_buffer.pt",))
+            store.get(f"models/{name}.pt", os.path.join(out, "models", f"{name}.pt"))
+        elif ref in attack_rels:
+            fetch_attacks(store, out, *attack_rels.pop(ref))
     seed_attack_args = ["--attacks", a.seed_attacks, "--episodes", str(a.episodes), *a.seed_attack_args.split()]
     seed_jobs: dict = {}
 
@@ -462,8 +730,11 @@ def main(argv=None) -> None:
             commit(trial_files(out, name, repo), f"study {os.path.basename(out)}: trial {name} finished")
         if a.skip_attacks or not a.seed_attacks or slim is None:
             return
+        stored = f"models/{name}_attacks.json"
+        if store is not None and not os.path.isfile(slim[:-3] + "_attacks.json") and store.exists(stored):
+            fetch_attacks(store, out, f"models/{name}.pt", stored)  # stored while no driver waited for it
         if not os.path.isfile(slim[:-3] + "_attacks.json"):
-            seed_jobs[attack_task.remote(slim, slim[:-3] + "_attacks.json", seed_attack_args)] = name
+            seed_jobs[attack_task(slim, slim[:-3] + "_attacks.json", seed_attack_args)] = name
 
     pending, done = {}, []
     for env_id in a.envs:  # seed-major: every method's seed 1 is queued (and lands) before any seed 2
@@ -472,6 +743,8 @@ def main(argv=None) -> None:
                 name = trial_name(method, env_id, seed)
                 trial_dir = os.path.join(out, "trials", name)
                 marker = os.path.join(trial_dir, "done.json")
+                if store is not None and not os.path.isfile(marker) and store.exists(f"trials/{name}/done.json"):
+                    landed(None, name)  # finished while no driver waited for it
                 if os.path.isfile(marker):
                     done.append(json.load(open(marker)))
                     print(f"[sweep] finished earlier, skipped: {name}", flush=True)
@@ -483,7 +756,7 @@ def main(argv=None) -> None:
                 if a.slim_every and a.slim_every % over["save_every"]:
                     p.error(f"--slim-every {a.slim_every} is not a multiple of {name}'s checkpoint interval "
                             f"{over['save_every']} (--save-every-frac)")
-                pending[train_task.remote(method, over, trial_dir)] = name
+                pending[train_task(method, over, trial_dir)] = name
     total = len(pending) + len(done)
     print(f"[sweep] {len(pending)} trials to run, {len(done)} already finished", flush=True)
     start = time.time()
@@ -502,6 +775,7 @@ def main(argv=None) -> None:
         name = seed_jobs.pop(ref)
         try:
             row = ray.get(ref)
+            landed(ref)
         except Exception as e:
             failed.append(f"attacks of {name}")
             print(f"[sweep] per-seed attacks of {name} failed: {one_line(e)}", flush=True)
@@ -528,6 +802,7 @@ def main(argv=None) -> None:
         name = pending.pop(ready[0])
         try:
             result = ray.get(ready[0])
+            landed(ready[0], name)
         except Exception as e:  # a diverged or broken trial: reported, the others go on
             failed.append(name)
             print(f"[sweep] trial {name} failed: {one_line(e)}", flush=True)
@@ -549,6 +824,9 @@ def main(argv=None) -> None:
                 chosen = median_seed(runs)
                 out_json = os.path.join(out, "attacks", f"{method}__{env_id}.json")
                 name = trial_name(method, env_id, chosen["seed"])
+                rel_json = os.path.relpath(out_json, out)
+                if store is not None and not os.path.isfile(out_json) and store.exists(rel_json):
+                    fetch_attacks(store, out, f"attacks/{name}.pt", rel_json)  # stored while no driver waited for it
                 if os.path.isfile(out_json):
                     earlier = attacked_trial(json.load(open(out_json)))
                     if earlier == name:
@@ -578,7 +856,7 @@ def main(argv=None) -> None:
                     shutil.copyfile(slim, ckpt)
                 print(f"[sweep] attacking {method} {env_id}: median seed {chosen['seed']} "
                       f"(clean {chosen['eval_mean']:.1f})", flush=True)
-                jobs[attack_task.remote(ckpt, out_json, attack_args)] = (method, env_id, ckpt)
+                jobs[attack_task(ckpt, out_json, attack_args)] = (method, env_id, ckpt)
         def commit_caches() -> None:  # a suite cut short keeps what it trained: a re-run reads it back
             if a.git_commit:
                 commit([os.path.join(out, "attacks", "attackers")],
@@ -593,6 +871,7 @@ def main(argv=None) -> None:
             method, env_id, ckpt = jobs.pop(ready[0])
             try:
                 row = ray.get(ready[0])
+                landed(ready[0])
             except Exception as e:
                 failed.append(f"attacks of {method} {env_id}")
                 print(f"[sweep] attacks of {method} {env_id} failed: {one_line(e)}", flush=True)

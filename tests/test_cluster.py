@@ -1,0 +1,214 @@
+"""sweep.py on a real two-node Ray cluster built on this machine: a head with no CPUs beside the driver, and worker
+nodes whose processes live in a private mount namespace where the driver's folder and the repository are empty
+tmpfs mounts. Everything a trial and its attacks make reaches the driver's --out through --storage alone, and a
+trial whose worker node is killed resumes on a fresh node from the checkpoint it left in the storage."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+import sweep
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("ray") is None or
+    subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0,
+    reason="a worker node that cannot see the driver's files needs a private mount namespace (root, unshare)")
+
+NAME = "sac__HalfCheetah-v4__s1"
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+class Cluster:
+    """Ray nodes of this test only (own temp dirs, ports and loopback addresses), each a `ray start --block` in its
+    own process group, killed by that group: another Ray on this machine is never touched."""
+
+    def __init__(self, base: str):
+        self.base, self.nodes = base, []
+        # token auth would need the head's token copied into each worker's HOME; these nodes only talk over loopback
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") and k != "PYTHONPATH"}
+        self.env.update(RAY_AUTH_MODE="disabled", PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+        self.port = free_ports(1)[0]
+        self.address = f"127.0.0.1:{self.port}"
+
+    def node_args(self, ip: str, temp_dir: str) -> list[str]:
+        manager, objects, client, agent, agent_grpc, metrics, runtime_env, workers = free_ports(8)
+        return ["--node-ip-address", ip, "--temp-dir", temp_dir, "--node-manager-port", str(manager),
+                "--object-manager-port", str(objects), "--dashboard-agent-listen-port", str(agent),
+                "--dashboard-agent-grpc-port", str(agent_grpc), "--metrics-export-port", str(metrics),
+                "--runtime-env-agent-port", str(runtime_env), "--worker-port-list",
+                ",".join(map(str, free_ports(12))), "--disable-usage-stats", "--block"] + \
+            (["--ray-client-server-port", str(client)] if ip == "127.0.0.1" else [])
+
+    def start_head(self) -> None:
+        temp = os.path.join(self.base, "head")
+        cmd = ["ray", "start", "--head", "--port", str(self.port), "--num-cpus", "0", "--include-dashboard", "false",
+               *self.node_args("127.0.0.1", temp)]
+        self._start(cmd, temp)
+
+    def start_worker(self, label: str, ip: str, hidden: list[str]) -> subprocess.Popen:
+        """A node whose processes see an empty folder at each of `hidden` (and run from a HOME of their own)."""
+        home = os.path.join(self.base, label)
+        os.makedirs(os.path.join(home, "tmp"), exist_ok=True)
+        mounts = " && ".join(f"mount -t tmpfs tmpfs '{h}'" for h in hidden)
+        ray = " ".join(["ray", "start", "--address", self.address, "--num-cpus", "1",
+                        *self.node_args(ip, os.path.join(home, "ray"))])
+        cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c", f"{mounts} && cd '{home}' && exec {ray}"]
+        return self._start(cmd, home, HOME=home, TMPDIR=os.path.join(home, "tmp"))
+
+    def _start(self, cmd: list[str], folder: str, **env) -> subprocess.Popen:
+        os.makedirs(folder, exist_ok=True)
+        log = open(os.path.join(folder, "node.log"), "w")
+        proc = subprocess.Popen(cmd, cwd=folder, env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.nodes.append(proc)
+        return proc
+
+    def wait_for_cpus(self, cpus: float, timeout: float = 120) -> None:
+        probe = "import ray; ray.init(address='%s', log_to_driver=False); print(ray.cluster_resources().get('CPU', 0))"
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            proc = subprocess.run([sys.executable, "-c", probe % self.address], capture_output=True, text=True,
+                                  env=self.env, timeout=120)
+            if proc.returncode == 0 and float(proc.stdout.split()[-1]) >= cpus:
+                return
+            time.sleep(2)
+        raise AssertionError(f"the cluster never had {cpus} CPUs: {proc.stdout[-500:]} {proc.stderr[-1500:]}")
+
+    def kill(self, proc: subprocess.Popen) -> None:
+        """The node's process group and every descendant, at once (a node lost with its machine, no clean exit)."""
+        for pid in [proc.pid] + descendants(proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        for proc in reversed(self.nodes):
+            try:
+                self.kill(proc)
+            except Exception as e:  # the other nodes still go
+                print(f"could not kill node {proc.pid}: {e}")
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below pid, from /proc (a Ray worker may leave its node's process group)."""
+    parent = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parent[int(entry)] = int(f.read().rpartition(")")[2].split()[1])
+            except (OSError, ValueError, IndexError):
+                pass
+    found, frontier = [], [pid]
+    while frontier:
+        kids = [p for p, pp in parent.items() if pp in frontier]
+        found += kids
+        frontier = kids
+    return found
+
+
+def test_a_two_node_cluster_without_shared_folders_brings_every_result_to_the_driver_and_resumes_a_lost_trial():
+    base = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: Ray's socket paths live under the nodes' temp dirs
+    driver, storage = os.path.join(base, "driver"), os.path.join(base, "storage")
+    out = os.path.join(driver, "studies", "demo")
+    os.makedirs(driver)
+    cluster = Cluster(base)
+    sweep_proc = None
+    try:
+        cluster.start_head()
+        first = cluster.start_worker("w1", "127.0.0.2", hidden=[driver, ROOT])
+        cluster.wait_for_cpus(1)
+        cmd = [sys.executable, os.path.join(ROOT, "sweep.py"), "--methods", "sac", "--envs", "HalfCheetah-v4",
+               "--seeds", "1", "--budget-scale", "0.002", "--save-every-frac", "0.25", "--address", cluster.address,
+               "--storage", storage, "--out", out,
+               "--train-args", json.dumps({"learning_starts": 500, "eval_episodes": 1}),
+               "--seed-attacks", "natural,uniform", "--attacks", "natural", "--episodes", "1"]
+        sweep_proc = subprocess.Popen(cmd, cwd=driver, env=cluster.env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True)
+        stored = os.path.join(storage, "demo", "trials", NAME, "model.pt")
+        killed_at, deadline = None, time.time() + 400
+        while time.time() < deadline and sweep_proc.poll() is None:
+            time.sleep(0.5)
+            if os.path.isfile(stored) and sweep.saved_step(stored) >= 500:
+                # the worker's view of the driver's folder and of the code: empty (the separation is real)
+                seen = f"/proc/{first.pid}/root"
+                assert os.listdir(seen + driver) == [] and os.listdir(seen + ROOT) == [] and os.listdir(driver)
+                killed_at = sweep.saved_step(stored)
+                cluster.kill(first)
+                break
+        assert killed_at is not None, "the trial never stored a checkpoint"
+        assert killed_at < 2000 and not os.path.exists(os.path.join(storage, "demo", "trials", NAME, "done.json"))
+        cluster.start_worker("w2", "127.0.0.3", hidden=[driver, ROOT])
+        output, _ = sweep_proc.communicate(timeout=600)
+        assert sweep_proc.returncode == 0, output[-4000:]
+    finally:
+        if sweep_proc is not None and sweep_proc.poll() is None:
+            sweep_proc.kill()
+        cluster.stop()
+    trial = os.path.join(out, "trials", NAME)
+    attempts = [json.loads(line) for line in open(os.path.join(trial, "attempts.jsonl")).read().splitlines()]
+    assert len(attempts) == 2 and attempts[0]["start_step"] == 0 and attempts[1]["start_step"] >= killed_at
+    assert attempts[1]["replay_buffer"] == "restored"  # the buffer travelled through the storage with its checkpoint
+    start = attempts[1]["start_step"]
+    log = open(os.path.join(trial, "train.log")).read()
+    assert f"at step {start}" in log and "continuing" in log and not log.count(driver)
+    done = json.load(open(os.path.join(trial, "done.json")))
+    assert done["global_step"] == 2000 and done["start_step"] == start
+    assert "resumed at step" in output
+    slim = torch.load(os.path.join(out, "models", f"{NAME}.pt"), weights_only=True)
+    assert slim["slim"] and "actor_optimizer" not in slim
+    row = json.load(open(os.path.join(out, "models", f"{NAME}_attacks.json")))
+    assert set(row["attacks"]) == {"natural", "uniform"} and row["ckpt"] == os.path.join(out, "models", f"{NAME}.pt")
+    assert os.path.isfile(os.path.join(out, "attacks", "sac__HalfCheetah-v4.json"))
+    assert "| HalfCheetah-v4 | SAC | 1 |" in open(os.path.join(out, "results", "table.md")).read()
+    assert not any(f.endswith("_buffer.pt") for _, _, fs in os.walk(out) for f in fs)  # buffers stay in the storage
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_bad_storage_is_one_line(tmp_path):
+    base = [sys.executable, os.path.join(ROOT, "sweep.py"), "--methods", "sac", "--envs", "Hopper-v4", "--seeds", "1",
+            "--out", str(tmp_path / "s")]
+    for storage, said in [("/proc/no/such", "the driver cannot write there"),
+                          ("s3://bucket/studies", "pip install pyarrow" if not has_pyarrow() else "--storage s3://"),
+                          ("nosuch://x/y", "nosuch" if has_pyarrow() else "pip install pyarrow")]:
+        proc = subprocess.run(base + ["--storage", storage], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and said in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()[-1]) < 300
+    proc = subprocess.run(base[:-2] + ["--out", str(tmp_path / "c"), "--address", "auto"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "give --storage" in proc.stderr
+
+
+def has_pyarrow() -> bool:
+    try:
+        import pyarrow.fs  # noqa: F401
+    except ImportError:
+        return False
+    return True
