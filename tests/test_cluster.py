@@ -212,3 +212,30 @@ def has_pyarrow() -> bool:
     except ImportError:
         return False
     return True
+
+
+def test_storage_sends_a_buffer_before_its_checkpoint_and_the_done_marker_last(tmp_path, monkeypatch):
+    """What the storage holds is always resumable: a reader that sees a checkpoint also sees its buffer, and a done
+    marker means the rest is there; unchanged files are not sent again; a file:// URI is a local path."""
+    local = tmp_path / "trial"
+    (local / "runs").mkdir(parents=True)
+    for name in ("done.json", "model.pt", "model_buffer.pt", "train.log", "runs/events", "model.pt.tmp.12"):
+        (local / name).write_text(name)
+    store = sweep.Storage(f"file://{tmp_path / 'store'}")
+    assert store.uri == str(tmp_path / "store")
+    order = []
+    put = store.put
+    monkeypatch.setattr(store, "put", lambda src, rel: (order.append(rel), put(src, rel)))
+    sent: dict = {}
+    store.put_tree(str(local), "trials/t", sent, last=("done.json",))
+    assert order.index("trials/t/model_buffer.pt") < order.index("trials/t/model.pt")
+    assert order[-1] == "trials/t/done.json" and "trials/t/model.pt.tmp.12" not in order
+    order.clear()
+    (local / "train.log").write_text("more")
+    store.put_tree(str(local), "trials/t", sent)
+    assert order == ["trials/t/train.log"]
+    back = tmp_path / "back"
+    got = store.get("trials/t", str(back), skip=("_buffer.pt",))
+    assert sorted(os.path.relpath(p, back) for p in got) == ["done.json", "model.pt", "runs/events", "train.log"]
+    assert (back / "train.log").read_text() == "more" and store.exists("trials/t/done.json")
+    assert store.get("trials/none", str(tmp_path / "none")) == [] and not store.exists("trials/none")
