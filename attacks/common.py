@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import tyro
 
-from attacks.contract import AttackError, FrozenNormalizer, atomic_save, load_checkpoint, make_env
+from attacks.contract import AttackError, FrozenNormalizer, atomic_save, load_checkpoint, make_env, read_weights
 from attacks.nets import build_victim_nets, victim_kind
 
 BALL_TOLERANCE = 1e-5
@@ -63,9 +63,57 @@ class Victim:
             action = self.actor.sample(obs_n)[0]
             return self.actor.clip(action) if self.kind == "ppo" else action  # PPO trains on clipped samples too
 
+    @property
+    def eps_units(self) -> str:
+        return "normalized"
 
-def load_victim(path: str, eps: Optional[float] = None, device: str = "cpu") -> Victim:
-    ckpt = load_checkpoint(path)
+    def lacks(self, need: str) -> Optional[str]:
+        """Why this victim lacks `need` (NEEDS), or None. Our checkpoints have everything; models trained elsewhere
+        may not (external.ExternalVictim)."""
+        return None
+
+
+# What an attack needs of a victim beyond its actions, and the parts of an attack that need more (dropped, and said
+# so in its settings, when the victim lacks it): flag -> (need, the flag's value without it).
+NEEDS = {"mad": ("sigma",), "pgd": ("critic",), "valt_soft_adv": ("adversary",)}
+PARTS = {"rs": {"rs_mad_ratio": ("sigma", 0.0), "rs_explore": ("stochastic", "deterministic")}}
+
+
+def unavailable(attack: str, victim: Victim) -> Optional[str]:
+    """"n/a: <reason>" when the victim lacks what `attack` needs, else None."""
+    reasons = [r for r in (victim.lacks(need) for need in NEEDS.get(attack, ())) if r]
+    return f"n/a: {'; '.join(reasons)}" if reasons else None
+
+
+def adapt(attack: str, victim: Victim, args) -> dict:
+    """Sets the flags of `attack`'s parts the victim cannot serve to their value without it; returns
+    {flag: "<value> (n/a: <reason>)"} for each one changed."""
+    notes = {}
+    for flag, (need, value) in PARTS.get(attack, {}).items():
+        reason = victim.lacks(need)
+        if reason and getattr(args, flag) != value:
+            setattr(args, flag, value)
+            notes[flag] = f"{value} (n/a: {reason})"
+    return notes
+
+
+def load_victim(path: str, eps: Optional[float] = None, device: str = "cpu", env_id: Optional[str] = None,
+                env_kwargs: Optional[dict] = None, vecnormalize: Optional[str] = None) -> Victim:
+    """A checkpoint of this project, or a model another library trained (env_id, env_kwargs, vecnormalize: its
+    task and statistics, which such files do not carry; attacks/external.py)."""
+    from attacks import external  # below this module: it builds on Victim
+
+    content = None if os.path.isfile(path) and external.is_sb3_zip(path) else read_weights(path)
+    foreign = external.load_external(path, content, eps, device, env_id, env_kwargs, vecnormalize)
+    if foreign is not None:
+        return foreign
+    if isinstance(content, dict) and "checkpoint_format" in content and (env_id or env_kwargs or vecnormalize):
+        raise AttackError(f"{path} is a checkpoint of this project, which names its task and normalizer: "
+                          "--env-id, --env-kwargs and --vecnormalize are for models trained elsewhere")
+    if not (isinstance(content, dict) and "checkpoint_format" in content):
+        raise AttackError(f"{path} is neither a checkpoint of this project, a Stable-Baselines3 zip nor a CleanRL "
+                          "file as attacks/README.md saves it")
+    ckpt = load_checkpoint(path, content)
     try:
         kind = victim_kind(ckpt["arch"])
     except AttackError as e:
@@ -261,9 +309,23 @@ class EpisodeArgs:
 class EvalArgs(EpisodeArgs):
     """The flags every attack reads."""
 
-    eps: Optional[float] = None  # l_inf radius in normalized units (None: the checkpoint's)
+    eps: Optional[float] = None  # l_inf radius, normalized units (None: the checkpoint's); raw if no normalizer
     stochastic: bool = False  # victim samples actions instead of acting on its mean
     device: str = "cpu"
+    env_id: Optional[str] = None  # a model trained elsewhere (SB3 zip, CleanRL file): its task, e.g. Hopper-v4
+    env_kwargs: Optional[str] = None  # a model trained elsewhere: gym.make kwargs as JSON (Ant: from the obs size)
+    vecnormalize: Optional[str] = None  # an SB3 model: the VecNormalize.save() statistics it was trained behind
+
+
+def victim_from_args(path: str, args) -> Victim:
+    """load_victim with the evaluation flags (EvalArgs)."""
+    try:
+        env_kwargs = None if args.env_kwargs is None else json.loads(args.env_kwargs)
+    except ValueError as e:
+        raise AttackError(f"--env-kwargs must be a JSON object, e.g. '{{\"use_contact_forces\": true}}' ({e})")
+    if env_kwargs is not None and not isinstance(env_kwargs, dict):
+        raise AttackError("--env-kwargs must be a JSON object")
+    return load_victim(path, args.eps, args.device, args.env_id, env_kwargs, args.vecnormalize)
 
 
 @dataclass(kw_only=True)
@@ -328,13 +390,19 @@ def standalone(doc: str, flags: type, evaluate: Callable, name: Callable) -> Non
 
     @dataclass(kw_only=True)
     class Args(flags, EvalArgs):
-        ckpt: str  # checkpoint written by any method script
+        ckpt: str  # checkpoint written by any method script, an SB3 .zip or a CleanRL file (attacks/README.md)
 
     def main() -> None:
         args = parse(Args, doc)
         if args.episodes <= 0:
             raise AttackError("--episodes must be positive")
-        report(name(args), evaluate(load_victim(args.ckpt, args.eps, args.device), args)["stats"])
+        victim = victim_from_args(args.ckpt, args)
+        reason = unavailable(name(args), victim)
+        if reason:
+            raise AttackError(f"{name(args)} against {args.ckpt}: {reason}")
+        for flag, note in adapt(name(args), victim, args).items():
+            print(f"[{name(args)}] --{flag.replace('_', '-')} {note}", flush=True)
+        report(name(args), evaluate(victim, args)["stats"])
 
     run_cli(main)
 

@@ -13,6 +13,8 @@ import torch
 
 # The SAC family's per-task training budget (SPEC §6): the paper preset trains SAC attackers for as long.
 TOTAL_TIMESTEPS = {"Hopper": 500_000, "Walker2d": 1_500_000, "HalfCheetah": 1_000_000, "Ant": 3_000_000}
+# The literature's attack radius per task in normalized units (SPEC §1): the default for a victim trained elsewhere.
+ATTACK_EPS = {"Hopper": 0.075, "Walker2d": 0.05, "HalfCheetah": 0.15, "Ant": 0.15}
 
 
 class AttackError(Exception):
@@ -41,13 +43,19 @@ def make_env(env_id: str, env_kwargs: dict) -> gym.Env:
     return env
 
 
-def load_checkpoint(path: str) -> dict:
+def read_weights(path: str):
+    """torch.load(weights_only=True): tensors, containers, strings and numbers, never code."""
     if not os.path.isfile(path):
         raise AttackError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip or unpickler-policy errors all mean "not a checkpoint"
         raise AttackError(f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+
+
+def load_checkpoint(path: str, ckpt=None) -> dict:
+    """The checkpoint at `path` (`ckpt`: its content, when read_weights already read it)."""
+    ckpt = read_weights(path) if ckpt is None else ckpt
     if not isinstance(ckpt, dict) or "checkpoint_format" not in ckpt or "actor" not in ckpt:
         raise AttackError(f"{path} is not a checkpoint of this project (no checkpoint_format / actor entries)")
     return ckpt

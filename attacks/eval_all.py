@@ -24,7 +24,8 @@ import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from attacks import mad, natural, pa_ad, pgd, robust_sarsa, sa_rl, uniform, valt_soft_adv  # noqa: E402
-from attacks.common import AttackError, EvalArgs, SaveDirArgs, load_victim, parse, run_cli  # noqa: E402
+from attacks.common import (AttackError, EvalArgs, SaveDirArgs, adapt, parse, run_cli, unavailable,  # noqa: E402
+                            victim_from_args)
 from attacks.learned import LearnedArgs  # noqa: E402
 
 # attack name -> (column label, module, overrides of the shared arguments)
@@ -48,7 +49,7 @@ class Args(pa_ad.PAArgs, LearnedArgs, SaveDirArgs, robust_sarsa.Args, mad.Args, 
     """Every attack's flags, each declared by its attack (pgd.Args, mad.Args, robust_sarsa.Args, learned.LearnedArgs,
     pa_ad.PAArgs), and the table's."""
 
-    ckpt: tuple[str, ...]  # one or more checkpoints (one table row each)
+    ckpt: tuple[str, ...]  # one or more checkpoints, SB3 .zip or CleanRL files (one table row each)
     attacks: Annotated[str, tyro.conf.arg(help=f"comma list of {', '.join(ATTACKS)} or all")] = "all"
     out: Optional[str] = None  # also write the combined table (Markdown) here
 
@@ -64,28 +65,38 @@ def parse_attacks(spec: str) -> list[str]:
 
 
 def evaluate_checkpoint(path: str, names: list[str], args) -> dict:
-    victim = load_victim(path, args.eps, args.device)
+    victim = victim_from_args(path, args)
     if args.attacks == "all" and valt_soft_adv.has_adversary(victim):
         names = names + ["valt_soft_adv"]
     if "pgd" in names:
         print(f"[{victim.method} {victim.env_id}] {victim.kind.upper()}-kind victim: the PGD column is "
               f"{pgd.column(victim)}", flush=True)
     row = {"ckpt": path, "method": victim.method, "kind": victim.kind, "env_id": victim.env_id, "eps": victim.eps,
-           "global_step": victim.ckpt["global_step"], "episodes": args.episodes, "search": search_label(args, names),
-           "attacks": {}}
+           "eps_units": victim.eps_units, "global_step": victim.ckpt["global_step"], "episodes": args.episodes,
+           "search": search_label(args, names), "attacks": {}, **({"source": victim.ckpt["source"]}
+                                                                 if "source" in victim.ckpt else {})}
     for i, name in enumerate(names):
         label, module, overrides = ATTACKS[name]
         label = pgd.column(victim) if name == "pgd" else label
+        reason = unavailable(name, victim)
+        if reason:  # the victim lacks what this attack needs: a marked cell, never a substitute
+            row["attacks"][name] = {"column": label, "n/a": reason}
+            print(f"[{victim.method} {victim.env_id}] attack {i + 1}/{len(names)}: {label} {reason}", flush=True)
+            continue
         print(f"[{victim.method} {victim.env_id}] attack {i + 1}/{len(names)}: {label} ...", flush=True)
         attack_args = copy.copy(args)
         for key, value in overrides.items():
             setattr(attack_args, key, value)
+        adapted = adapt(name, victim, attack_args)
+        for flag, note in adapted.items():
+            print(f"[{victim.method} {victim.env_id}] {label}: --{flag.replace('_', '-')} {note}", flush=True)
         start = time.time()
         result = module.evaluate(victim, attack_args)
         stats = result["stats"]
         row["attacks"][name] = {"column": label, "mean": stats.mean, "std": stats.std, "returns": stats.returns,
                                 "seconds": round(time.time() - start, 2),  # training (learned attackers) + evaluation
                                 "settings": attack_settings(name, attack_args, victim.kind),
+                                **({"adapted": adapted} if adapted else {}),
                                 **{k: v for k, v in result.items() if k != "stats"}}
         print(f"[{victim.method} {victim.env_id}] {label}: {stats.mean:.1f} ± {stats.std:.1f} "
               f"({time.time() - start:.1f}s)", flush=True)
@@ -124,7 +135,7 @@ def search_label(args, names: list[str]) -> str:
 
 def worst_of(attacks: dict) -> Optional[dict]:
     """The paper's headline: the lowest mean return across the ATTACK columns (natural is not an attack)."""
-    attacked = [n for n in attacks if n != "natural"]
+    attacked = [n for n in attacks if n != "natural" and "mean" in attacks[n]]  # n/a cells have no return
     if not attacked:
         return None
     name = min(attacked, key=lambda n: attacks[n]["mean"])
@@ -140,10 +151,10 @@ def markdown_table(rows: list[dict]) -> str:
         stem = os.path.splitext(os.path.basename(r["ckpt"]))[0]  # runs/<run>/model.pt -> <run>; models/<trial>.pt -> <trial>
         label = os.path.basename(os.path.dirname(os.path.abspath(r["ckpt"]))) if stem == "model" else stem
         cells = [label, r["method"], r["env_id"],
-                 f"{r['eps']:g}"]
+                 f"{r['eps']:g}" + (" (raw)" if r.get("eps_units") == "raw" else "")]
         for n in names:
             a = r["attacks"].get(n)
-            cells.append(f"{a['mean']:.0f} ± {a['std']:.0f}" if a else "–")
+            cells.append("–" if not a else a["n/a"] if "n/a" in a else f"{a['mean']:.0f} ± {a['std']:.0f}")
         w = r["worst"]
         cells.append(f"**{w['mean']:.0f} ± {w['std']:.0f}** ({r['attacks'][w['attack']]['column']})" if w else "– (no attack)")
         cells.append(r.get("search", "–"))
@@ -171,7 +182,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     print("\n" + table)
     for r in rows:
         print(f"seconds per attacker ({r['ckpt']}): " +
-              ", ".join(f"{a['column']} {a['seconds']:.1f}" for n, a in r["attacks"].items()))
+              ", ".join(f"{a['column']} {a['seconds']:.1f}" for n, a in r["attacks"].items() if "seconds" in a))
     if args.out:
         with open(args.out, "w") as f:
             f.write(table + "\n")
