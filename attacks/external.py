@@ -232,7 +232,8 @@ class _Inert:
         pass
 
 
-# numpy's array, dtype and scalar reconstructors rebuild data only; RunningMeanStd and VecNormalize become records.
+# numpy's array, dtype and scalar reconstructors rebuild data only (as do OrderedDict and _codecs.encode, which
+# pickle protocol 2 uses for bytes); RunningMeanStd and VecNormalize become records.
 _NUMPY = {("numpy", "ndarray"), ("numpy", "dtype")} | \
     {(m, n) for m in ("numpy._core.multiarray", "numpy.core.multiarray") for n in ("_reconstruct", "scalar")} | \
     {(m, "_frombuffer") for m in ("numpy._core.numeric", "numpy.core.numeric")}
@@ -246,7 +247,7 @@ class StatisticsUnpickler(pickle.Unpickler):
     before it is looked up, so nothing from the file runs."""
 
     def find_class(self, module: str, name: str):
-        if (module, name) in _NUMPY or (module, name) == ("collections", "OrderedDict"):
+        if (module, name) in _NUMPY or (module, name) in (("collections", "OrderedDict"), ("_codecs", "encode")):
             return super().find_class(module, name)
         if (module, name) in _RECORDS:
             return _Record
@@ -293,10 +294,11 @@ SB3_LAYERS = {  # algorithm family -> the state-dict prefixes of its MlpPolicy
 
 
 def is_sb3_zip(path: str) -> bool:
-    if not zipfile.is_zipfile(path):
+    try:
+        with zipfile.ZipFile(path) as z:
+            return {"policy.pth", "data"} <= set(z.namelist())
+    except (zipfile.BadZipFile, OSError):  # not a zip (or unreadable): the caller's loader reports it
         return False
-    with zipfile.ZipFile(path) as z:
-        return {"policy.pth", "data"} <= set(z.namelist())
 
 
 def read_sb3_zip(path: str) -> tuple[dict, dict, str]:

@@ -399,6 +399,8 @@ def test_bad_input_is_one_line(sb3_models, cleanrl_files, tmp_path, capsys):
     assert "pass --env-id" in run_eval_all(["--ckpt", td3], capsys)
     assert "pass --eps in raw observation units" in run_eval_all(["--ckpt", td3, "--env-id", PENDULUM], capsys)
     assert "wrong --env-id" in run_eval_all(["--ckpt", td3, "--env-id", "Hopper-v4", "--eps", "0.1"], capsys)
+    assert "TD3's policy is deterministic" in run_eval_all(["--ckpt", td3, "--env-id", PENDULUM, "--eps", "0.1",
+                                                            "--stochastic", "--attacks", "natural"], capsys)
     assert "without its observation statistics" in run_eval_all(["--ckpt", cleanrl_files["bare"]], capsys)
     assert "no default attack radius" in run_eval_all(["--ckpt", sb3_models["sac_vn"]["zip"], "--env-id", PENDULUM,
                                                        "--vecnormalize", sb3_models["sac_vn"]["vecnormalize"]], capsys)
