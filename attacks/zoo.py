@@ -49,9 +49,10 @@ def entry(path: str, root: str) -> dict:
     if os.path.isfile(report):
         with open(report) as f:
             attacks = json.load(f)
-        row["attacks"] = {name: a["mean"] for name, a in attacks["attacks"].items()}
+        ran = {name: a for name, a in attacks["attacks"].items() if "mean" in a}  # an n/a cell has no return
+        row["attacks"] = {name: a["mean"] for name, a in ran.items()}
         row["episodes"], row["worst"] = attacks["episodes"], attacks["worst"]
-        row["settings"] = "; ".join(settings_text(name, a["settings"]) for name, a in attacks["attacks"].items())
+        row["settings"] = "; ".join(settings_text(name, a.get("settings", {})) for name, a in ran.items())
     return row
 
 
@@ -65,7 +66,7 @@ def table(rows: list[dict], out_dir: str, root: str) -> str:
             worst, attacked = "not attacked yet", "–"
         else:
             natural = f"{r['attacks']['natural']:.0f}" if "natural" in r["attacks"] else "–"
-            worst = f"{r['worst']['mean']:.0f} ({r['worst']['attack']})"
+            worst = f"{r['worst']['mean']:.0f} ({r['worst']['attack']})" if r["worst"] else "– (no attack ran)"
             attacked = f"{r['settings']}; {r['episodes']} episodes"
         readme = os.path.relpath(os.path.join(root, r["study"], "README.md"), out_dir)
         lines.append(f"| `{r['path']}` | [{r['study']}]({readme}) | {label} | {r['env_id']} | {r['steps']:,} | {r['seed']} | {r['eps']} | "
