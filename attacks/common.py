@@ -214,12 +214,14 @@ PGD_STARTS = get_args(PGDStart)
 
 
 def pgd_minimize(objective: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], obs_n: torch.Tensor, eps: float,
-                 steps: int, step_size: float, restarts: int = 1, start: str = "step") -> torch.Tensor:
+                 steps: int, step_size: float, restarts: int = 1, start: str = "step",
+                 final_step_size: Optional[float] = None) -> torch.Tensor:
     """Signed-gradient descent of objective(s, s~) (per sample, s the true states) projected onto the eps-ball
     around obs_n after every step, from a random start uniform in the step box s + U(-step, step) (the
     references' start: SA-PPO src/policy_gradients/agent.py apply_attack, "critic"; `start="ball"`: uniform in
     the whole ball; "mixed": restarts alternate between the two). `restarts` independent starts run as one batch (at batch size 1, as in an attack, they cost
-    about one search) and each sample keeps its lowest objective."""
+    about one search) and each sample keeps its lowest objective. `final_step_size`: the step decays geometrically
+    from step_size to it over the steps (None: constant)."""
     if start not in PGD_STARTS:
         raise AttackError(f"PGD start must be one of {PGD_STARTS}, got {start!r}")
     n, restarts = len(obs_n), max(1, restarts)
@@ -230,10 +232,11 @@ def pgd_minimize(objective: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
         radius[1::2] = eps
         radius[0::2] = min(step_size, eps)
     x = obs + (radius * (2 * torch.rand((restarts,) + obs_n.shape, device=obs_n.device) - 1)).reshape(obs.shape)
-    for _ in range(steps):
+    decay = 1.0 if final_step_size is None else (final_step_size / step_size) ** (1 / max(steps - 1, 1))
+    for k in range(steps):
         x = x.detach().requires_grad_(True)
         (grad,) = torch.autograd.grad(objective(obs, x).sum(), x)
-        x = project(x.detach() - step_size * grad.sign(), obs, eps)
+        x = project(x.detach() - step_size * decay ** k * grad.sign(), obs, eps)
     x = x.detach()
     if restarts == 1:
         return x

@@ -107,16 +107,18 @@ def evaluate_checkpoint(path: str, names: list[str], args) -> dict:
 def attack_settings(name: str, args, kind: str = "sac") -> dict:
     """What produced a column, so a reader can tell a CPU-quick row from a paper-scale one."""
     if name == "mad":
-        return {"steps": args.mad_steps, "step": "eps/steps", "noise": "sqrt(2 step)/(i+2)"}
+        return {"steps": args.mad_steps, "step": f"{args.mad_step_scale:g} eps/steps", "restarts": args.mad_restarts,
+                "noise": "sqrt(2 step)/(i+2)"}
     if name == "pgd":
         return {"objective": "min V(s~)" if kind == "ppo" else "min mean_j Q_j(s, mu(s~))", "steps": args.pgd_steps,
-                "restarts": args.pgd_restarts, "start": args.pgd_start, "step": "eps/steps"}
+                "restarts": args.pgd_restarts, "start": args.pgd_start, "step": f"{args.pgd_step_scale:g} eps/steps"}
     # rs: its result carries the grid and budgets ("search"), written next to it
     if name in ("sa_rl_sac", "pa_ad_sac", "sa_rl_ppo", "pa_ad_ppo"):
         out = {"search": args.search, "algo": args.algo, "budget": args.attack_budget or "preset default",
                "seeds": args.seeds or "preset default"}
         if name.startswith("pa_ad"):
-            out.update(pa_steps=args.pa_steps, pa_restarts=args.pa_restarts)
+            out.update(pa_steps=args.pa_steps, pa_restarts=args.pa_restarts,
+                       pa_step=f"{args.pa_step_scale:g} -> {args.pa_final_step_scale:g} eps/steps (geometric)")
         return out
     return {}
 

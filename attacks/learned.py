@@ -112,10 +112,14 @@ def preset_configs(kind: str, algo: str, preset: str, env_id: str, budget: Optio
     return [AttackerConfig(**common, **g) for g in grid]
 
 
-def realize_tag(kind: str, pa_steps: int, pa_restarts: int) -> str:
+def realize_tag(kind: str, pa_steps: int, pa_restarts: int, pa_step_scale: float = 1.0,
+                pa_final_step_scale: float = 1.0) -> str:
     """The realisation's settings, part of an attacker's identity (a PA-AD director trained with one PGD is not
-    the same attacker with another)."""
-    return f"_pa{pa_steps}x{pa_restarts}" if kind == "pa_ad" else ""
+    the same attacker with another); a constant step of eps/steps (scales 1) keeps the name it always had."""
+    if kind != "pa_ad":
+        return ""
+    steps = "" if pa_step_scale == pa_final_step_scale == 1 else f"s{pa_step_scale:g}-{pa_final_step_scale:g}"
+    return f"_pa{pa_steps}x{pa_restarts}{steps}"
 
 
 def train_one(victim: Victim, config: AttackerConfig, realize: Callable, action_dim: int, save_dir: str,
@@ -181,7 +185,8 @@ def run_search(victim: Victim, args, kind: str, action_dim: int, realize: Callab
     if any(c.budget <= 0 for c in configs) or not configs:
         raise AttackError("--attack-budget and --seeds must be positive")
     save_dir = writable_dir(args.save_dir or default_save_dir(victim))
-    tag = realize_tag(kind, args.pa_steps, args.pa_restarts) if kind == "pa_ad" else ""
+    tag = realize_tag(kind, args.pa_steps, args.pa_restarts, args.pa_step_scale,
+                      args.pa_final_step_scale) if kind == "pa_ad" else ""
     records = [train_one(victim, c, realize, action_dim, save_dir, args.episodes, args.seed, args.stochastic, tag=tag)
                for c in configs]
     return summarize(records, args.search, configs)

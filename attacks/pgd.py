@@ -1,11 +1,12 @@
 """PGD on the victim's own critic over the eps-ball around the true normalized state s. SAC kinds, PGD (minQ):
 minimise mean_j Q_j(s, mu(s~)) (the critic keeps the true s; only the actor sees s~). PPO kinds, PGD (minV):
-minimise V(s~), the value function at the perturbed state. 10 signed-gradient steps of eps/10, projected after each
-step (paper Appendix D.3); --pgd-restarts R (default 5, batched) keeps each state's lowest objective, the restarts
-alternating between the step box s + U(-eps/10, eps/10) and the whole ball (--pgd-start mixed).
+minimise V(s~), the value function at the perturbed state. Signed-gradient steps projected after each step (paper
+Appendix D.3); --pgd-restarts R batched restarts, each state keeping its lowest objective, alternating between the
+step box s + U(-step, step) and the whole ball (--pgd-start mixed). Steps, step size and restarts: Args.
 
 Reference: SA-PPO src/policy_gradients/agent.py apply_attack, "critic": val_model(states) descended at the
-perturbed states, from a random start in the step box. attacks/README.md has the measured strength of each start.
+perturbed states, from a random start in the step box; SA-DDPG robust_ddpg.py attack_critic, the same on
+mean Q(s, mu(s~)). results/attack_strength has the measured strength of the defaults against a converged optimiser.
 
     python attacks/pgd.py --ckpt runs/<run>/model.pt --episodes 20
 """
@@ -26,13 +27,23 @@ NAME, COLUMN = "pgd", "PGD (minQ)"
 COLUMNS = {"sac": "PGD (minQ)", "ppo": "PGD (minV)"}  # by victim kind
 
 
+# Defaults, declared once (Args and PGDAttacker read them; Robust Sarsa's PGD and RS+MAD use them too). References:
+# SA-PPO apply_attack "critic" and "sarsa"/"sarsa+action" (MuJoCo.json attack_steps 10, attack_step_eps "auto" =
+# eps/steps, one start in the step box) and SA-DDPG attack_critic (defaults.json iteration 10, alpha "auto" =
+# eps/iteration, one start U(-alpha, alpha)): 10 steps of eps/10, no restarts. That stops in a local minimum of the
+# critic; a step of 0.4 eps and 20 restarts (one batched forward/backward) reach >= 95 % of a converged optimiser's
+# drop on every victim of results/attack_strength.
+STEPS, STEP_SCALE, RESTARTS, START = 10, 4.0, 20, "mixed"
+
+
 @dataclass(kw_only=True)
 class Args:
-    pgd_steps: int = 10  # PGD iterations, step eps/steps (also Robust Sarsa's PGD on its critic)
-    pgd_restarts: int = 5  # random restarts, run as one batch; each state keeps its lowest objective
+    pgd_steps: int = STEPS  # PGD iterations (also Robust Sarsa's PGD on its critic)
+    pgd_step_scale: float = STEP_SCALE  # step size in units of eps/steps (the references: 1)
+    pgd_restarts: int = RESTARTS  # random restarts, run as one batch; each state keeps its lowest objective
     pgd_start: Annotated[PGDStart, tyro.conf.arg(
         help="random starts: the step box s + U(-step, step), the whole ball, or mixed (restarts alternate, step box "
-             "first)")] = "mixed"
+             "first)")] = START
 
 
 def column(victim: Victim) -> str:
@@ -42,12 +53,12 @@ def column(victim: Victim) -> str:
 class PGDAttacker:
     name = NAME
 
-    def __init__(self, victim: Victim, steps: int = 10, step_size: float | None = None, critic=None, restarts: int = 5,
-                 start: str = "mixed", through_mean: bool = False):
-        if steps < 1 or restarts < 1 or start not in PGD_STARTS:
-            raise AttackError(f"PGD needs steps >= 1, restarts >= 1 and a start in {PGD_STARTS}")
+    def __init__(self, victim: Victim, steps: int = STEPS, step_scale: float = STEP_SCALE, critic=None,
+                 restarts: int = RESTARTS, start: str = START, through_mean: bool = False):
+        if steps < 1 or restarts < 1 or not step_scale > 0 or start not in PGD_STARTS:
+            raise AttackError(f"PGD needs steps >= 1, step scale > 0, restarts >= 1 and a start in {PGD_STARTS}")
         self.victim, self.steps, self.restarts, self.start = victim, steps, restarts, start
-        self.step_size = victim.eps / steps if step_size is None else step_size
+        self.step_size = step_scale * victim.eps / steps
         self.critic = victim.critic if critic is None else critic  # Robust Sarsa plugs its own Q(s, a) here
         self.minimise_value = critic is None and victim.kind == "ppo"  # PPO victims have V(s), not Q(s, a)
         if through_mean and victim.kind != "ppo":
@@ -71,7 +82,8 @@ class PGDAttacker:
 
 
 def evaluate(victim: Victim, args) -> dict:
-    attacker = PGDAttacker(victim, args.pgd_steps, restarts=args.pgd_restarts, start=args.pgd_start)
+    attacker = PGDAttacker(victim, args.pgd_steps, args.pgd_step_scale, restarts=args.pgd_restarts,
+                           start=args.pgd_start)
     return {"stats": rollout(victim, attacker, args.episodes, args.seed, args.stochastic)}
 
 

@@ -205,7 +205,7 @@ class Args:
     rs_action: Annotated[Literal["both", "mean", "executed"], tyro.conf.arg(
         help="PPO-kind victims: Q's action input, the unclipped mean or the executed (clipped) action; both = a "
              "critic of each, the worst kept (SAC victims: one input)")] = "both"
-    rs_mad_ratio: float = 0.5  # RS+MAD weight of the action change (0: RS only)
+    rs_mad_ratio: float = 0.5  # RS+MAD weight of the action change (0: RS only); SA-PPO attack_sarsa_action_ratio 0.5
     rs_hidden: tuple[int, ...] = (256, 256)  # hidden sizes of the Sarsa critic
 
 
@@ -225,7 +225,7 @@ def settings_record(victim: Victim, args, settings) -> dict:
     return {"grid": "explicit" if args.rs_settings else args.rs_grid, "settings": [list(s) for s in settings],
             "data_steps": args.rs_steps, "updates": args.rs_updates, "explore": args.rs_explore,
             "action_inputs": action_inputs(victim, args), "mad_ratio": args.rs_mad_ratio,
-            "pgd_steps": args.pgd_steps, "pgd_restarts": args.pgd_restarts}
+            "pgd_steps": args.pgd_steps, "pgd_step_scale": args.pgd_step_scale, "pgd_restarts": args.pgd_restarts}
 
 
 def cache_dir(victim: Victim, args) -> str:
@@ -272,7 +272,8 @@ def evaluate(victim: Victim, args) -> dict:
     identity = victim_identity(victim)
     start = args.pgd_start
     evaluation = {"episodes": args.episodes, "seed": args.seed, "stochastic": bool(args.stochastic),
-                  "pgd_steps": args.pgd_steps, "pgd_restarts": args.pgd_restarts, "pgd_start": start,
+                  "pgd_steps": args.pgd_steps, "pgd_step_scale": args.pgd_step_scale, "pgd_restarts": args.pgd_restarts,
+                  "pgd_start": start,
                   "mad_ratio": args.rs_mad_ratio}
     data, best, per_setting = None, None, []
     for sarsa_eps, sarsa_reg in settings:
@@ -300,12 +301,11 @@ def evaluate(victim: Victim, args) -> dict:
                                   raw_actions=mean_input)
                     write_atomically(critic_path, lambda tmp: torch.save(
                         {k: v.cpu() for k, v in q.state_dict().items()}, tmp))
-                attackers = [("rs", PGDAttacker(victim, args.pgd_steps, critic=q, restarts=args.pgd_restarts,
-                                                start=start, through_mean=mean_input))]
+                pgd_settings = dict(steps=args.pgd_steps, step_scale=args.pgd_step_scale, restarts=args.pgd_restarts,
+                                    start=start, through_mean=mean_input)
+                attackers = [("rs", PGDAttacker(victim, critic=q, **pgd_settings))]
                 if args.rs_mad_ratio > 0:
-                    attackers.append(("rs_mad", SarsaMADAttacker(victim, q, args.rs_mad_ratio, steps=args.pgd_steps,
-                                                                 restarts=args.pgd_restarts, start=start,
-                                                                 through_mean=mean_input)))
+                    attackers.append(("rs_mad", SarsaMADAttacker(victim, q, args.rs_mad_ratio, **pgd_settings)))
                 results, cached = [], False
                 for objective, attacker in attackers:
                     stats = rollout(victim, attacker, args.episodes, args.seed, args.stochastic)

@@ -35,19 +35,21 @@ class Args(pa_ad.PAArgs, LearnedArgs, SaveDirArgs, EpisodeArgs):
     max_retries: int = 2
 
 
-def make_realize(victim, kind: str, pa_steps: int = 10, pa_restarts: int = 5):
+def make_realize(victim, kind: str, pa_steps: int = pa_ad.STEPS, pa_restarts: int = pa_ad.RESTARTS,
+                 pa_step_scale: float = pa_ad.STEP_SCALE, pa_final_step_scale: float = pa_ad.FINAL_STEP_SCALE):
     if kind == "sa_rl":
         return victim.obs_dim, sa_rl.realizer(victim)
-    return victim.act_dim, pa_ad.realizer(victim, pa_steps, pa_restarts)
+    return victim.act_dim, pa_ad.realizer(victim, pa_steps, pa_restarts, step_scale=pa_step_scale,
+                                          final_step_scale=pa_final_step_scale)
 
 
 def remote_train(ckpt: str, config: AttackerConfig, save_dir: str, episodes: int, eval_seed: int, pa_steps: int,
-                 pa_restarts: int, threads: int) -> dict:
+                 pa_restarts: int, pa_step_scale: float, pa_final_step_scale: float, threads: int) -> dict:
     torch.set_num_threads(threads)
     victim = load_victim(ckpt)
-    action_dim, realize = make_realize(victim, config.kind, pa_steps, pa_restarts)
+    action_dim, realize = make_realize(victim, config.kind, pa_steps, pa_restarts, pa_step_scale, pa_final_step_scale)
     return train_one(victim, config, realize, action_dim, save_dir, episodes, eval_seed, log=False,
-                     tag=realize_tag(config.kind, pa_steps, pa_restarts))
+                     tag=realize_tag(config.kind, pa_steps, pa_restarts, pa_step_scale, pa_final_step_scale))
 
 
 def main(argv=None) -> None:
@@ -78,7 +80,8 @@ def main(argv=None) -> None:
                  runtime_env={"env_vars": {"PYTHONPATH": root, "OMP_NUM_THREADS": str(threads)}})
     task = ray.remote(num_cpus=a.num_cpus, max_retries=a.max_retries)(remote_train)
     ckpt = os.path.abspath(a.ckpt)
-    pending = {task.remote(ckpt, cfg, save_dir, a.episodes, a.seed, a.pa_steps, a.pa_restarts, threads): (col, cfg)
+    pending = {task.remote(ckpt, cfg, save_dir, a.episodes, a.seed, a.pa_steps, a.pa_restarts, a.pa_step_scale,
+                           a.pa_final_step_scale, threads): (col, cfg)
                for col, cfgs in grid.items() for cfg in cfgs}
     records: dict = {col: [] for col in columns}
     start = time.time()

@@ -56,12 +56,13 @@ def visited_states(victim, n: int, seed: int) -> torch.Tensor:
 
 
 def check(ckpt: str, attacker_path: str, episodes: int = 3, seed: int = 100, pa_steps: int = 10,
-          pa_restarts: int = 5) -> dict:
+          pa_restarts: int = 5, pa_step_scale: float = 1.0, pa_final_step_scale: float = 1.0) -> dict:
     if episodes < 1 or pa_steps < 1 or pa_restarts < 1:
         raise AttackError("--episodes, --pa-steps and --pa-restarts must be >= 1")
     victim = load_victim(ckpt)
     policy, meta = rl.load_attacker(attacker_path, victim, "pa_ad")
-    realize = pa_ad.realizer(victim, pa_steps, pa_restarts)
+    realize = pa_ad.realizer(victim, pa_steps, pa_restarts, step_scale=pa_step_scale,
+                             final_step_scale=pa_final_step_scale)
     director = rl.policy_action_fn(policy)
     with torch.no_grad():
         directions = director(visited_states(victim, 1000, seed))
@@ -88,7 +89,8 @@ def check(ckpt: str, attacker_path: str, episodes: int = 3, seed: int = 100, pa_
         print(f"  {name:24s} return {stats.mean:8.1f} ± {stats.std:6.1f} | length {rows[name]['mean_length']:6.1f} | "
               f"reward/step {rows[name]['reward_per_step']:.3f}", flush=True)
     return {"ckpt": ckpt, "attacker": attacker_path, "director_algo": meta.get("algo"), "episodes": episodes,
-            "seed": seed, "pa_steps": pa_steps, "pa_restarts": pa_restarts,
+            "seed": seed, "pa_steps": pa_steps, "pa_restarts": pa_restarts, "pa_step_scale": pa_step_scale,
+            "pa_final_step_scale": pa_final_step_scale,
             "director_saturation": float((directions.abs() > 0.99).float().mean()),
             "director_mean_cos_to_mean_direction": float((unit @ mean_direction).mean()), "arms": rows}
 
@@ -99,12 +101,17 @@ def main(argv=None) -> None:
     p.add_argument("--attacker", required=True, help="a saved PA-AD director (attacks/pa_ad.py --save-dir)")
     p.add_argument("--episodes", type=int, default=3)
     p.add_argument("--seed", type=int, default=100, help="first evaluation episode's environment seed")
+    # the realisation the director was trained with (its file name's _pa<steps>x<restarts>[s<first>-<last>]); the
+    # defaults are the one the committed directors of results/hopper_ppo_2m trained with
     p.add_argument("--pa-steps", type=int, default=10)
     p.add_argument("--pa-restarts", type=int, default=5)
+    p.add_argument("--pa-step-scale", type=float, default=1.0)
+    p.add_argument("--pa-final-step-scale", type=float, default=1.0)
     p.add_argument("--out", default=None, help="write the result as JSON here")
     a = p.parse_args(argv)
     try:
-        row = check(a.ckpt, a.attacker, a.episodes, a.seed, a.pa_steps, a.pa_restarts)
+        row = check(a.ckpt, a.attacker, a.episodes, a.seed, a.pa_steps, a.pa_restarts, a.pa_step_scale,
+                    a.pa_final_step_scale)
     except AttackError as e:
         p.exit(2, f"error: {e}\n")
     if a.out:

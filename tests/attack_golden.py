@@ -36,7 +36,9 @@ def sa_rl_sac():
 
 def pa_ad_ppo():
     victim = load_victim(PPO_FIXTURE)
-    env = rl.AttackEnv(victim, victim.act_dim, pa_ad.realizer(victim, 2, 2), "pa_ad_ppo")
+    # the realisation pinned (2 steps of eps/2, 2 restarts): the golden checks the trainer, not the attack's defaults
+    realize = pa_ad.realizer(victim, 2, 2, start="mixed", step_scale=1.0, final_step_scale=1.0)
+    env = rl.AttackEnv(victim, victim.act_dim, realize, "pa_ad_ppo")
     return rl.train_ppo(env, 1024, 3, (16, 16), rl.PPOSettings(n_steps=128, epochs=2, minibatches=4))
 
 

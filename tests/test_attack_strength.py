@@ -1,100 +1,98 @@
-"""Attack strength on the trained fixture (tests/data): each gradient attack is near-optimal for its own
-objective, measured against a strong reference optimiser (100 steps, 5 restarts), on visited states."""
+"""Attack strength on the trained fixtures (tests/data): every gradient attack of attacks/, with its defaults, reaches
+>= 95 % of what a converged optimiser of its own objective reaches on visited states. The reference is the converged
+configuration of benchmarks/attack_convergence.py (results/attack_strength), where doubling its restarts or its steps
+added < 1 % on every victim: 10 signed steps of 0.4 eps from 80 mixed restarts, and for PA-AD's realisation, whose
+cosine term needs small steps, 200 steps of eps/100 from 20 restarts. The attacks run one state at a time, as in an
+episode."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from attacks import eval_all, pa_ad, robust_sarsa
+from attacks import eval_all, mad, pa_ad, robust_sarsa
 from attacks.common import pgd_minimize
 from attacks.pgd import PGDAttacker
 from attacks.uniform import UniformAttacker
-from conftest import PPO_FIXTURE, fixture_states
+from conftest import FIXTURE, PPO_FIXTURE, fixture_states
 
-N_STATES = 600  # >= 500 visited states of the fixture's first episode
+N_STATES = 100  # visited states of each fixture's first episode (the benchmark: 400)
+REFERENCE = {"pa_ad": dict(steps=200, step_scale=2.0, restarts=20)}  # step_scale: units of eps/steps
+REFERENCE_OTHERS = dict(steps=10, step_scale=4.0, restarts=80)
+# the references' settings, the suite's defaults before: 10 steps of eps/10 (PGD, PA-AD with 5 restarts, MAD 1 start)
+OLD = dict(steps=10, step_scale=1.0)
+_CRITICS: dict = {}
+_REFERENCES: dict = {}
 
 
-def strongest_reference(objective, states, eps, sign=1.0):
-    """Objective values of the stronger (on average) of two 100-step 5-restart PGDs, one from the step box and
-    one from the whole ball: lowest for sign = 1 (a minimiser), highest for sign = -1."""
-    best = None
-    for seed, start in ((11, "step"), (12, "ball")):
-        torch.manual_seed(seed)
-        x = pgd_minimize(lambda o, x: sign * objective(o, x), states, eps, 100, eps / 100, 5, start)
+def sarsa_critic(victim, path):
+    """A small Sarsa critic of the fixture (RS attacks through it); PPO kinds on the unclipped actions, as RS does."""
+    if path not in _CRITICS:
+        data = robust_sarsa.collect_transitions(victim, 3000, seed=5)
+        _CRITICS[path] = robust_sarsa.fit_sarsa(data, victim.obs_dim, victim.act_dim, 600, 0.05, 1.0, seed=0,
+                                                hidden=(64, 64), raw_actions=victim.kind == "ppo")
+    return _CRITICS[path]
+
+
+def problem(name: str, path: str, settings: dict | None = None):
+    """(states, loss(s, s~) per sample - lower is stronger -, the attack with `settings` (None: its defaults) as a
+    function of (state index, state))."""
+    victim, states = fixture_states(N_STATES, path=path)
+    settings = settings or {}
+    ppo = victim.kind == "ppo"
+    if name == "pgd":
+        attacker = PGDAttacker(victim, **settings)
+        return states, attacker.objective, lambda i, s: attacker(s)
+    if name in ("rs", "rs_mad"):
+        q = sarsa_critic(victim, path)
+        attacker = PGDAttacker(victim, critic=q, through_mean=ppo, **settings) if name == "rs" else \
+            robust_sarsa.SarsaMADAttacker(victim, q, 0.5, through_mean=ppo, **settings)
+        return states, attacker.objective, lambda i, s: attacker(s)
+    if name == "mad":
+        attacker = mad.MADAttacker(victim, **settings)
+        return states, lambda o, x: -attacker.objective(o, x), lambda i, s: attacker(s)
+    directions = F.normalize(torch.randn(len(states), victim.act_dim, generator=torch.Generator().manual_seed(0)),
+                             dim=-1)
+    loss = lambda o, x: -pa_ad.pa_objective(victim, o, x, directions.repeat(len(o) // len(states), 1))  # noqa: E731
+    return states, loss, lambda i, s: pa_ad.pa_perturb(victim, s, directions[i], **settings)
+
+
+def gains(name: str, path: str, settings: dict | None = None):
+    """(the attack's mean gain on the states, the converged reference's)."""
+    states, loss, attack = problem(name, path, settings)
+    eps = fixture_states(N_STATES, path=path)[0].eps
+    with torch.no_grad():
+        clean = loss(states, states)
+    if (name, path) not in _REFERENCES:
+        ref = REFERENCE.get(name, REFERENCE_OTHERS)
+        torch.manual_seed(11)
+        x = pgd_minimize(loss, states, eps, ref["steps"], ref["step_scale"] * eps / ref["steps"], ref["restarts"],
+                         "mixed")
         with torch.no_grad():
-            value = objective(states, x)
-        if best is None or sign * value.mean() < sign * best.mean():
-            best = value
-    return best
-
-
-def default_attack_value(attacker, states):
+            _REFERENCES[name, path] = (clean - loss(states, x)).mean().item()
     torch.manual_seed(0)
-    obs_tilde = torch.stack([attacker(s) for s in states])  # one observation at a time, as in an episode
+    attacked = torch.stack([attack(i, s) for i, s in enumerate(states)])  # one observation at a time
     with torch.no_grad():
-        return attacker.objective(states, obs_tilde)
+        return (clean - loss(states, attacked)).mean().item(), _REFERENCES[name, path]
 
 
-def test_pgd_default_reaches_95_percent_of_a_strong_reference():
-    victim, states = fixture_states(N_STATES)
-    attacker = PGDAttacker(victim)  # the defaults of attacks/pgd.py and eval_all
-    with torch.no_grad():
-        clean = attacker.objective(states, states)
-    reference = strongest_reference(attacker.objective, states, victim.eps)
-    drop = (clean - default_attack_value(attacker, states)).mean()
-    reference_drop = (clean - reference).mean()
-    assert reference_drop > 0.1  # a real attack surface, not a flat critic
-    assert drop >= 0.95 * reference_drop, (drop.item(), reference_drop.item())
-    # one start (the reference's own) falls short of it: the test can fail
-    old = PGDAttacker(victim, restarts=1, start="step")  # the reference's single start from the step box
-    assert (clean - default_attack_value(old, states)).mean() < 0.95 * reference_drop
+ATTACKS = ("pgd", "rs", "rs_mad", "mad", "pa_ad")
 
 
-def test_robust_sarsa_final_pgd_reaches_95_percent_of_a_strong_reference():
-    """RS attacks with the same PGD on its learned critic: the same standard on a Sarsa critic of the fixture."""
-    victim, states = fixture_states(N_STATES)
-    data = robust_sarsa.collect_transitions(victim, 3000, seed=5)
-    q = robust_sarsa.fit_sarsa(data, victim.obs_dim, victim.act_dim, 600, 0.05, 1.0, seed=0, hidden=(64, 64))
-    attacker = PGDAttacker(victim, critic=q)
-    with torch.no_grad():
-        clean = attacker.objective(states, states)
-    reference_drop = (clean - strongest_reference(attacker.objective, states, victim.eps)).mean()
-    drop = (clean - default_attack_value(attacker, states)).mean()
-    assert reference_drop > 0
-    assert drop >= 0.95 * reference_drop, (drop.item(), reference_drop.item())
+@pytest.mark.parametrize("path", [FIXTURE, PPO_FIXTURE], ids=["sac", "ppo"])
+@pytest.mark.parametrize("name", ATTACKS)
+def test_default_reaches_95_percent_of_the_converged_optimiser(name, path):
+    gain, reference = gains(name, path)
+    assert reference > 0  # a real attack surface
+    assert gain >= 0.95 * reference, (gain, reference, gain / reference)
 
 
-def test_robust_sarsa_through_the_mean_reaches_95_percent_on_a_ppo_victim():
-    """PPO-kind victims, the reference's input (Sarsa on the raw sampled actions, PGD through the unclipped mean):
-    the same standard on the trained PPO fixture's states."""
-
-    victim, states = fixture_states(N_STATES, path=PPO_FIXTURE)
-    data = robust_sarsa.collect_transitions(victim, 3000, seed=5)
-    q = robust_sarsa.fit_sarsa(data, victim.obs_dim, victim.act_dim, 600, 0.05, 1.0, seed=0, hidden=(64, 64),
-                               raw_actions=True)
-    attacker = PGDAttacker(victim, critic=q, through_mean=True)
-    with torch.no_grad():
-        clean = attacker.objective(states, states)
-        torch.testing.assert_close(clean, q(states, victim.actor.mean(states)).mean(0))
-    reference_drop = (clean - strongest_reference(attacker.objective, states, victim.eps)).mean()
-    drop = (clean - default_attack_value(attacker, states)).mean()
-    assert reference_drop > 0
-    assert drop >= 0.95 * reference_drop, (drop.item(), reference_drop.item())
-
-
-def test_pa_ad_inner_pgd_reaches_95_percent_of_a_strong_reference():
-    """PA-AD's realisation ascends cos(mu(s~) - mu(s), d) + |mu(s~) - mu(s)| for the director's d."""
-    victim, states = fixture_states(N_STATES)
-    directions = F.normalize(torch.randn(len(states), victim.act_dim, generator=torch.Generator().manual_seed(0)), dim=-1)
-    objective = lambda o, x: pa_ad.pa_objective(victim, o, x, directions.repeat(len(o) // len(directions), 1))
-    with torch.no_grad():
-        clean = objective(states, states)
-    reference = strongest_reference(objective, states, victim.eps, sign=-1.0)
-    torch.manual_seed(0)
-    realised = torch.stack([pa_ad.pa_perturb(victim, s, d) for s, d in zip(states, directions)])
-    with torch.no_grad():
-        gain = (objective(states, realised) - clean).mean()
-    assert gain >= 0.95 * (reference - clean).mean(), (gain.item(), (reference - clean).mean().item())
+def test_the_references_settings_fall_short_the_test_can_fail():
+    """PGD (minQ) and MAD with the references' 10 steps of eps/10 from one start (the suite's defaults before) stay
+    well below 95 % of the converged optimiser on the SAC fixture."""
+    for name in ("pgd", "mad"):
+        gain, reference = gains(name, FIXTURE, dict(OLD, restarts=1))
+        assert gain < 0.9 * reference, (name, gain / reference)
 
 
 def test_worst_excludes_natural():
@@ -104,27 +102,20 @@ def test_worst_excludes_natural():
     assert eval_all.worst_of({"natural": {"mean": 1.0, "std": 0.0}}) is None
 
 
-def test_pgd_minv_on_a_trained_ppo_victim_beats_uniform_and_reaches_95_percent():
-    """PPO-kind victims: PGD (minV) minimises V(s~) (SA-PPO's "critic" attack). On 600 states the trained PPO
-    fixture visits it lowers V more than uniform noise in >= 90 % of them, and its drop is >= 95 % of a 100-step
-    5-restart reference's."""
-
+def test_pgd_minv_on_a_trained_ppo_victim_beats_uniform():
+    """PPO-kind victims: PGD (minV) minimises V(s~) (SA-PPO's "critic" attack); on the trained PPO fixture's states it
+    lowers V more than uniform noise in >= 90 % of them."""
     victim, states = fixture_states(N_STATES, path=PPO_FIXTURE)
     attacker = PGDAttacker(victim)
     assert attacker.minimise_value
     with torch.no_grad():
-        clean = victim.critic(states)
-        torch.testing.assert_close(attacker.objective(states, states), clean)
-    pgd_values = default_attack_value(attacker, states)
+        torch.testing.assert_close(attacker.objective(states, states), victim.critic(states))
     torch.manual_seed(0)
+    pgd_states = torch.stack([attacker(s) for s in states])
     noise = UniformAttacker(victim)
+    uniform_states = torch.stack([noise(s) for s in states])
     with torch.no_grad():
-        uniform_values = victim.critic(torch.stack([noise(s) for s in states]))
-    assert (pgd_values < uniform_values).float().mean() >= 0.9
-    reference_drop = (clean - strongest_reference(attacker.objective, states, victim.eps)).mean()
-    uniform_drop = (clean - uniform_values).mean()
-    assert reference_drop > 5 * uniform_drop.abs(), (reference_drop, uniform_drop)  # a real attack surface
-    assert (clean - pgd_values).mean() >= 0.95 * reference_drop
+        assert (victim.critic(pgd_states) < victim.critic(uniform_states)).float().mean() >= 0.9
 
 
 def test_pa_ad_realisation_pulls_a_ppo_victims_saturated_mean_back():
@@ -132,7 +123,7 @@ def test_pa_ad_realisation_pulls_a_ppo_victims_saturated_mean_back():
     states where the trained PPO fixture's mean lies outside the action box, a director asking to pull those
     dimensions back in gets a perturbation that does so; on the clipped action their gradient is zero."""
 
-    victim, states = fixture_states(N_STATES, path=PPO_FIXTURE)
+    victim, states = fixture_states(600, path=PPO_FIXTURE)
     with torch.no_grad():
         mean = victim.actor.mean(states)
     saturated = (mean > victim.actor.action_high) | (mean < victim.actor.action_low)
