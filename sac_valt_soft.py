@@ -651,6 +651,7 @@ def make_eval_env(args, env_kwargs: dict) -> gym.Env:
         os.environ.setdefault("MUJOCO_GL", "egl")
     try:
         env = make_env(args.env_id, {**env_kwargs, "render_mode": "rgb_array", "width": 320, "height": 240})
+        follow_the_body(env)
         env.reset(seed=args.seed)
         env.render()
     except UserError:
@@ -659,6 +660,15 @@ def make_eval_env(args, env_kwargs: dict) -> gym.Env:
         raise UserError(f"--capture-video: cannot render {args.env_id} off-screen ({one_line(e)}); install EGL "
                         "(libegl1) or OSMesa (libosmesa6) and set MUJOCO_GL=egl or osmesa")
     return env
+
+
+def follow_the_body(env: gym.Env) -> None:
+    """Render from the model's "track" camera (it follows the body) where it has one, as the MuJoCo tasks do."""
+    import mujoco
+
+    camera = mujoco.mj_name2id(env.unwrapped.model, mujoco.mjtObj.mjOBJ_CAMERA, "track")
+    if camera >= 0:
+        env.unwrapped.mujoco_renderer.camera_id = camera
 
 
 def video_file(args, step: int) -> Optional[str]:

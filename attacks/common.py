@@ -169,10 +169,14 @@ class EpisodeStats:
         return float(np.std(self.returns))
 
 
+PROGRESS_AFTER_S = 20.0  # an evaluation running longer than this prints a line per episode with its ETA
+
+
 def rollout(victim: Victim, attacker: Optional[Attacker], episodes: int, seed: int, stochastic: bool = False,
             progress: Optional[str] = None) -> EpisodeStats:
     """Episodes with the same environment seeds (seed + i) for every attacker, so rows are comparable.
-    Every perturbed step is checked against the eps-ball."""
+    Every perturbed step is checked against the eps-ball. Progress lines: always with `progress` (their label),
+    otherwise once the evaluation has run PROGRESS_AFTER_S seconds."""
     env = victim.make_env()
     torch.manual_seed(seed)
     returns, lengths, start = [], [], time.time()
@@ -194,8 +198,12 @@ def rollout(victim: Victim, attacker: Optional[Attacker], episodes: int, seed: i
             done = terminated or truncated
         returns.append(total)
         lengths.append(length)
-        if progress:
-            print(f"  [{progress}] episode {episode + 1}/{episodes}: return {total:.1f}", flush=True)
+        elapsed = time.time() - start
+        if progress or elapsed > PROGRESS_AFTER_S:
+            label = progress or (attacker.name if attacker is not None else "natural")
+            eta = elapsed / (episode + 1) * (episodes - episode - 1)
+            print(f"  [{label}] episode {episode + 1}/{episodes}: return {total:.1f} | {elapsed:.0f}s, eta {eta:.0f}s",
+                  flush=True)
     env.close()
     return EpisodeStats(returns, lengths, time.time() - start)
 

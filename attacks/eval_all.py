@@ -23,7 +23,7 @@ from typing import Annotated, Optional
 import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from attacks import mad, natural, pa_ad, pgd, robust_sarsa, sa_rl, uniform, valt_soft_adv  # noqa: E402
+from attacks import mad, natural, pa_ad, pgd, robust_sarsa, sa_rl, uniform, valt_soft_adv, video  # noqa: E402
 from attacks.common import (AttackError, EvalArgs, SaveDirArgs, adapt, parse, run_cli, unavailable,  # noqa: E402
                             victim_from_args)
 from attacks.learned import LearnedArgs  # noqa: E402
@@ -52,6 +52,7 @@ class Args(pa_ad.PAArgs, LearnedArgs, SaveDirArgs, robust_sarsa.Args, mad.Args, 
     ckpt: tuple[str, ...]  # one or more checkpoints, SB3 .zip or CleanRL files (one table row each)
     attacks: Annotated[str, tyro.conf.arg(help=f"comma list of {', '.join(ATTACKS)} or all")] = "all"
     out: Optional[str] = None  # also write the combined table (Markdown) here
+    video: bool = False  # also <ckpt stem>_natural_vs_<attack>.mp4: episode 1, natural and under the row's worst attack
 
 
 def parse_attacks(spec: str) -> list[str]:
@@ -66,6 +67,8 @@ def parse_attacks(spec: str) -> list[str]:
 
 def evaluate_checkpoint(path: str, names: list[str], args) -> dict:
     victim = victim_from_args(path, args)
+    if args.video:  # no renderer: one line now, not after hours of attacks
+        video.rendering_env(victim).close()
     if args.attacks == "all" and valt_soft_adv.has_adversary(victim):
         names = names + ["valt_soft_adv"]
     if "pgd" in names:
@@ -75,6 +78,7 @@ def evaluate_checkpoint(path: str, names: list[str], args) -> dict:
            "eps_units": victim.eps_units, "global_step": victim.ckpt["global_step"], "episodes": args.episodes,
            "search": search_label(args, names), "attacks": {}, **({"source": victim.ckpt["source"]}
                                                                  if "source" in victim.ckpt else {})}
+    used_args = {}  # each attack's arguments, for the video
     for i, name in enumerate(names):
         label, module, overrides = ATTACKS[name]
         label = pgd.column(victim) if name == "pgd" else label
@@ -88,6 +92,7 @@ def evaluate_checkpoint(path: str, names: list[str], args) -> dict:
         for key, value in overrides.items():
             setattr(attack_args, key, value)
         adapted = adapt(name, victim, attack_args)
+        used_args[name] = attack_args
         for flag, note in adapted.items():
             print(f"[{victim.method} {victim.env_id}] {label}: --{flag.replace('_', '-')} {note}", flush=True)
         start = time.time()
@@ -101,6 +106,11 @@ def evaluate_checkpoint(path: str, names: list[str], args) -> dict:
         print(f"[{victim.method} {victim.env_id}] {label}: {stats.mean:.1f} ± {stats.std:.1f} "
               f"({time.time() - start:.1f}s)", flush=True)
     row["worst"] = worst_of(row["attacks"])
+    if args.video and row["worst"]:
+        name = row["worst"]["attack"]
+        row["video"] = video.natural_vs_attack(victim, natural, ATTACKS[name][1], row["attacks"][name]["column"],
+                                               used_args[name], f"{os.path.splitext(path)[0]}_natural_vs_{name}.mp4")
+        print(f"[{victim.method} {victim.env_id}] video: {row['video']['path']}", flush=True)
     return row
 
 

@@ -32,11 +32,22 @@ class FrameRecorder(gym.Wrapper):
         return out
 
 
+def follow_the_body(env: gym.Env) -> None:
+    """Render from the model's "track" camera (it follows the body) where it has one: the free default camera stays
+    put while the agent runs out of the frame."""
+    import mujoco
+
+    camera = mujoco.mj_name2id(env.unwrapped.model, mujoco.mjtObj.mjOBJ_CAMERA, "track")
+    if camera >= 0:
+        env.unwrapped.mujoco_renderer.camera_id = camera
+
+
 def rendering_env(victim: Victim) -> gym.Env:
     if not os.environ.get("DISPLAY"):
         os.environ.setdefault("MUJOCO_GL", "egl")
     try:
         env = make_env(victim.env_id, {**victim.env_kwargs, "render_mode": "rgb_array", **FRAME})
+        follow_the_body(env)
         env.reset(seed=0)
         env.render()
     except AttackError:

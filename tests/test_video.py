@@ -70,3 +70,12 @@ def test_attack_video_shows_the_tables_first_episode_natural_and_attacked(workdi
     assert frames.shape == (max(clean.lengths[0], attacked.lengths[0]) + 1, 240, 640, 3)
     assert shown["frames"] == len(frames)
     assert frames[:, :, :320].std() > 1.0 and frames[:, :, 320:].std() > 1.0
+    # eval_all --video: the same pair for the row's worst attack, named in its JSON
+    import json
+
+    from attacks import eval_all
+
+    eval_all.main(["--ckpt", out["save_path"], "--attacks", "natural,pgd", "--episodes", "1", "--seed", "0", "--video"])
+    row = json.loads((tmp_path / "model_attacks.json").read_text())
+    assert row["video"]["path"] == str(tmp_path / f"model_natural_vs_{row['worst']['attack']}.mp4")
+    assert iio.imread(row["video"]["path"]).shape[0] == row["video"]["frames"]
