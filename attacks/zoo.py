@@ -37,7 +37,10 @@ def settings_text(name: str, settings: dict) -> str:
 
 
 def entry(path: str, root: str) -> dict:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated file, a git-lfs pointer, not a torch file
+        raise AttackError(f"{path} is not a readable checkpoint ({type(e).__name__})")
     if not isinstance(ckpt, dict) or "checkpoint_format" not in ckpt:
         raise AttackError(f"{path} is not a checkpoint of this project")
     method = ckpt["method"] + ("_pa" if ckpt.get("args", {}).get("pa") else "")

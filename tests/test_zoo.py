@@ -41,3 +41,10 @@ def test_the_zoo_lists_each_model_with_its_attack_numbers(tmp_path):
 def test_no_models_is_one_line(tmp_path):
     proc = run(os.path.join(ROOT, "attacks", "zoo.py"), "--results", str(tmp_path), cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.strip() == f"error: no slim models under {tmp_path}/*/models/"
+
+
+def test_an_unreadable_model_is_one_line(tmp_path):
+    (tmp_path / "demo" / "models").mkdir(parents=True)
+    (tmp_path / "demo" / "models" / "broken.pt").write_bytes(b"not a torch file")
+    proc = run(os.path.join(ROOT, "attacks", "zoo.py"), "--results", str(tmp_path), cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "is not a readable checkpoint" in proc.stderr
