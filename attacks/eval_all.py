@@ -7,12 +7,20 @@ worst (the minimum over the evaluated ATTACK columns: Natural is shown, not coun
     python attacks/eval_all.py --ckpt runs/a/model.pt runs/b/model.pt --episodes 20
     python attacks/eval_all.py --ckpt runs/a/model.pt --attacks natural,uniform,mad,pgd
     python attacks/eval_all.py --ckpt runs/a/model.pt --search quick --rs-grid quick          # CPU-sized searches
+    python attacks/eval_all.py --ckpt runs/a/model.pt --attacks mad,pgd --update              # re-run two columns
+
+--update keeps the other columns of the existing <ckpt stem>_attacks.json (its episodes, seed, eps and victim mode
+must be this run's) and records each replaced column's old mean and settings under "replaced". --reuse copies a
+column from another row of a byte-identical checkpoint instead of re-running it, when that row used the same
+episodes, seed, eps, victim mode and the column's settings (only the evaluation-only attacks: natural, uniform, mad,
+pgd, whose result is a function of exactly those).
 
 Every attacker sees the same episode seeds, so the columns of a row are comparable.
 """
 from __future__ import annotations
 
 import copy
+import filecmp
 import json
 import os
 import sys
@@ -53,6 +61,12 @@ class Args(pa_ad.PAArgs, LearnedArgs, SaveDirArgs, robust_sarsa.Args, mad.Args, 
     attacks: Annotated[str, tyro.conf.arg(help=f"comma list of {', '.join(ATTACKS)} or all")] = "all"
     out: Optional[str] = None  # also write the combined table (Markdown) here
     video: bool = False  # also <ckpt stem>_natural_vs_<attack>.mp4: episode 1, natural and under the row's worst attack
+    update: bool = False  # merge into the existing <ckpt stem>_attacks.json: other columns kept, replaced ones recorded
+    reuse: Optional[str] = None  # an _attacks.json of a byte-identical checkpoint: its matching columns are copied
+
+
+REUSABLE = ("natural", "uniform", "mad", "pgd")  # no training, no cache: the column is a function of the row's settings
+ROW_SETTINGS = ("episodes", "seed", "eps", "stochastic")  # what every column of a row shares
 
 
 def parse_attacks(spec: str) -> list[str]:
@@ -65,7 +79,7 @@ def parse_attacks(spec: str) -> list[str]:
     return names
 
 
-def evaluate_checkpoint(path: str, names: list[str], args) -> dict:
+def evaluate_checkpoint(path: str, names: list[str], args, reuse: Optional[dict] = None) -> dict:
     victim = victim_from_args(path, args)
     if args.video:  # no renderer: one line now, not after hours of attacks
         video.rendering_env(victim).close()
@@ -76,6 +90,7 @@ def evaluate_checkpoint(path: str, names: list[str], args) -> dict:
               f"{pgd.column(victim)}", flush=True)
     row = {"ckpt": path, "method": victim.method, "kind": victim.kind, "env_id": victim.env_id, "eps": victim.eps,
            "eps_units": victim.eps_units, "global_step": victim.ckpt["global_step"], "episodes": args.episodes,
+           "seed": args.seed, "stochastic": args.stochastic,
            "search": search_label(args, names), "attacks": {}, **({"source": victim.ckpt["source"]}
                                                                  if "source" in victim.ckpt else {})}
     used_args = {}  # each attack's arguments, for the video
@@ -93,6 +108,13 @@ def evaluate_checkpoint(path: str, names: list[str], args) -> dict:
             setattr(attack_args, key, value)
         adapted = adapt(name, victim, attack_args)
         used_args[name] = attack_args
+        settings = attack_settings(name, attack_args, victim.kind)
+        earlier = reusable_column(reuse, name, settings, row) if reuse else None
+        if earlier is not None:
+            row["attacks"][name] = {**earlier, "reused_from": args.reuse}
+            print(f"[{victim.method} {victim.env_id}] {label}: {earlier['mean']:.1f} ± {earlier['std']:.1f} "
+                  f"(reused from {args.reuse})", flush=True)
+            continue
         for flag, note in adapted.items():
             print(f"[{victim.method} {victim.env_id}] {label}: --{flag.replace('_', '-')} {note}", flush=True)
         start = time.time()
@@ -100,7 +122,7 @@ def evaluate_checkpoint(path: str, names: list[str], args) -> dict:
         stats = result["stats"]
         row["attacks"][name] = {"column": label, "mean": stats.mean, "std": stats.std, "returns": stats.returns,
                                 "seconds": round(time.time() - start, 2),  # training (learned attackers) + evaluation
-                                "settings": attack_settings(name, attack_args, victim.kind),
+                                "settings": settings,
                                 **({"adapted": adapted} if adapted else {}),
                                 **{k: v for k, v in result.items() if k != "stats"}}
         print(f"[{victim.method} {victim.env_id}] {label}: {stats.mean:.1f} ± {stats.std:.1f} "
@@ -112,6 +134,56 @@ def evaluate_checkpoint(path: str, names: list[str], args) -> dict:
                                                used_args[name], f"{os.path.splitext(path)[0]}_natural_vs_{name}.mp4")
         print(f"[{victim.method} {victim.env_id}] video: {row['video']['path']}", flush=True)
     return row
+
+
+def reusable_column(earlier: dict, name: str, settings: dict, row: dict) -> Optional[dict]:
+    """The earlier row's column `name` when it was produced exactly as this run would produce it, else None."""
+    column = earlier["attacks"].get(name)
+    if name not in REUSABLE or not column or "mean" not in column or column.get("settings") != settings:
+        return None
+    if any(earlier.get(key, ROW_DEFAULTS.get(key)) != row[key] for key in ROW_SETTINGS):
+        return None
+    return column
+
+
+ROW_DEFAULTS = {"seed": 0, "stochastic": False}  # rows written before these keys were recorded used these
+
+
+def check_reuse(path: str, reuse_path: str) -> dict:
+    try:
+        earlier = json.load(open(reuse_path))
+    except (OSError, ValueError) as e:
+        raise AttackError(f"--reuse {reuse_path}: not a readable attack row ({e})")
+    source = earlier.get("ckpt", "")
+    if not os.path.isfile(source):  # rows record the path they were run on; a moved study finds it beside the row
+        source = os.path.join(os.path.dirname(reuse_path), os.path.basename(source))
+    if not os.path.isfile(source) or not filecmp.cmp(source, path, shallow=False):
+        raise AttackError(f"--reuse {reuse_path}: its checkpoint ({earlier.get('ckpt')}) is not byte-identical to {path}")
+    return earlier
+
+
+def merge_into(stem: str, row: dict) -> dict:
+    """--update: the new columns replace the existing row's, which keeps the rest; the old values stay on record."""
+    try:
+        existing = json.load(open(f"{stem}_attacks.json"))
+    except (OSError, ValueError) as e:
+        raise AttackError(f"--update: no readable {stem}_attacks.json to update ({e})")
+    for key in ROW_SETTINGS:
+        if existing.get(key, ROW_DEFAULTS.get(key)) != row[key]:
+            raise AttackError(f"--update: {stem}_attacks.json has {key}={existing.get(key)!r}, this run {row[key]!r}; "
+                              f"columns of one row must share it (run without --update for a new row)")
+    merged = {**existing, **{k: row[k] for k in ("ckpt", "seed", "stochastic")}, "attacks": dict(existing["attacks"])}
+    replaced = merged.setdefault("replaced", {})
+    for name, column in row["attacks"].items():
+        old = existing["attacks"].get(name)
+        if old and "mean" in old:
+            replaced.setdefault(name, []).append({k: old[k] for k in ("mean", "std", "settings") if k in old})
+        merged["attacks"][name] = column
+    merged["search"] = "; ".join(p for p in dict.fromkeys(existing.get("search", "").split("; ") +
+                                                           row["search"].split("; ")) if p and p != "no search") \
+        or "no search"
+    merged["worst"] = worst_of(merged["attacks"])
+    return merged
 
 
 def attack_settings(name: str, args, kind: str = "sac") -> dict:
@@ -181,11 +253,19 @@ def main(argv: Optional[list[str]] = None) -> None:
     names = parse_attacks(args.attacks)
     if args.episodes <= 0:
         raise AttackError("--episodes must be positive")
+    if args.reuse and len(args.ckpt) != 1:
+        raise AttackError("--reuse takes one --ckpt (the row it reuses belongs to one checkpoint)")
+    for path in args.ckpt if args.update else ():  # before hours of attacks, not after
+        if not os.path.isfile(f"{os.path.splitext(path)[0]}_attacks.json"):
+            raise AttackError(f"--update: {os.path.splitext(path)[0]}_attacks.json does not exist (run without --update)")
+    reuse = check_reuse(args.ckpt[0], args.reuse) if args.reuse else None
     rows = []
     for path in args.ckpt:
-        row = evaluate_checkpoint(path, names, args)
-        rows.append(row)
         stem = os.path.splitext(path)[0]
+        row = evaluate_checkpoint(path, names, args, reuse)
+        if args.update:
+            row = merge_into(stem, row)
+        rows.append(row)
         with open(f"{stem}_attacks.json", "w") as f:
             json.dump(row, f, indent=1)
         with open(f"{stem}_attacks.md", "w") as f:

@@ -400,6 +400,44 @@ def test_eval_all_on_a_ppo_checkpoint_runs_every_column_with_pgd_min_v(ppo_ckpt,
     assert "PGD (minV)" in md and "PGD (minQ)" not in md
 
 
+def test_eval_all_update_replaces_columns_and_reuse_copies_only_identical_ones(sac_ckpt, tmp_path, capsys):
+    """--update re-runs a column and keeps the rest, the old value on record; --reuse copies a column only from a
+    byte-identical checkpoint's row with the same settings, and re-runs the others."""
+    ckpt = str(tmp_path / "m.pt")
+    shutil.copyfile(sac_ckpt, ckpt)
+    quick = ["--episodes", "1", "--pgd-restarts", "2"]
+    eval_all.main(["--ckpt", ckpt, "--attacks", "natural,uniform,pgd", "--pgd-steps", "1", *quick])
+    first = json.load(open(tmp_path / "m_attacks.json"))
+    eval_all.main(["--ckpt", ckpt, "--attacks", "pgd", "--pgd-steps", "3", "--update", *quick])
+    row = json.load(open(tmp_path / "m_attacks.json"))
+    assert set(row["attacks"]) == {"natural", "uniform", "pgd"}
+    assert row["attacks"]["natural"] == first["attacks"]["natural"] and row["attacks"]["pgd"]["settings"]["steps"] == 3
+    assert row["replaced"]["pgd"] == [{k: first["attacks"]["pgd"][k] for k in ("mean", "std", "settings")}]
+    means = {n: a["mean"] for n, a in row["attacks"].items() if n != "natural"}
+    assert row["worst"]["attack"] == min(means, key=means.get)
+    with pytest.raises(common.AttackError, match="episodes=1, this run 2"):  # a row's columns share its episodes
+        eval_all.main(["--ckpt", ckpt, "--attacks", "pgd", "--update", "--episodes", "2"])
+
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copyfile(ckpt, copy / "m.pt")
+    capsys.readouterr()
+    eval_all.main(["--ckpt", str(copy / "m.pt"), "--attacks", "natural,pgd", "--pgd-steps", "4", *quick,
+                   "--reuse", str(tmp_path / "m_attacks.json")])
+    out = capsys.readouterr().out
+    reused = json.load(open(copy / "m_attacks.json"))
+    assert "Natural" in out and out.count("reused from") == 1  # natural's settings match; pgd's (4 steps) do not
+    assert reused["attacks"]["natural"]["returns"] == row["attacks"]["natural"]["returns"]
+    assert reused["attacks"]["pgd"]["settings"]["steps"] == 4 and "reused_from" not in reused["attacks"]["pgd"]
+    eval_all.main(["--ckpt", str(copy / "m.pt"), "--attacks", "pgd", "--pgd-steps", "3", *quick,
+                   "--reuse", str(tmp_path / "m_attacks.json")])
+    pgd_column = json.load(open(copy / "m_attacks.json"))["attacks"]["pgd"]
+    assert pgd_column["reused_from"] and pgd_column["returns"] == row["attacks"]["pgd"]["returns"]
+    torch.save({**torch.load(ckpt, weights_only=True), "global_step": 1}, copy / "m.pt")  # another model now
+    with pytest.raises(common.AttackError, match="not byte-identical"):
+        eval_all.main(["--ckpt", str(copy / "m.pt"), "--attacks", "pgd", "--reuse", str(tmp_path / "m_attacks.json")])
+
+
 @pytest.mark.parametrize("args,message", [
     (["--attacks", "natural,nope"], "unknown attacker"),
     (["--eps", "-1"], "must be > 0"),
