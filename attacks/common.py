@@ -172,6 +172,22 @@ class EpisodeStats:
 PROGRESS_AFTER_S = 20.0  # an evaluation running longer than this prints a line per episode with its ETA
 
 
+class Progress:
+    """"elapsed, eta" for progress lines, the ETA from the rate since the previous line, so a phase that runs at
+    another speed (an attacker's random-action warm-up) is not averaged into the remaining time."""
+
+    def __init__(self, total: int):
+        self.total, self.start = total, time.time()
+        self.last_time, self.last_done = self.start, 0
+
+    def __call__(self, done: int) -> str:
+        now = time.time()
+        rate = (done - self.last_done) / max(now - self.last_time, 1e-9)
+        self.last_time, self.last_done = now, done
+        eta = (self.total - done) / rate if rate > 0 else float("nan")
+        return f"{now - self.start:.0f}s, eta {eta:.0f}s"
+
+
 def rollout(victim: Victim, attacker: Optional[Attacker], episodes: int, seed: int, stochastic: bool = False,
             progress: Optional[str] = None) -> EpisodeStats:
     """Episodes with the same environment seeds (seed + i) for every attacker, so rows are comparable.

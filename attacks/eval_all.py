@@ -31,7 +31,7 @@ from typing import Annotated, Optional
 import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from attacks import mad, natural, pa_ad, pgd, robust_sarsa, sa_rl, uniform, valt_soft_adv, video  # noqa: E402
+from attacks import estimate, mad, natural, pa_ad, pgd, robust_sarsa, sa_rl, uniform, valt_soft_adv, video  # noqa: E402
 from attacks.common import (AttackError, EvalArgs, SaveDirArgs, adapt, parse, run_cli, unavailable,  # noqa: E402
                             victim_from_args)
 from attacks.learned import LearnedArgs  # noqa: E402
@@ -93,28 +93,36 @@ def evaluate_checkpoint(path: str, names: list[str], args, reuse: Optional[dict]
            "seed": args.seed, "stochastic": args.stochastic,
            "search": search_label(args, names), "attacks": {}, **({"source": victim.ckpt["source"]}
                                                                  if "source" in victim.ckpt else {})}
-    used_args = {}  # each attack's arguments, for the video
-    for i, name in enumerate(names):
+    used_args, prepared = {}, []  # each attack's arguments (for the video); the attacks that will run
+    for name in names:
         label, module, overrides = ATTACKS[name]
         label = pgd.column(victim) if name == "pgd" else label
         reason = unavailable(name, victim)
         if reason:  # the victim lacks what this attack needs: a marked cell, never a substitute
             row["attacks"][name] = {"column": label, "n/a": reason}
-            print(f"[{victim.method} {victim.env_id}] attack {i + 1}/{len(names)}: {label} {reason}", flush=True)
             continue
-        print(f"[{victim.method} {victim.env_id}] attack {i + 1}/{len(names)}: {label} ...", flush=True)
         attack_args = copy.copy(args)
         for key, value in overrides.items():
             setattr(attack_args, key, value)
         adapted = adapt(name, victim, attack_args)
-        used_args[name] = attack_args
         settings = attack_settings(name, attack_args, victim.kind)
         earlier = reusable_column(reuse, name, settings, row) if reuse else None
+        used_args[name] = attack_args
+        prepared.append((name, label, module, attack_args, adapted, settings, earlier))
+    estimate.announce([(name, attack_args) for name, _, _, attack_args, _, _, earlier in prepared if earlier is None],
+                      victim)
+    for i, name in enumerate(names):
+        if name in row["attacks"]:
+            print(f"[{victim.method} {victim.env_id}] attack {i + 1}/{len(names)}: {row['attacks'][name]['column']} "
+                  f"{row['attacks'][name]['n/a']}", flush=True)
+    for name, label, module, attack_args, adapted, settings, earlier in prepared:
+        i = names.index(name)
         if earlier is not None:
             row["attacks"][name] = {**earlier, "reused_from": args.reuse}
             print(f"[{victim.method} {victim.env_id}] {label}: {earlier['mean']:.1f} ± {earlier['std']:.1f} "
                   f"(reused from {args.reuse})", flush=True)
             continue
+        print(f"[{victim.method} {victim.env_id}] attack {i + 1}/{len(names)}: {label} ...", flush=True)
         for flag, note in adapted.items():
             print(f"[{victim.method} {victim.env_id}] {label}: --{flag.replace('_', '-')} {note}", flush=True)
         start = time.time()

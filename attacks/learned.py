@@ -27,8 +27,8 @@ from typing import Annotated, Callable, Literal, Optional
 import torch
 from tyro.conf import arg
 
-from attacks.common import (AttackError, EpisodeStats, Victim, default_save_dir, read_record, rollout, same_victim,
-                            victim_identity, writable_dir, write_json_atomically)
+from attacks.common import (AttackError, EpisodeStats, Progress, Victim, default_save_dir, read_record, rollout,
+                            same_victim, victim_identity, writable_dir, write_json_atomically)
 from attacks.contract import TOTAL_TIMESTEPS, task_name
 from attacks.rl import (AttackEnv, PolicyAttacker, PPOSettings, load_attacker, policy_action_fn, save_attacker,
                         train_ppo, train_sac)
@@ -122,13 +122,26 @@ def realize_tag(kind: str, pa_steps: int, pa_restarts: int, pa_step_scale: float
     return f"_pa{pa_steps}x{pa_restarts}{steps}"
 
 
+def attacker_path(victim: Victim, config: AttackerConfig, save_dir: str, tag: str = "") -> str:
+    """Where an attacker is saved (its record: the same name, .json)."""
+    stem = os.path.splitext(os.path.basename(victim.ckpt_path))[0]
+    return os.path.join(save_dir, f"{stem}_{config.id}_eps{victim.eps:g}{tag}.pt")
+
+
+def finished_record(victim: Victim, config: AttackerConfig, save_dir: str, episodes: int, eval_seed: int,
+                    stochastic: bool = False, tag: str = "") -> Optional[dict]:
+    """The record of this attacker trained against this victim and evaluated on these episodes, if saved."""
+    record = read_record(attacker_path(victim, config, save_dir, tag)[:-3] + ".json")
+    evaluation = {"episodes": episodes, "seed": eval_seed, "stochastic": stochastic}
+    return record if same_victim(record, victim) and record.get("evaluation") == evaluation else None
+
+
 def train_one(victim: Victim, config: AttackerConfig, realize: Callable, action_dim: int, save_dir: str,
               episodes: int, eval_seed: int, stochastic: bool = False, log: bool = True, tag: str = "") -> dict:
     """Trains (or finds already trained) one attacker, evaluates it on the evaluation episodes, returns its record.
     An attacker found on disk is reused only if it was trained against this very victim (common.victim_identity)
     and radius; `tag` names the realisation settings (realize_tag)."""
-    stem = os.path.splitext(os.path.basename(victim.ckpt_path))[0]
-    path = os.path.join(save_dir, f"{stem}_{config.id}_eps{victim.eps:g}{tag}.pt")
+    path = attacker_path(victim, config, save_dir, tag)
     record_path = path[:-3] + ".json"
     identity = victim_identity(victim)
     evaluation = {"episodes": episodes, "seed": eval_seed, "stochastic": stochastic}
@@ -187,8 +200,12 @@ def run_search(victim: Victim, args, kind: str, action_dim: int, realize: Callab
     save_dir = writable_dir(args.save_dir or default_save_dir(victim))
     tag = realize_tag(kind, args.pa_steps, args.pa_restarts, args.pa_step_scale,
                       args.pa_final_step_scale) if kind == "pa_ad" else ""
-    records = [train_one(victim, c, realize, action_dim, save_dir, args.episodes, args.seed, args.stochastic, tag=tag)
-               for c in configs]
+    records, progress = [], Progress(len(configs))
+    for done, config in enumerate(configs, 1):
+        records.append(train_one(victim, config, realize, action_dim, save_dir, args.episodes, args.seed,
+                                 args.stochastic, tag=tag))
+        print(f"  [{kind}_{args.algo}] {done}/{len(configs)} attackers | strongest so far "
+              f"{min(r['mean'] for r in records):.1f} | {progress(done)}", flush=True)
     return summarize(records, args.search, configs)
 
 

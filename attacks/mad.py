@@ -87,9 +87,12 @@ class MADAttacker:
                              self.restarts)[0]
 
 
+def attacker(victim: Victim, args) -> MADAttacker:
+    return MADAttacker(victim, args.mad_steps, args.mad_step_scale, args.mad_restarts)
+
+
 def evaluate(victim: Victim, args) -> dict:
-    attacker = MADAttacker(victim, args.mad_steps, args.mad_step_scale, args.mad_restarts)
-    return {"stats": rollout(victim, attacker, args.episodes, args.seed, args.stochastic)}
+    return {"stats": rollout(victim, attacker(victim, args), args.episodes, args.seed, args.stochastic)}
 
 
 if __name__ == "__main__":

@@ -81,10 +81,12 @@ class PGDAttacker:
                             self.start)[0]
 
 
+def attacker(victim: Victim, args) -> PGDAttacker:
+    return PGDAttacker(victim, args.pgd_steps, args.pgd_step_scale, restarts=args.pgd_restarts, start=args.pgd_start)
+
+
 def evaluate(victim: Victim, args) -> dict:
-    attacker = PGDAttacker(victim, args.pgd_steps, args.pgd_step_scale, restarts=args.pgd_restarts,
-                           start=args.pgd_start)
-    return {"stats": rollout(victim, attacker, args.episodes, args.seed, args.stochastic)}
+    return {"stats": rollout(victim, attacker(victim, args), args.episodes, args.seed, args.stochastic)}
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -19,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from attacks.common import Victim, check_in_ball
+from attacks.common import Progress, Victim, check_in_ball
 from attacks.contract import AttackError, atomic_save
 from attacks.nets import TanhGaussianActor, TwinCritic, mlp
 
@@ -158,7 +157,7 @@ def train_sac(env: AttackEnv, steps: int, seed: int, hidden: tuple[int, ...] = (
     learner = SACLearner(obs_dim, act_dim, hidden, device, SACSettings(batch_size=batch_size))
     buffer = ReplayBuffer(max(steps, 1), obs_dim, act_dim, device, seed)
     obs, _ = env.reset(seed=seed)
-    episode_return, returns, start = 0.0, [], time.time()
+    episode_return, returns, progress = 0.0, [], Progress(steps)
     bad = torch.zeros((), dtype=torch.bool, device=device)
     for step in range(1, steps + 1):
         if step <= learning_starts:
@@ -184,7 +183,7 @@ def train_sac(env: AttackEnv, steps: int, seed: int, hidden: tuple[int, ...] = (
             check_finite(bad, log or "SAC attacker", step)
         if log and step % max(steps // 10, 1) == 0:
             recent = f"{np.mean(returns[-10:]):.1f}" if returns else "n/a"
-            print(f"  [{log}] step {step}/{steps} | victim return(10) {recent} | {time.time() - start:.0f}s", flush=True)
+            print(f"  [{log}] step {step}/{steps} | victim return(10) {recent} | {progress(step)}", flush=True)
     return learner.actor
 
 
@@ -279,7 +278,7 @@ def train_ppo(env: AttackEnv, steps: int, seed: int, hidden: tuple[int, ...] = (
     iterations = max(1, math.ceil(steps / cfg.n_steps))
     scale = RunningScale(cfg.gamma)
     obs, _ = env.reset(seed=seed)
-    episode_return, returns, start, done_steps, iteration = 0.0, [], time.time(), 0, 0
+    episode_return, returns, progress, done_steps, iteration = 0.0, [], Progress(steps), 0, 0
     while done_steps < steps:
         if cfg.anneal_lr:  # linearly to 0 over the iterations, as the reference's anneal_lr
             frac = 1.0 - iteration / iterations
@@ -342,7 +341,7 @@ def train_ppo(env: AttackEnv, steps: int, seed: int, hidden: tuple[int, ...] = (
                      log or "PPO attacker", done_steps)
         if log:
             recent = f"{np.mean(returns[-10:]):.1f}" if returns else "n/a"
-            print(f"  [{log}] step {done_steps}/{steps} | victim return(10) {recent} | {time.time() - start:.0f}s",
+            print(f"  [{log}] step {done_steps}/{steps} | victim return(10) {recent} | {progress(done_steps)}",
                   flush=True)
     return policy
 

@@ -39,7 +39,6 @@ import hashlib
 import json
 import os
 import sys
-import time
 from dataclasses import dataclass
 from typing import Annotated, Literal, Optional
 
@@ -48,7 +47,7 @@ import torch.nn.functional as F
 import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from attacks.common import (AttackError, EpisodeStats, SaveDirArgs, Victim, default_save_dir, read_record,  # noqa: E402
+from attacks.common import (AttackError, EpisodeStats, Progress, SaveDirArgs, Victim, default_save_dir, read_record,  # noqa: E402
                             rollout, same_victim, standalone, victim_identity, writable_dir, write_json_atomically)
 from attacks.nets import TwinCritic  # noqa: E402
 from attacks.pgd import Args as PGDArgs  # noqa: E402
@@ -133,7 +132,7 @@ def fit_sarsa(data: dict, obs_dim: int, act_dim: int, updates: int, sarsa_eps: f
     q_target.requires_grad_(False)
     optimizer = torch.optim.Adam(q.parameters(), lr=lr)
     third = max(updates // 3, 1)
-    n, start = len(data["rewards"]), time.time()
+    n, progress = len(data["rewards"]), Progress(updates)
     for update in range(1, updates + 1):
         ramp = min(max((update - third) / third, 0.0), 1.0)
         for group in optimizer.param_groups:
@@ -154,7 +153,7 @@ def fit_sarsa(data: dict, obs_dim: int, act_dim: int, updates: int, sarsa_eps: f
         with torch.no_grad():
             torch._foreach_lerp_(list(q_target.parameters()), list(q.parameters()), tau)
         if log and update % max(updates // 5, 1) == 0:
-            print(f"  [{log}] update {update}/{updates} | loss {loss.item():.3f} | {time.time() - start:.0f}s", flush=True)
+            print(f"  [{log}] update {update}/{updates} | loss {loss.item():.3f} | {progress(update)}", flush=True)
     if not all(bool(torch.isfinite(p).all()) for p in q.parameters()):  # a NaN critic would be a silently weak attack
         raise AttackError(f"Sarsa critic diverged (sarsa_eps {sarsa_eps}, sarsa_reg {sarsa_reg}): non-finite weights")
     q.requires_grad_(False)
@@ -276,53 +275,56 @@ def evaluate(victim: Victim, args) -> dict:
                   "pgd_start": start,
                   "mad_ratio": args.rs_mad_ratio}
     data, best, per_setting = None, None, []
-    for sarsa_eps, sarsa_reg in settings:
-        for action_input in action_inputs(victim, args):
-            mean_input = action_input == "mean"
-            label = f"{sarsa_eps}:{sarsa_reg}" + (f" {action_input}" if victim.kind == "ppo" else "")
-            fit = {"sarsa_eps": sarsa_eps, "sarsa_reg": sarsa_reg, "action_input": action_input,
-                   "data_steps": args.rs_steps, "data_seed": args.seed + 7, "explore": args.rs_explore,
-                   "updates": args.rs_updates, "fit_seed": args.seed, "hidden": list(args.rs_hidden)}
-            critic_path, record_path = cache_paths(victim, args, fit)
-            record = read_record(record_path)
-            same_fit = same_victim(record, victim) and record.get("fit") == fit
-            if same_fit and record.get("evaluation") == evaluation:
-                print(f"  [rs {label}] found in {record_path}", flush=True)
-                results, cached = record["results"], True
-            else:
-                q = None
-                if same_fit and os.path.isfile(critic_path):  # fitted earlier, evaluated with other settings
-                    q = load_critic(critic_path, victim, args.rs_hidden)
-                if q is None:
-                    if data is None:  # only when some critic must be fitted: a fully cached grid skips it
-                        data = collect_transitions(victim, args.rs_steps, args.seed + 7, args.rs_explore)
-                    q = fit_sarsa(data, victim.obs_dim, victim.act_dim, args.rs_updates, sarsa_eps, sarsa_reg,
-                                  args.seed, tuple(args.rs_hidden), device=victim.device, log=f"rs {label}",
-                                  raw_actions=mean_input)
-                    write_atomically(critic_path, lambda tmp: torch.save(
-                        {k: v.cpu() for k, v in q.state_dict().items()}, tmp))
-                pgd_settings = dict(steps=args.pgd_steps, step_scale=args.pgd_step_scale, restarts=args.pgd_restarts,
-                                    start=start, through_mean=mean_input)
-                attackers = [("rs", PGDAttacker(victim, critic=q, **pgd_settings))]
-                if args.rs_mad_ratio > 0:
-                    attackers.append(("rs_mad", SarsaMADAttacker(victim, q, args.rs_mad_ratio, **pgd_settings)))
-                results, cached = [], False
-                for objective, attacker in attackers:
-                    stats = rollout(victim, attacker, args.episodes, args.seed, args.stochastic)
-                    results.append({"objective": objective, "returns": stats.returns, "lengths": stats.lengths,
-                                    "seconds": round(stats.seconds, 2)})
-                record = {"identity": identity, "fit": fit, "evaluation": evaluation, "critic": critic_path,
-                          "results": results}
-                write_json_atomically(record_path, record)
-            for result in results:
-                stats = EpisodeStats(result["returns"], result["lengths"], result["seconds"])
-                print(f"  [{result['objective']} {label}] victim return {stats.mean:.1f} ± {stats.std:.1f}"
-                      f"{' (saved earlier)' if cached else ''}", flush=True)
-                per_setting.append({"sarsa_eps": sarsa_eps, "sarsa_reg": sarsa_reg, "action_input": action_input,
-                                    "objective": result["objective"], "mean": stats.mean, "std": stats.std,
-                                    "cached": cached})
-                if best is None or stats.mean < best[0].mean:
-                    best = (stats, per_setting[-1])
+    critics = [(e, r, i) for e, r in settings for i in action_inputs(victim, args)]
+    progress = Progress(len(critics))
+    for done, (sarsa_eps, sarsa_reg, action_input) in enumerate(critics, 1):
+        mean_input = action_input == "mean"
+        label = f"{sarsa_eps}:{sarsa_reg}" + (f" {action_input}" if victim.kind == "ppo" else "")
+        fit = {"sarsa_eps": sarsa_eps, "sarsa_reg": sarsa_reg, "action_input": action_input,
+               "data_steps": args.rs_steps, "data_seed": args.seed + 7, "explore": args.rs_explore,
+               "updates": args.rs_updates, "fit_seed": args.seed, "hidden": list(args.rs_hidden)}
+        critic_path, record_path = cache_paths(victim, args, fit)
+        record = read_record(record_path)
+        same_fit = same_victim(record, victim) and record.get("fit") == fit
+        if same_fit and record.get("evaluation") == evaluation:
+            print(f"  [rs {label}] found in {record_path}", flush=True)
+            results, cached = record["results"], True
+        else:
+            q = None
+            if same_fit and os.path.isfile(critic_path):  # fitted earlier, evaluated with other settings
+                q = load_critic(critic_path, victim, args.rs_hidden)
+            if q is None:
+                if data is None:  # only when some critic must be fitted: a fully cached grid skips it
+                    data = collect_transitions(victim, args.rs_steps, args.seed + 7, args.rs_explore)
+                q = fit_sarsa(data, victim.obs_dim, victim.act_dim, args.rs_updates, sarsa_eps, sarsa_reg,
+                              args.seed, tuple(args.rs_hidden), device=victim.device, log=f"rs {label}",
+                              raw_actions=mean_input)
+                write_atomically(critic_path, lambda tmp: torch.save(
+                    {k: v.cpu() for k, v in q.state_dict().items()}, tmp))
+            pgd_settings = dict(steps=args.pgd_steps, step_scale=args.pgd_step_scale, restarts=args.pgd_restarts,
+                                start=start, through_mean=mean_input)
+            attackers = [("rs", PGDAttacker(victim, critic=q, **pgd_settings))]
+            if args.rs_mad_ratio > 0:
+                attackers.append(("rs_mad", SarsaMADAttacker(victim, q, args.rs_mad_ratio, **pgd_settings)))
+            results, cached = [], False
+            for objective, attacker in attackers:
+                stats = rollout(victim, attacker, args.episodes, args.seed, args.stochastic)
+                results.append({"objective": objective, "returns": stats.returns, "lengths": stats.lengths,
+                                "seconds": round(stats.seconds, 2)})
+            record = {"identity": identity, "fit": fit, "evaluation": evaluation, "critic": critic_path,
+                      "results": results}
+            write_json_atomically(record_path, record)
+        for result in results:
+            stats = EpisodeStats(result["returns"], result["lengths"], result["seconds"])
+            print(f"  [{result['objective']} {label}] victim return {stats.mean:.1f} ± {stats.std:.1f}"
+                  f"{' (saved earlier)' if cached else ''}", flush=True)
+            per_setting.append({"sarsa_eps": sarsa_eps, "sarsa_reg": sarsa_reg, "action_input": action_input,
+                                "objective": result["objective"], "mean": stats.mean, "std": stats.std,
+                                "cached": cached})
+            if best is None or stats.mean < best[0].mean:
+                best = (stats, per_setting[-1])
+        print(f"  [rs] {done}/{len(critics)} critics | strongest so far {best[0].mean:.1f} | {progress(done)}",
+              flush=True)
     return {"stats": best[0], "per_setting": per_setting, "strongest": best[1],
             "search": settings_record(victim, args, settings)}
 

@@ -8,9 +8,10 @@ reports.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
-import time
+import tempfile
 from dataclasses import dataclass
 from typing import Annotated, Optional
 
@@ -19,10 +20,10 @@ import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from attacks import pa_ad, sa_rl  # noqa: E402
-from attacks.common import (AttackError, EpisodeArgs, SaveDirArgs, default_save_dir, load_victim, parse,  # noqa: E402
-                            run_cli, writable_dir)
-from attacks.learned import (COLUMNS, AttackerConfig, LearnedArgs, preset_configs, realize_tag,  # noqa: E402
-                             summarize, train_one)
+from attacks.common import (AttackError, EpisodeArgs, Progress, SaveDirArgs, default_save_dir, load_victim,  # noqa: E402
+                            parse, run_cli, writable_dir, write_json_atomically)
+from attacks.learned import (COLUMNS, AttackerConfig, LearnedArgs, attacker_path, finished_record,  # noqa: E402
+                             preset_configs, realize_tag, summarize, train_one)
 
 
 @dataclass(kw_only=True)
@@ -43,13 +44,41 @@ def make_realize(victim, kind: str, pa_steps: int = pa_ad.STEPS, pa_restarts: in
                                           final_step_scale=pa_final_step_scale)
 
 
-def remote_train(ckpt: str, config: AttackerConfig, save_dir: str, episodes: int, eval_seed: int, pa_steps: int,
-                 pa_restarts: int, pa_step_scale: float, pa_final_step_scale: float, threads: int) -> dict:
+def remote_train(victim_name: str, victim_bytes: bytes, earlier: dict, config: AttackerConfig, episodes: int,
+                 eval_seed: int, pa_steps: int, pa_restarts: int, pa_step_scale: float, pa_final_step_scale: float,
+                 threads: int) -> tuple[dict, dict]:
+    """One attacker, on any node: the victim comes as bytes (with the attacker's earlier files, if any) and the
+    attacker's files go back as bytes, so a worker never needs a path of the driver's filesystem."""
     torch.set_num_threads(threads)
-    victim = load_victim(ckpt)
-    action_dim, realize = make_realize(victim, config.kind, pa_steps, pa_restarts, pa_step_scale, pa_final_step_scale)
-    return train_one(victim, config, realize, action_dim, save_dir, episodes, eval_seed, log=False,
-                     tag=realize_tag(config.kind, pa_steps, pa_restarts, pa_step_scale, pa_final_step_scale))
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt, save_dir = os.path.join(tmp, victim_name), os.path.join(tmp, "attackers")
+        os.makedirs(save_dir)
+        for name, content in [(ckpt, victim_bytes)] + [(os.path.join(save_dir, n), c) for n, c in earlier.items()]:
+            with open(name, "wb") as f:
+                f.write(content)
+        victim = load_victim(ckpt)
+        action_dim, realize = make_realize(victim, config.kind, pa_steps, pa_restarts, pa_step_scale,
+                                           pa_final_step_scale)
+        record = train_one(victim, config, realize, action_dim, save_dir, episodes, eval_seed, log=False,
+                           tag=realize_tag(config.kind, pa_steps, pa_restarts, pa_step_scale, pa_final_step_scale))
+        files = {}
+        for name in os.listdir(save_dir):
+            with open(os.path.join(save_dir, name), "rb") as f:
+                files[name] = f.read()
+    return record, files
+
+
+def land(record: dict, files: dict, save_dir: str) -> dict:
+    """A worker's attacker and record written into the driver's save_dir (atomically), the record's path its own."""
+    record = {**record, "path": os.path.join(save_dir, os.path.basename(record["path"]))}
+    for name, content in sorted(files.items(), key=lambda kv: kv[0].endswith(".json")):  # the record last
+        if name.endswith(".json"):
+            write_json_atomically(os.path.join(save_dir, name), {**json.loads(content), "path": record["path"]})
+            continue
+        with open(os.path.join(save_dir, name + ".tmp"), "wb") as f:
+            f.write(content)
+        os.replace(os.path.join(save_dir, name + ".tmp"), os.path.join(save_dir, name))
+    return record
 
 
 def main(argv=None) -> None:
@@ -79,19 +108,35 @@ def main(argv=None) -> None:
         ray.init(num_cpus=a.local_cpus, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": root, "OMP_NUM_THREADS": str(threads)}})
     task = ray.remote(num_cpus=a.num_cpus, max_retries=a.max_retries)(remote_train)
-    ckpt = os.path.abspath(a.ckpt)
-    pending = {task.remote(ckpt, cfg, save_dir, a.episodes, a.seed, a.pa_steps, a.pa_restarts, a.pa_step_scale,
-                           a.pa_final_step_scale, threads): (col, cfg)
-               for col, cfgs in grid.items() for cfg in cfgs}
+    with open(a.ckpt, "rb") as f:
+        victim_ref = ray.put(f.read())  # once into the object store, for every task on every node
     records: dict = {col: [] for col in columns}
-    start = time.time()
+    pending = {}
+    for col, cfgs in grid.items():
+        tag = realize_tag(COLUMNS[col][0], a.pa_steps, a.pa_restarts, a.pa_step_scale, a.pa_final_step_scale)
+        for cfg in cfgs:
+            record = finished_record(victim, cfg, save_dir, a.episodes, a.seed, tag=tag)
+            if record is not None:  # trained and evaluated earlier: nothing to send
+                records[col].append(record)
+                continue
+            path = attacker_path(victim, cfg, save_dir, tag)
+            earlier = {}
+            for name in (path, path[:-3] + ".json"):  # trained earlier, evaluated on other episodes: reused there
+                if os.path.isfile(name):
+                    with open(name, "rb") as f:
+                        earlier[os.path.basename(name)] = f.read()
+            pending[task.remote(os.path.basename(a.ckpt), victim_ref, earlier, cfg, a.episodes, a.seed, a.pa_steps,
+                                a.pa_restarts, a.pa_step_scale, a.pa_final_step_scale, threads)] = (col, cfg)
+    progress = Progress(len(pending))
+    if total > len(pending):
+        print(f"[search] {total - len(pending)} of {total} attackers found in {save_dir}", flush=True)
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         col, cfg = pending.pop(ready[0])
-        record = ray.get(ready[0])
+        record = land(*ray.get(ready[0]), save_dir)
         records[col].append(record)
-        done = total - len(pending)
-        print(f"[search] {done}/{total} {cfg.id}: victim return {record['mean']:.1f} | {time.time() - start:.0f}s",
+        done = progress.total - len(pending)
+        print(f"[search] {done}/{progress.total} {cfg.id}: victim return {record['mean']:.1f} | {progress(done)}",
               flush=True)
     ray.shutdown()
     print(f"\n| column | configurations | budget | strongest | its configuration |\n|---|---|---|---|---|")

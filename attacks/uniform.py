@@ -28,8 +28,12 @@ class UniformAttacker:
         return uniform_in_ball(obs_n, self.eps)
 
 
+def attacker(victim: Victim, args) -> UniformAttacker:
+    return UniformAttacker(victim)
+
+
 def evaluate(victim: Victim, args) -> dict:
-    return {"stats": rollout(victim, UniformAttacker(victim), args.episodes, args.seed, args.stochastic)}
+    return {"stats": rollout(victim, attacker(victim, args), args.episodes, args.seed, args.stochastic)}
 
 
 if __name__ == "__main__":

@@ -44,8 +44,12 @@ class OwnAdversaryAttacker:
         return obs_n + self.eps * out
 
 
+def attacker(victim: Victim, args) -> OwnAdversaryAttacker:
+    return OwnAdversaryAttacker(victim)
+
+
 def evaluate(victim: Victim, args) -> dict:
-    return {"stats": rollout(victim, OwnAdversaryAttacker(victim), args.episodes, args.seed, args.stochastic)}
+    return {"stats": rollout(victim, attacker(victim, args), args.episodes, args.seed, args.stochastic)}
 
 
 if __name__ == "__main__":

@@ -2,10 +2,12 @@
 Sarsa learns Q^pi, learned attackers train/save/reload, eval_all writes the table."""
 from __future__ import annotations
 
+import copy
 import glob
 import json
 import os
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -13,7 +15,8 @@ import torch
 
 import sac
 import attack_golden  # tests/attack_golden.py
-from attacks import common, eval_all, learned, mad, pa_ad, pgd, rl, robust_sarsa, sa_rl, uniform, valt_soft_adv
+from attacks import (common, estimate, eval_all, learned, mad, natural, pa_ad, pgd, rl, robust_sarsa, sa_rl, uniform,
+                     valt_soft_adv)
 from conftest import TINY, run_script
 from test_sac import TINY_ARGS
 
@@ -380,7 +383,7 @@ def test_eval_all_writes_every_column_and_the_worst(tmp_path):
     md = (tmp_path / "runs/v/model_attacks.md").read_text()
     for label, _, _ in eval_all.ATTACKS.values():
         assert label in md
-    assert "Worst" in md and "seconds per attacker" in proc.stdout
+    assert "Worst" in md and "seconds per attacker" in proc.stdout and "estimated at most" in proc.stdout
 
 
 def test_eval_all_on_a_ppo_checkpoint_runs_every_column_with_pgd_min_v(ppo_ckpt, tmp_path):
@@ -436,6 +439,45 @@ def test_eval_all_update_replaces_columns_and_reuse_copies_only_identical_ones(s
     torch.save({**torch.load(ckpt, weights_only=True), "global_step": 1}, copy / "m.pt")  # another model now
     with pytest.raises(common.AttackError, match="not byte-identical"):
         eval_all.main(["--ckpt", str(copy / "m.pt"), "--attacks", "pgd", "--reuse", str(tmp_path / "m_attacks.json")])
+
+
+def test_the_suite_estimate_matches_measured_time_on_fixed_length_episodes():
+    """HalfCheetah episodes always last 1000 steps, so the estimate of a per-step attack is a prediction, not a
+    bound: within 3x of the time the attack then takes (both measured in this process, under the same load)."""
+    ckpt = os.path.join(os.path.dirname(__file__), "data", "sac_halfcheetah_30k.pt")
+    args = eval_all.parse(eval_all.Args, "", ["--ckpt", ckpt, "--episodes", "1", "--pgd-restarts", "4"])
+    victim = common.victim_from_args(ckpt, args)
+    costs = estimate.UnitCosts(victim, args)
+    assert costs.episode_steps == 1000
+    for name, module in (("natural", natural), ("pgd", pgd)):
+        predicted, work = estimate.plan(name, victim, args, costs)
+        start = time.perf_counter()
+        module.evaluate(victim, args)
+        assert 1 / 3 < predicted / (time.perf_counter() - start) < 3, (name, predicted, work)
+
+
+def test_the_suite_estimate_counts_each_attacks_work(ppo_ckpt, capsys):
+    args = eval_all.parse(eval_all.Args, "", ["--ckpt", ppo_ckpt, "--episodes", "2", "--rs-grid", "quick",
+                                              "--rs-updates", "10", "--rs-steps", "100", "--attack-budget", "300"])
+    victim = common.victim_from_args(ppo_ckpt, args)
+    costs = estimate.UnitCosts(victim, args)
+    assert "8 Sarsa critics (quick grid), 10 updates and 4 attacked" in estimate.plan("rs", victim, args, costs)[1]
+    ppo_args = copy.copy(args)
+    ppo_args.algo = "ppo"
+    seconds, work = estimate.plan("pa_ad_ppo", victim, ppo_args, costs)
+    assert work == "2 PPO attackers (quick search) of 300 steps" and seconds > 0
+    total = estimate.announce([("natural", args), ("rs", args)], victim)
+    out = capsys.readouterr().out
+    assert "estimated at most" in out and "8 Sarsa critics" in out and total > 0
+
+
+def test_progress_eta_follows_the_recent_rate(monkeypatch):
+    """A slow phase after a fast one (an attacker's warm-up, then its updates): the ETA is the recent rate's."""
+    clock = iter([0.0, 10.0, 110.0])
+    monkeypatch.setattr(common.time, "time", lambda: next(clock))
+    progress = common.Progress(300)
+    assert progress(100) == "10s, eta 20s"  # 100 units in 10 s
+    assert progress(200) == "110s, eta 100s"  # the next 100 took 100 s: 100 left take 100 s, not 55
 
 
 @pytest.mark.parametrize("args,message", [
@@ -518,6 +560,26 @@ def test_search_resumes_and_eval_all_reads_the_trained_attackers(sac_ckpt, tmp_p
                       timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(list((tmp_path / "att").glob("*.json"))) == 4
+
+
+def test_a_search_task_gets_the_victim_as_bytes_and_returns_its_attacker_as_bytes(sac_ckpt, tmp_path):
+    """attacks/search.py's Ray task takes no path of the driver's (a cluster node may not have its filesystem): what
+    it trains comes back as bytes and lands in the driver's save dir, where eval_all's cache lookup finds it."""
+    from attacks import search
+
+    config = learned.preset_configs("sa_rl", "ppo", "quick", "Hopper-v4", budget=200, hidden=(16, 16), n_steps=100)[0]
+    with open(sac_ckpt, "rb") as f:
+        record, files = search.remote_train(os.path.basename(sac_ckpt), f.read(), {}, config, 1, 0, 2, 2, 1.0, 1.0, 1)
+    save_dir = str(tmp_path / "att")
+    os.makedirs(save_dir)
+    victim = common.load_victim(sac_ckpt)
+    path = learned.attacker_path(victim, config, save_dir)
+    assert sorted(files) == sorted([os.path.basename(path), os.path.basename(path)[:-3] + ".json"])
+    landed = search.land(record, files, save_dir)
+    found = learned.finished_record(victim, config, save_dir, 1, 0)
+    assert landed["path"] == path and found["path"] == path and found["returns"] == record["returns"]
+    policy, _ = rl.load_attacker(path, victim, "sa_rl")
+    assert policy is not None
 
 
 def test_a_diverging_attacker_training_is_an_error(victim):
