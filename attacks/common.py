@@ -192,7 +192,10 @@ def rollout(victim: Victim, attacker: Optional[Attacker], episodes: int, seed: i
             progress: Optional[str] = None) -> EpisodeStats:
     """Episodes with the same environment seeds (seed + i) for every attacker, so rows are comparable.
     Every perturbed step is checked against the eps-ball. Progress lines: always with `progress` (their label),
-    otherwise once the evaluation has run PROGRESS_AFTER_S seconds."""
+    otherwise once the evaluation has run PROGRESS_AFTER_S seconds. Natural episodes and attackers marked
+    `batched` (stateless, per-state: uniform, MAD, PGD, Robust Sarsa's) run all episodes side by side."""
+    if attacker is None or getattr(attacker, "batched", False):
+        return rollout_side_by_side(victim, attacker, episodes, seed, stochastic, progress)
     env = victim.make_env()
     torch.manual_seed(seed)
     returns, lengths, start = [], [], time.time()
@@ -221,6 +224,48 @@ def rollout(victim: Victim, attacker: Optional[Attacker], episodes: int, seed: i
             print(f"  [{label}] episode {episode + 1}/{episodes}: return {total:.1f} | {elapsed:.0f}s, eta {eta:.0f}s",
                   flush=True)
     env.close()
+    return EpisodeStats(returns, lengths, time.time() - start)
+
+
+def rollout_side_by_side(victim: Victim, attacker: Optional[Attacker], episodes: int, seed: int,
+                         stochastic: bool = False, progress: Optional[str] = None) -> EpisodeStats:
+    """The episodes of `rollout`, one environment each (created in episode order, seeds seed + i), stepped together:
+    the victim acts and the attacker perturbs on the batch of the running episodes' states, one call per step.
+    A state's perturbation is the same search as alone (per-state objectives, restarts per state); the random
+    draws are shared by the batch, so the returns are a function of (seed, episodes). Gradient attackers on small
+    networks spend their time in per-call overhead, which the batch shares: about 10x faster at 20 episodes."""
+    envs = [victim.make_env() for _ in range(episodes)]
+    torch.manual_seed(seed)
+    obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]
+    if attacker is not None:
+        attacker.reset()
+    returns, lengths, running = [0.0] * episodes, [0] * episodes, list(range(episodes))
+    limit = envs[0].spec.max_episode_steps if envs and envs[0].spec else None
+    start, printed, step = time.time(), time.time(), 0
+    while running:
+        obs_n = torch.stack([victim.normalize(obs[i]) for i in running])
+        if attacker is not None:
+            obs_tilde = attacker(obs_n)
+            check_in_ball(obs_n, obs_tilde, victim.eps, attacker.name)
+            obs_n = obs_tilde
+        actions = victim.act(obs_n, stochastic).cpu().numpy()
+        still = []
+        for i, action in zip(running, actions):
+            obs[i], reward, terminated, truncated, _ = envs[i].step(action)
+            returns[i] += float(reward)
+            lengths[i] += 1
+            if not (terminated or truncated):
+                still.append(i)
+        running, step = still, step + 1
+        now = time.time()
+        if (progress or now - start > PROGRESS_AFTER_S) and (now - printed > PROGRESS_AFTER_S or not running):
+            printed = now
+            label = progress or (attacker.name if attacker is not None else "natural")
+            eta = f", eta at most {(now - start) / step * (limit - step):.0f}s" if limit and running else ""
+            print(f"  [{label}] step {step}{f'/{limit}' if limit else ''}: {episodes - len(running)}/{episodes} "
+                  f"episodes done | {now - start:.0f}s{eta}", flush=True)
+    for env in envs:
+        env.close()
     return EpisodeStats(returns, lengths, time.time() - start)
 
 

@@ -196,12 +196,16 @@ def merge_into(stem: str, row: dict) -> dict:
 
 def attack_settings(name: str, args, kind: str = "sac") -> dict:
     """What produced a column, so a reader can tell a CPU-quick row from a paper-scale one."""
+    together = {"episodes": "side by side"}  # common.rollout_side_by_side: random draws shared by the batch
+    if name in ("natural", "uniform"):
+        return together
     if name == "mad":
         return {"steps": args.mad_steps, "step": f"{args.mad_step_scale:g} eps/steps", "restarts": args.mad_restarts,
-                "noise": "sqrt(2 step)/(i+2)"}
+                "noise": "sqrt(2 step)/(i+2)", **together}
     if name == "pgd":
         return {"objective": "min V(s~)" if kind == "ppo" else "min mean_j Q_j(s, mu(s~))", "steps": args.pgd_steps,
-                "restarts": args.pgd_restarts, "start": args.pgd_start, "step": f"{args.pgd_step_scale:g} eps/steps"}
+                "restarts": args.pgd_restarts, "start": args.pgd_start, "step": f"{args.pgd_step_scale:g} eps/steps",
+                **together}
     # rs: its result carries the grid and budgets ("search"), written next to it
     if name in ("sa_rl_sac", "pa_ad_sac", "sa_rl_ppo", "pa_ad_ppo"):
         out = {"search": args.search, "algo": args.algo, "budget": args.attack_budget or "preset default",

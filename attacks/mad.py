@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from attacks.common import AttackError, Victim, project, rollout, standalone  # noqa: E402
 
+SIDE_BY_SIDE = True  # its episodes run together (common.rollout_side_by_side)
 NAME, COLUMN = "mad", "MAD"
 # Defaults, declared once (Args and MADAttacker read them). References: SA-PPO apply_attack "action" (MuJoCo.json
 # attack_steps 10, attack_step_eps "auto" = eps/steps, SGLD noise sqrt(2 step)/(i+2), one random-sign start) and
@@ -69,6 +70,7 @@ def sgld_maximize(objective, obs: torch.Tensor, eps: float, steps: int, step: fl
 
 class MADAttacker:
     name = NAME
+    batched = True  # common.rollout may pass the states of all running episodes at once
 
     def __init__(self, victim: Victim, steps: int = STEPS, step_scale: float = STEP_SCALE, restarts: int = RESTARTS):
         if steps < 1 or restarts < 1 or not step_scale > 0:
@@ -83,8 +85,10 @@ class MADAttacker:
         return action_change(self.victim, obs, obs_tilde)
 
     def __call__(self, obs_n: torch.Tensor) -> torch.Tensor:
-        return sgld_maximize(self.objective, obs_n.unsqueeze(0), self.victim.eps, self.steps, self.step_size,
-                             self.restarts)[0]
+        """One state (obs_dim,) or a batch (n, obs_dim), each searched on its own."""
+        obs = obs_n if obs_n.dim() == 2 else obs_n.unsqueeze(0)
+        x = sgld_maximize(self.objective, obs, self.victim.eps, self.steps, self.step_size, self.restarts)
+        return x if obs_n.dim() == 2 else x[0]
 
 
 def attacker(victim: Victim, args) -> MADAttacker:

@@ -10,6 +10,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from attacks.common import NoArgs, Victim, rollout, standalone  # noqa: E402
 
+SIDE_BY_SIDE = True  # its episodes run together (common.rollout_side_by_side)
 NAME, COLUMN = "natural", "Natural"
 
 

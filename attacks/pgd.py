@@ -23,6 +23,7 @@ import tyro
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from attacks.common import PGD_STARTS, AttackError, PGDStart, Victim, pgd_minimize, rollout, standalone  # noqa: E402
 
+SIDE_BY_SIDE = True  # its episodes run together (common.rollout_side_by_side)
 NAME, COLUMN = "pgd", "PGD (minQ)"
 COLUMNS = {"sac": "PGD (minQ)", "ppo": "PGD (minV)"}  # by victim kind
 
@@ -52,6 +53,7 @@ def column(victim: Victim) -> str:
 
 class PGDAttacker:
     name = NAME
+    batched = True  # common.rollout may pass the states of all running episodes at once
 
     def __init__(self, victim: Victim, steps: int = STEPS, step_scale: float = STEP_SCALE, critic=None,
                  restarts: int = RESTARTS, start: str = START, through_mean: bool = False):
@@ -76,9 +78,10 @@ class PGDAttacker:
         return self.critic(obs, self.action(obs_tilde)).mean(0)
 
     def __call__(self, obs_n: torch.Tensor) -> torch.Tensor:
-        obs = obs_n.unsqueeze(0)
-        return pgd_minimize(self.objective, obs, self.victim.eps, self.steps, self.step_size, self.restarts,
-                            self.start)[0]
+        """One state (obs_dim,) or a batch (n, obs_dim), each searched on its own."""
+        obs = obs_n if obs_n.dim() == 2 else obs_n.unsqueeze(0)
+        x = pgd_minimize(self.objective, obs, self.victim.eps, self.steps, self.step_size, self.restarts, self.start)
+        return x if obs_n.dim() == 2 else x[0]
 
 
 def attacker(victim: Victim, args) -> PGDAttacker:

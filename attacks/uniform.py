@@ -12,11 +12,13 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from attacks.common import NoArgs, Victim, rollout, standalone, uniform_in_ball  # noqa: E402
 
+SIDE_BY_SIDE = True  # its episodes run together (common.rollout_side_by_side)
 NAME, COLUMN = "uniform", "Uniform"
 
 
 class UniformAttacker:
     name = NAME
+    batched = True  # common.rollout may pass the states of all running episodes at once
 
     def __init__(self, victim: Victim):
         self.eps = victim.eps

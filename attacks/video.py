@@ -61,11 +61,20 @@ def rendering_env(victim: Victim) -> gym.Env:
 
 def record(victim: Victim, module, args) -> tuple[list[np.ndarray], float, int]:
     """Frames, return and frame rate of the first evaluation episode of `module.evaluate` (the episode its table
-    column starts with: same seed, same attacker), run with a rendering environment."""
+    column starts with: same seed, same attacker), run with a rendering environment. Episodes run side by side
+    (common.rollout_side_by_side) share their random draws, so the column is evaluated again whole, its first
+    environment recording; an attack that runs episodes one at a time needs only the first."""
     recorder = rendering_env(victim)
     one = copy.copy(args)
-    one.episodes = 1
-    victim.make_env = lambda: recorder  # the attack's own rollout runs in it (instance attribute, restored below)
+    if not getattr(module, "SIDE_BY_SIDE", False):
+        one.episodes = 1
+    made = []
+    make_env = victim.make_env
+
+    def first_records():  # the attack's own rollout creates its environments in episode order
+        made.append(recorder if not made else make_env())
+        return made[-1]
+    victim.make_env = first_records  # an instance attribute, removed below
     try:
         stats = module.evaluate(victim, one)["stats"]
     finally:
