@@ -53,12 +53,42 @@ def update(ckpt: str, episodes: int, log: str, reuse: str | None = None) -> None
         subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+def report(results: str, studies: list[str]) -> str:
+    """Each re-run row: its worst and MAD / PGD columns under the settings it was first published with and now."""
+    lines = ["| study | row | MAD: before → now | PGD: before → now | worst: before → now |", "|---|---|---|---|---|"]
+    pending = []
+    for study in studies:
+        rows = sorted(glob.glob(os.path.join(results, study, "models", "*_attacks.json")))
+        rows += [p for p in sorted(glob.glob(os.path.join(results, study, "attacks", "*__*.json")))
+                 if not p.endswith("_attacks.json")]
+        for path in rows:
+            row = json.load(open(path))
+            label = os.path.basename(path).replace("_attacks.json", "").replace(".json", " (median seed's suite)")
+            if stale(path):
+                pending.append(f"{study}/{label}")
+                continue
+            first = {name: entries[0]["mean"] for name, entries in row.get("replaced", {}).items()}
+            now = {name: row["attacks"][name]["mean"] for name in COLUMNS if "mean" in row["attacks"].get(name, {})}
+            before_attacks = {n: ({**a, "mean": first[n]} if n in first else a) for n, a in row["attacks"].items()}
+            before = eval_all.worst_of(before_attacks)
+            cells = [f"{first[n]:.0f} → {now[n]:.0f}" if n in first else "–" for n in COLUMNS]
+            worst = f"{before['mean']:.0f} ({before['attack']}) → {row['worst']['mean']:.0f} ({row['worst']['attack']})"
+            lines.append(f"| {study} | {label} | {' | '.join(cells)} | {worst} |")
+    if pending:
+        lines.append(f"\nNot re-run yet ({len(pending)}): " + ", ".join(pending))
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--results", default=os.path.join(ROOT, "results"), help="the results/ folder to update")
     p.add_argument("--studies", nargs="+", default=STUDIES)
     p.add_argument("--dry-run", action="store_true", help="list the stale rows, run nothing")
+    p.add_argument("--report", action="store_true", help="print the rows that moved (Markdown), run nothing")
     a = p.parse_args()
+    if a.report:
+        print(report(a.results, a.studies))
+        return
     repo = os.path.dirname(os.path.abspath(a.results))
     for study in a.studies:
         out = os.path.join(a.results, study)
