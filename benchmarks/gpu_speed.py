@@ -12,8 +12,9 @@ past it, so a lease-bounded run still reports.
 
     python benchmarks/gpu_speed.py --count-ops     # no GPU needed
 
-counts the tensor operations one SAC step dispatches (each a kernel launch on a GPU, where small batches make the
-update launch-bound): replay write, prioritized sampling, update, priority write-back (torch profiler, CPU).
+counts the tensor operations one step of each SAC-family script dispatches (each a kernel launch on a GPU, where
+small batches make the update launch-bound): replay write, prioritized sampling, update, priority write-back (torch
+profiler, CPU), in benchmarks/speed.py's steady state (every adversary and regulariser active).
 """
 from __future__ import annotations
 
@@ -77,23 +78,31 @@ def measure(name: str, a: argparse.Namespace, timeout: float | None = None, work
     return {**row, "sps": round(sps, 1), "warmup_seconds": round(warm, 1)}
 
 
-def count_ops(env: str) -> dict:
-    """Top-level aten operations (about one kernel launch each on a GPU) of the phases of one SAC step, with the
-    paper's settings (1M prioritized replay, 256x256, batch 256), counted by torch's profiler on the CPU."""
+# every SAC-family script, in benchmarks/speed.py's steady state (SAC-PPO: its SAC update; its PPO adversary
+# trains on its own rollouts)
+COUNTED = [v for v in VARIANTS if not v.endswith("--compile")] + ["sac_ppo"]
+
+
+def count_ops(env: str, variant: str = "sac") -> dict:
+    """Top-level aten operations (about one kernel launch each on a GPU) of the phases of one step of a SAC-family
+    script, with the paper's settings (1M prioritized replay, 256x256, batch 256) and the variant's steady-state
+    flags, counted by torch's profiler on the CPU."""
+    import importlib
+
     import numpy as np
     import torch
     import tyro
     from torch.profiler import ProfilerActivity, profile
 
     sys.path.insert(0, ROOT)
-    import sac
-
-    args = sac.resolve_args(tyro.cli(sac.Args, args=["--env-id", env, "--no-cuda"]))
-    probe = sac.make_env(env, sac.parse_env_kwargs(env, ""))
+    script, extra = VARIANTS.get(variant, (variant, []))
+    method = importlib.import_module(script)
+    args = method.resolve_args(tyro.cli(method.Args, args=["--env-id", env, "--no-cuda", *extra]))
+    probe = method.make_env(env, method.parse_env_kwargs(env, ""))
     obs_dim, act_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
     cpu = torch.device("cpu")
-    learner = sac.Learner(args, obs_dim, act_dim, -np.ones(act_dim), np.ones(act_dim), cpu)
-    buffer = sac.PrioritizedReplayBuffer(args.buffer_size, obs_dim, act_dim, cpu)
+    learner = method.Learner(args, obs_dim, act_dim, -np.ones(act_dim), np.ones(act_dim), cpu)
+    buffer = method.PrioritizedReplayBuffer(args.buffer_size, obs_dim, act_dim, cpu)
     rng = np.random.default_rng(0)
 
     def add():
@@ -104,7 +113,7 @@ def count_ops(env: str) -> dict:
     phases = {"replay write": add, "prioritized sampling": lambda: buffer.sample(args.batch_size, 0.5)}
     batch = buffer.sample(args.batch_size, 0.5)
     logs = learner.update(*batch[1:], args.learning_starts + 1)
-    phases["update (forward, backward, 3 optimizer steps)"] = lambda: learner.update(*batch[1:], args.learning_starts + 1)
+    phases["update (forward, backward, optimizer steps)"] = lambda: learner.update(*batch[1:], args.learning_starts + 1)
     phases["priority write-back"] = lambda: buffer.update_priorities(batch[0], logs["td_errors"])
     counts = {}
     for name, fn in phases.items():
@@ -127,17 +136,20 @@ def main() -> None:
     p.add_argument("--deadline", type=float, default=0.0,
                    help="seconds after which no variant starts and a running one is stopped (0: none)")
     p.add_argument("--out", default="", help="append one JSON line per variant here")
-    p.add_argument("--count-ops", action="store_true", help="count one SAC step's tensor operations and exit")
+    p.add_argument("--count-ops", action="store_true",
+                   help="count the tensor operations of one step of every SAC-family script and exit")
     a = p.parse_args()
     import gymnasium as gym
 
     if a.env not in gym.registry:
         p.error(f"unknown environment id {a.env!r}")
     if a.count_ops:
-        counts = count_ops(a.env)
-        for name, n in counts.items():
-            print(f"{name}: {n}")
-        print(f"one SAC step ({a.env}): {sum(counts.values())} top-level tensor operations, plus the acting forward")
+        print(f"top-level tensor operations of one step ({a.env}; plus the acting forward):\n")
+        rows = {variant: count_ops(a.env, variant) for variant in COUNTED}
+        phases = list(rows["sac"])
+        print("| script | " + " | ".join(phases) + " | total |\n|---|" + "---|" * (len(phases) + 1))
+        for variant, counts in rows.items():
+            print(f"| {variant} | " + " | ".join(str(counts[k]) for k in phases) + f" | {sum(counts.values())} |")
         return
     for name in a.variants:
         if name.removesuffix(" --compile") not in VARIANTS or name.endswith(" --compile --compile"):

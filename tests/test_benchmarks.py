@@ -103,3 +103,8 @@ def test_prioritized_sampling_is_a_fixed_handful_of_operations():
     counts = gpu_speed.count_ops("Hopper-v4")
     assert counts["prioritized sampling"] <= 40 and counts["priority write-back"] <= 16, counts
     assert sum(counts.values()) <= 340, counts
+    for variant in gpu_speed.COUNTED[1:]:  # the shared replay section; each method's update on top of SAC's
+        other = gpu_speed.count_ops("Hopper-v4", variant)
+        assert {k: other[k] for k in other if "update (" not in k} == {k: counts[k] for k in counts if "update (" not in k}
+        key = "update (forward, backward, optimizer steps)"
+        assert other[key] > counts[key] + (150 if variant != "sac_ppo" else 0), (variant, other)  # its adversary runs
