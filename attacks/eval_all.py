@@ -138,7 +138,10 @@ def evaluate_checkpoint(path: str, names: list[str], args, reuse: Optional[dict]
     row["worst"] = worst_of(row["attacks"])
     if args.video and row["worst"]:
         name = row["worst"]["attack"]
-        row["video"] = video.natural_vs_attack(victim, natural, ATTACKS[name][1], row["attacks"][name]["column"],
+        module = ATTACKS[name][1]
+        if name == "rs":  # a grid of critics: the video replays the strongest one
+            module = robust_sarsa.Replay(victim, used_args[name], row["attacks"][name]["strongest"])
+        row["video"] = video.natural_vs_attack(victim, natural, module, row["attacks"][name]["column"],
                                                used_args[name], f"{os.path.splitext(path)[0]}_natural_vs_{name}.mp4")
         print(f"[{victim.method} {victim.env_id}] video: {row['video']['path']}", flush=True)
     return row

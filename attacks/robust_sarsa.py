@@ -261,6 +261,39 @@ def load_critic(path: str, victim: Victim, hidden) -> Optional[TwinCritic]:
     return q.to(victim.device).eval()
 
 
+def fit_settings(args, sarsa_eps: float, sarsa_reg: float, action_input: str) -> dict:
+    """What identifies a fitted critic (its cache key, with the victim)."""
+    return {"sarsa_eps": sarsa_eps, "sarsa_reg": sarsa_reg, "action_input": action_input, "data_steps": args.rs_steps,
+            "data_seed": args.seed + 7, "explore": args.rs_explore, "updates": args.rs_updates, "fit_seed": args.seed,
+            "hidden": list(args.rs_hidden)}
+
+
+def sarsa_attacker(victim: Victim, args, q, objective: str, mean_input: bool) -> PGDAttacker:
+    settings = dict(steps=args.pgd_steps, step_scale=args.pgd_step_scale, restarts=args.pgd_restarts,
+                    start=args.pgd_start, through_mean=mean_input)
+    if objective == "rs":
+        return PGDAttacker(victim, critic=q, **settings)
+    return SarsaMADAttacker(victim, q, args.rs_mad_ratio, **settings)
+
+
+class Replay:
+    """The column's strongest attack alone (its saved critic, its objective), as an attack module: what
+    attacks/video.py records, the same episodes as the column's."""
+
+    SIDE_BY_SIDE = True
+
+    def __init__(self, victim: Victim, args, strongest: dict):
+        fit = fit_settings(args, strongest["sarsa_eps"], strongest["sarsa_reg"], strongest["action_input"])
+        critic_path, _ = cache_paths(victim, args, fit)
+        q = load_critic(critic_path, victim, args.rs_hidden)
+        if q is None:
+            raise AttackError(f"the strongest Sarsa critic is not in {critic_path}")
+        self.attacker = sarsa_attacker(victim, args, q, strongest["objective"], strongest["action_input"] == "mean")
+
+    def evaluate(self, victim: Victim, args) -> dict:
+        return {"stats": rollout(victim, self.attacker, args.episodes, args.seed, args.stochastic)}
+
+
 def evaluate(victim: Victim, args) -> dict:
     settings = parse_settings(args)
     if args.rs_steps <= 0 or args.rs_updates <= 0:
@@ -280,9 +313,7 @@ def evaluate(victim: Victim, args) -> dict:
     for done, (sarsa_eps, sarsa_reg, action_input) in enumerate(critics, 1):
         mean_input = action_input == "mean"
         label = f"{sarsa_eps}:{sarsa_reg}" + (f" {action_input}" if victim.kind == "ppo" else "")
-        fit = {"sarsa_eps": sarsa_eps, "sarsa_reg": sarsa_reg, "action_input": action_input,
-               "data_steps": args.rs_steps, "data_seed": args.seed + 7, "explore": args.rs_explore,
-               "updates": args.rs_updates, "fit_seed": args.seed, "hidden": list(args.rs_hidden)}
+        fit = fit_settings(args, sarsa_eps, sarsa_reg, action_input)
         critic_path, record_path = cache_paths(victim, args, fit)
         record = read_record(record_path)
         same_fit = same_victim(record, victim) and record.get("fit") == fit
@@ -301,11 +332,8 @@ def evaluate(victim: Victim, args) -> dict:
                               raw_actions=mean_input)
                 write_atomically(critic_path, lambda tmp: torch.save(
                     {k: v.cpu() for k, v in q.state_dict().items()}, tmp))
-            pgd_settings = dict(steps=args.pgd_steps, step_scale=args.pgd_step_scale, restarts=args.pgd_restarts,
-                                start=start, through_mean=mean_input)
-            attackers = [("rs", PGDAttacker(victim, critic=q, **pgd_settings))]
-            if args.rs_mad_ratio > 0:
-                attackers.append(("rs_mad", SarsaMADAttacker(victim, q, args.rs_mad_ratio, **pgd_settings)))
+            objectives = ["rs"] + (["rs_mad"] if args.rs_mad_ratio > 0 else [])
+            attackers = [(objective, sarsa_attacker(victim, args, q, objective, mean_input)) for objective in objectives]
             results, cached = [], False
             for objective, attacker in attackers:
                 stats = rollout(victim, attacker, args.episodes, args.seed, args.stochastic)

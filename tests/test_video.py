@@ -61,7 +61,8 @@ def test_attack_video_shows_the_tables_first_episode_natural_and_attacked(workdi
     out = sac.train(sac.Args(env_id="Hopper-v4", total_timesteps=400, seed=0, save_every=0, run_name="victim",
                              save_path=str(tmp_path / "model.pt"), **TINY_ARGS))
     victim = load_victim(out["save_path"])
-    args = dataclasses.make_dataclass("A", [], bases=(pgd.Args, EvalArgs), kw_only=True)(episodes=1, seed=0)
+    # 3 episodes side by side share their random draws: the video's episode is the first of the whole column
+    args = dataclasses.make_dataclass("A", [], bases=(pgd.Args, EvalArgs), kw_only=True)(episodes=3, seed=0)
     shown = video.natural_vs_attack(victim, natural, pgd, "PGD (minQ)", args, str(tmp_path / "v.mp4"))
     clean = natural.evaluate(victim, args)["stats"]
     attacked = pgd.evaluate(victim, args)["stats"]
@@ -79,3 +80,12 @@ def test_attack_video_shows_the_tables_first_episode_natural_and_attacked(workdi
     row = json.loads((tmp_path / "model_attacks.json").read_text())
     assert row["video"]["path"] == str(tmp_path / f"model_natural_vs_{row['worst']['attack']}.mp4")
     assert iio.imread(row["video"]["path"]).shape[0] == row["video"]["frames"]
+    # Robust Sarsa's column is the strongest of a grid of critics: its video replays that critic's attack
+    from attacks import robust_sarsa
+
+    rs_args = eval_all.parse(eval_all.Args, "", ["--ckpt", "x", "--episodes", "2", "--rs-settings", "0.05:0.1", "0:0",
+                                                 "--rs-steps", "200", "--rs-updates", "20", "--rs-hidden", "16", "16",
+                                                 "--save-dir", str(tmp_path / "rs")])
+    column = robust_sarsa.evaluate(victim, rs_args)
+    _, replayed, _ = video.record(victim, robust_sarsa.Replay(victim, rs_args, column["strongest"]), rs_args)
+    assert replayed == column["stats"].returns[0]
