@@ -856,7 +856,10 @@ def main(argv=None) -> None:
                     shutil.copyfile(slim, ckpt)
                 print(f"[sweep] attacking {method} {env_id}: median seed {chosen['seed']} "
                       f"(clean {chosen['eval_mean']:.1f})", flush=True)
-                jobs[attack_task(ckpt, out_json, attack_args)] = (method, env_id, ckpt)
+                # the columns the per-seed attacks already evaluated with the same settings are copied, not re-run
+                # (eval_all --reuse checks the model bytes and settings); on a cluster the worker lacks the row
+                reuse = ["--reuse", seed_row] if store is None and os.path.isfile(seed_row) else []
+                jobs[attack_task(ckpt, out_json, attack_args + reuse)] = (method, env_id, ckpt)
         def commit_caches() -> None:  # a suite cut short keeps what it trained: a re-run reads it back
             if a.git_commit:
                 commit([os.path.join(out, "attacks", "attackers")],

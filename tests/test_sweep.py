@@ -140,7 +140,7 @@ def test_a_ppo_family_sweep_trains_attacks_and_tabulates(tmp_path):
     small = {"num_steps": 256, "num_minibatches": 4, "update_epochs": 1, "value_epochs": 1, "hidden_sizes": [16, 16],
              "eval_episodes": 1}
     cmd = [sys.executable, os.path.join(ROOT, "sweep.py"), "--methods", "ppo", "--envs", "Hopper-v4", "--seeds", "1",
-           "--budget-scale", "0.0005", "--out", str(out), "--local-cpus", "1", "--attacks", "natural,pgd",
+           "--budget-scale", "0.0005", "--out", str(out), "--local-cpus", "1", "--attacks", "natural,pgd,uniform",
            "--seed-attacks", "natural,pgd", "--episodes", "1", "--attack-args", "--pgd-steps 2",
            "--seed-attack-args", "--pgd-steps 2", "--train-args", json.dumps(small)]
     proc = subprocess.run(cmd, cwd=str(tmp_path), capture_output=True, text=True, timeout=600,
@@ -152,6 +152,9 @@ def test_a_ppo_family_sweep_trains_attacks_and_tabulates(tmp_path):
     assert slim["slim"] and slim["arch"]["critic"] == "state_value" and "actor_optimizer" not in slim
     row = json.loads((out / "models" / "ppo__Hopper-v4__s1_attacks.json").read_text())
     assert row["attacks"]["pgd"]["column"] == "PGD (minV)"
+    suite = json.loads((out / "attacks" / "ppo__Hopper-v4.json").read_text())  # the median seed's suite
+    assert [n for n, c in suite["attacks"].items() if "reused_from" in c] == ["natural", "pgd"]  # from its seed row
+    assert suite["attacks"]["pgd"]["returns"] == row["attacks"]["pgd"]["returns"] and "mean" in suite["attacks"]["uniform"]
     table = (out / "results" / "table.md").read_text()
     assert "| PPO |" in table and "871 ± 146" in table
 
