@@ -20,15 +20,15 @@ import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from attacks import pa_ad, sa_rl  # noqa: E402
-from attacks.common import (AttackError, EpisodeArgs, Progress, SaveDirArgs, default_save_dir, load_victim,  # noqa: E402
-                            parse, run_cli, writable_dir, write_json_atomically)
+from attacks.common import (AttackError, EvalArgs, Progress, SaveDirArgs, default_save_dir, load_victim,  # noqa: E402
+                            parse, run_cli, victim_from_args, writable_dir, write_json_atomically)
 from attacks.learned import (COLUMNS, AttackerConfig, LearnedArgs, attacker_path, finished_record,  # noqa: E402
                              preset_configs, realize_tag, summarize, train_one)
 
 
 @dataclass(kw_only=True)
-class Args(pa_ad.PAArgs, LearnedArgs, SaveDirArgs, EpisodeArgs):
-    ckpt: str  # checkpoint written by any method script
+class Args(pa_ad.PAArgs, LearnedArgs, SaveDirArgs, EvalArgs):
+    ckpt: str  # checkpoint written by any method script, or an SB3 zip / CleanRL file (with --env-id)
     columns: Annotated[str, tyro.conf.arg(help=f"comma list of {', '.join(COLUMNS)}")] = ",".join(COLUMNS)
     address: Optional[str] = None  # Ray cluster address ('auto' to join a running cluster)
     num_cpus: float = 1  # CPUs per attacker training
@@ -44,22 +44,26 @@ def make_realize(victim, kind: str, pa_steps: int = pa_ad.STEPS, pa_restarts: in
                                           final_step_scale=pa_final_step_scale)
 
 
-def remote_train(victim_name: str, victim_bytes: bytes, earlier: dict, config: AttackerConfig, episodes: int,
-                 eval_seed: int, pa_steps: int, pa_restarts: int, pa_step_scale: float, pa_final_step_scale: float,
-                 threads: int) -> tuple[dict, dict]:
-    """One attacker, on any node: the victim comes as bytes (with the attacker's earlier files, if any) and the
+def remote_train(victim_files: dict, spec: dict, earlier: dict, config: AttackerConfig, episodes: int,
+                 eval_seed: int, stochastic: bool, pa_steps: int, pa_restarts: int, pa_step_scale: float,
+                 pa_final_step_scale: float, threads: int) -> tuple[dict, dict]:
+    """One attacker, on any node: the victim comes as bytes (`victim_files`: its checkpoint and, for an SB3 model,
+    its VecNormalize statistics; `spec`: how to load them) with the attacker's earlier files, if any, and the
     attacker's files go back as bytes, so a worker never needs a path of the driver's filesystem."""
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt, save_dir = os.path.join(tmp, victim_name), os.path.join(tmp, "attackers")
+        save_dir = os.path.join(tmp, "attackers")
         os.makedirs(save_dir)
-        for name, content in [(ckpt, victim_bytes)] + [(os.path.join(save_dir, n), c) for n, c in earlier.items()]:
+        files = [(os.path.join(tmp, n), c) for n, c in victim_files.items()]
+        for name, content in files + [(os.path.join(save_dir, n), c) for n, c in earlier.items()]:
             with open(name, "wb") as f:
                 f.write(content)
-        victim = load_victim(ckpt)
+        stats = os.path.join(tmp, spec["vecnormalize"]) if spec["vecnormalize"] else None
+        victim = load_victim(os.path.join(tmp, spec["ckpt"]), spec["eps"], "cpu", spec["env_id"], spec["env_kwargs"],
+                             stats)
         action_dim, realize = make_realize(victim, config.kind, pa_steps, pa_restarts, pa_step_scale,
                                            pa_final_step_scale)
-        record = train_one(victim, config, realize, action_dim, save_dir, episodes, eval_seed, log=False,
+        record = train_one(victim, config, realize, action_dim, save_dir, episodes, eval_seed, stochastic, log=False,
                            tag=realize_tag(config.kind, pa_steps, pa_restarts, pa_step_scale, pa_final_step_scale))
         files = {}
         for name in os.listdir(save_dir):
@@ -89,7 +93,7 @@ def main(argv=None) -> None:
         raise AttackError(f"unknown column(s) {unknown or a.columns!r}; choose from {', '.join(COLUMNS)}")
     if a.episodes <= 0:
         raise AttackError("--episodes must be positive")
-    victim = load_victim(a.ckpt)
+    victim = victim_from_args(a.ckpt, a)
     save_dir = writable_dir(a.save_dir or default_save_dir(victim))
     grid = {col: preset_configs(*COLUMNS[col], a.search, victim.env_id, a.attack_budget, a.seeds, a.attacker_hidden,
                                 a.ppo_steps, a.learning_starts, a.seed) for col in columns}
@@ -108,14 +112,21 @@ def main(argv=None) -> None:
         ray.init(num_cpus=a.local_cpus, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": root, "OMP_NUM_THREADS": str(threads)}})
     task = ray.remote(num_cpus=a.num_cpus, max_retries=a.max_retries)(remote_train)
-    with open(a.ckpt, "rb") as f:
-        victim_ref = ray.put(f.read())  # once into the object store, for every task on every node
+    spec = {"ckpt": os.path.basename(a.ckpt), "eps": a.eps, "env_id": a.env_id,
+            "env_kwargs": json.loads(a.env_kwargs) if a.env_kwargs else None,
+            "vecnormalize": "vecnormalize_" + os.path.basename(a.vecnormalize) if a.vecnormalize else None}
+    victim_files = {}
+    for name, path in [(spec["ckpt"], a.ckpt), (spec["vecnormalize"], a.vecnormalize)]:
+        if name:
+            with open(path, "rb") as f:
+                victim_files[name] = f.read()
+    victim_ref = ray.put(victim_files)  # once into the object store, for every task on every node
     records: dict = {col: [] for col in columns}
     pending = {}
     for col, cfgs in grid.items():
         tag = realize_tag(COLUMNS[col][0], a.pa_steps, a.pa_restarts, a.pa_step_scale, a.pa_final_step_scale)
         for cfg in cfgs:
-            record = finished_record(victim, cfg, save_dir, a.episodes, a.seed, tag=tag)
+            record = finished_record(victim, cfg, save_dir, a.episodes, a.seed, a.stochastic, tag=tag)
             if record is not None:  # trained and evaluated earlier: nothing to send
                 records[col].append(record)
                 continue
@@ -125,7 +136,7 @@ def main(argv=None) -> None:
                 if os.path.isfile(name):
                     with open(name, "rb") as f:
                         earlier[os.path.basename(name)] = f.read()
-            pending[task.remote(os.path.basename(a.ckpt), victim_ref, earlier, cfg, a.episodes, a.seed, a.pa_steps,
+            pending[task.remote(victim_ref, spec, earlier, cfg, a.episodes, a.seed, a.stochastic, a.pa_steps,
                                 a.pa_restarts, a.pa_step_scale, a.pa_final_step_scale, threads)] = (col, cfg)
     progress = Progress(len(pending))
     if total > len(pending):

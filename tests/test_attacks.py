@@ -571,7 +571,9 @@ def test_a_search_task_gets_the_victim_as_bytes_and_returns_its_attacker_as_byte
 
     config = learned.preset_configs("sa_rl", "ppo", "quick", "Hopper-v4", budget=200, hidden=(16, 16), n_steps=100)[0]
     with open(sac_ckpt, "rb") as f:
-        record, files = search.remote_train(os.path.basename(sac_ckpt), f.read(), {}, config, 1, 0, 2, 2, 1.0, 1.0, 1)
+        spec = {"ckpt": os.path.basename(sac_ckpt), "eps": None, "env_id": None, "env_kwargs": None,
+                "vecnormalize": None}
+        record, files = search.remote_train({spec["ckpt"]: f.read()}, spec, {}, config, 1, 0, False, 2, 2, 1.0, 1.0, 1)
     save_dir = str(tmp_path / "att")
     os.makedirs(save_dir)
     victim = common.load_victim(sac_ckpt)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from attacks import common, eval_all, external, mad, pgd, uniform
 from attacks.common import AttackError, load_victim
+from conftest import run_script
 
 sb3 = pytest.importorskip("stable_baselines3")
 from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
@@ -340,6 +341,24 @@ def test_eval_all_on_sb3_ppo_behind_vecnormalize_uses_the_task_radius(sb3_models
     assert row["attacks"]["pgd"]["column"] == "PGD (minV)"
     assert all("mean" in a for a in row["attacks"].values())  # PPO has sigma and V: nothing is n/a
     assert row["source"]["activation"] == "ReLU"
+
+
+def test_the_ray_search_trains_attackers_of_an_sb3_victim_that_eval_all_then_reads(sb3_models, tmp_path):
+    """attacks/search.py ships an SB3 zip and its VecNormalize statistics to the workers as bytes; the attackers it
+    brings back are the ones eval_all's cache lookup finds for the same victim (nothing retrained)."""
+    model = sb3_models["ppo_zoo_vn"]
+    victim_args = ["--ckpt", model["zip"], "--env-id", "Hopper-v4", "--vecnormalize", model["vecnormalize"],
+                   "--episodes", "1", "--attack-budget", "128", "--attacker-hidden", "16", "16", "--ppo-steps", "64",
+                   "--save-dir", str(tmp_path / "att")]
+    proc = run_script("attacks/search.py", *victim_args, "--columns", "sa_rl_ppo", "--local-cpus", "1",
+                      cwd=str(tmp_path), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| sa_rl_ppo | 2 | 128 |" in proc.stdout
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "att").iterdir()}
+    assert len(stamps) == 4  # two attackers, each with its record
+    proc = run_script("attacks/eval_all.py", *victim_args, "--attacks", "sa_rl_ppo", cwd=str(tmp_path), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "att").iterdir()} == stamps
 
 
 def test_single_attack_cli_on_an_external_victim(sb3_models, cleanrl_files, monkeypatch, capsys):
