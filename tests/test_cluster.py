@@ -168,6 +168,16 @@ def test_a_two_node_cluster_without_shared_folders_brings_every_result_to_the_dr
         cluster.start_worker("w2", "127.0.0.3", hidden=[driver, ROOT])
         output, _ = sweep_proc.communicate(timeout=600)
         assert sweep_proc.returncode == 0, output[-4000:]
+        # the learned-attacker grid on the same cluster: the victim goes out as bytes, the attackers come back so
+        search = subprocess.run([sys.executable, os.path.join(ROOT, "attacks", "search.py"), "--ckpt",
+                                 os.path.join(out, "models", f"{NAME}.pt"), "--address", cluster.address,
+                                 "--columns", "sa_rl_ppo", "--attack-budget", "128", "--ppo-steps", "64",
+                                 "--attacker-hidden", "16", "16", "--episodes", "1", "--save-dir",
+                                 os.path.join(driver, "attackers")], cwd=driver, env=cluster.env,
+                                capture_output=True, text=True, timeout=600)
+        assert search.returncode == 0, search.stdout[-3000:] + search.stderr[-3000:]
+        assert "| sa_rl_ppo | 2 | 128 |" in search.stdout
+        assert len([f for f in os.listdir(os.path.join(driver, "attackers")) if f.endswith((".pt", ".json"))]) == 4
     finally:
         if sweep_proc is not None and sweep_proc.poll() is None:
             sweep_proc.kill()
