@@ -138,11 +138,13 @@ def evaluate_checkpoint(path: str, names: list[str], args, reuse: Optional[dict]
     row["worst"] = worst_of(row["attacks"])
     if args.video and row["worst"]:
         name = row["worst"]["attack"]
-        module = ATTACKS[name][1]
+        module, replay_args = ATTACKS[name][1], copy.copy(used_args[name])
         if name == "rs":  # a grid of critics: the video replays the strongest one
-            module = robust_sarsa.Replay(victim, used_args[name], row["attacks"][name]["strongest"])
+            module = robust_sarsa.Replay(victim, replay_args, row["attacks"][name]["strongest"])
+        if "attacker_path" in row["attacks"][name]:  # a learned column: its strongest attacker, no cache rewritten
+            replay_args.load = row["attacks"][name]["attacker_path"]
         row["video"] = video.natural_vs_attack(victim, natural, module, row["attacks"][name]["column"],
-                                               used_args[name], f"{os.path.splitext(path)[0]}_natural_vs_{name}.mp4")
+                                               replay_args, f"{os.path.splitext(path)[0]}_natural_vs_{name}.mp4")
         print(f"[{victim.method} {victim.env_id}] video: {row['video']['path']}", flush=True)
     return row
 

@@ -89,3 +89,24 @@ def test_attack_video_shows_the_tables_first_episode_natural_and_attacked(workdi
     column = robust_sarsa.evaluate(victim, rs_args)
     _, replayed, _ = video.record(victim, robust_sarsa.Replay(victim, rs_args, column["strongest"]), rs_args)
     assert replayed == column["stats"].returns[0]
+
+
+def test_the_video_of_a_learned_column_replays_its_strongest_attacker_and_leaves_the_cache_alone(workdir):
+    """A row whose worst column is a learned attacker: the video's attacked episode is the column's first, played by
+    the attacker the search kept (--load), and the search's records still describe the table's evaluation."""
+    import glob
+    import json
+
+    import sac
+    from attacks import eval_all
+    from test_sac import TINY_ARGS
+
+    out = sac.train(sac.Args(env_id="Hopper-v4", total_timesteps=400, seed=0, save_every=0, run_name="victim",
+                             save_path=str(workdir / "model.pt"), **TINY_ARGS))
+    eval_all.main(["--ckpt", out["save_path"], "--attacks", "sa_rl_ppo", "--episodes", "2", "--attack-budget", "128",
+                   "--ppo-steps", "64", "--attacker-hidden", "16", "16", "--save-dir", str(workdir / "att"), "--video"])
+    row = json.loads((workdir / "model_attacks.json").read_text())
+    column = row["attacks"]["sa_rl_ppo"]
+    assert row["video"]["attacked_return"] == column["returns"][0]
+    records = [json.load(open(p)) for p in glob.glob(str(workdir / "att" / "*.json"))]
+    assert len(records) == 2 and all(r["evaluation"]["episodes"] == 2 for r in records)
