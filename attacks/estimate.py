@@ -61,12 +61,17 @@ class UnitCosts:
             self.cache[key] = measure()
         return self.cache[key]
 
-    def perturb(self, key, attacker) -> float:
-        """Seconds an attacker adds to a step, timed in the rollout loop (interleaved with the simulation)."""
+    def perturb(self, key, attacker, episodes: int = 1) -> float:
+        """Seconds an attacker adds to an episode's step. One at a time: timed in the rollout loop (interleaved with
+        the simulation). A `batched` attacker perturbs the states of all running episodes in one call: a call on a
+        batch of `episodes` states, shared by them."""
         def measure():
+            if getattr(attacker, "batched", False) and episodes > 1:
+                batch = self.victim.normalize(self.obs).expand(episodes, -1).clone()
+                return seconds_per_call(lambda: attacker(batch)) / episodes
             self.steps(attacker, 1)  # the first call allocates
             return max(self.steps(attacker, 10) - self.step, 0.0)
-        return self.once(key, measure)
+        return self.once((key, episodes), measure)
 
     def sarsa(self, a) -> tuple[float, float, float]:
         """(one Sarsa update, one RS perturbation, one RS+MAD perturbation), on a critic of the suite's size; `a`:
@@ -86,8 +91,8 @@ class UnitCosts:
             q = fit(12)
             update = (time.perf_counter() - start) / 12  # most of these carry the regulariser: an upper figure
             kw = dict(steps=a.pgd_steps, step_scale=a.pgd_step_scale, restarts=a.pgd_restarts, start=a.pgd_start)
-            rs = self.perturb(("rs", a.pgd_steps), pgd.PGDAttacker(v, critic=q, **kw))
-            rs_mad = self.perturb(("rs_mad", a.pgd_steps), robust_sarsa.SarsaMADAttacker(v, q, a.rs_mad_ratio, **kw)) \
+            rs = self.perturb("rs", pgd.PGDAttacker(v, critic=q, **kw), a.episodes)
+            rs_mad = self.perturb("rs_mad", robust_sarsa.SarsaMADAttacker(v, q, a.rs_mad_ratio, **kw), a.episodes) \
                 if a.rs_mad_ratio > 0 else 0.0  # (0: a victim without sigma)
             return update, rs, rs_mad
         return self.once("sarsa", measure)
@@ -122,7 +127,7 @@ def plan(name: str, victim: Victim, args, costs: UnitCosts) -> tuple[float, str]
     if name == "natural":
         return c.make_env + episodes * c.step, f"{a.episodes} episodes"
     if name in PER_STEP:
-        return (c.make_env + episodes * (c.step + c.perturb(name, PER_STEP[name].attacker(v, a))),
+        return (c.make_env + episodes * (c.step + c.perturb(name, PER_STEP[name].attacker(v, a), a.episodes)),
                 f"{a.episodes} attacked episodes")
     if name == "rs":
         critics = len(robust_sarsa.parse_settings(a)) * len(robust_sarsa.action_inputs(v, a))
@@ -135,6 +140,8 @@ def plan(name: str, victim: Victim, args, costs: UnitCosts) -> tuple[float, str]
     kind = name.rsplit("_", 1)[0]  # sa_rl | pa_ad
     configs = preset_configs(kind, a.algo, a.search, v.env_id, a.attack_budget, a.seeds, a.attacker_hidden,
                              a.ppo_steps, a.learning_starts, a.seed)
+    if not configs or any(cfg.budget <= 0 for cfg in configs):
+        return 0.0, "no attacker to train (the attack itself says why)"
     if kind == "pa_ad":
         act_dim, realize = v.act_dim, pa_ad.realizer(v, a.pa_steps, a.pa_restarts, step_scale=a.pa_step_scale,
                                                     final_step_scale=a.pa_final_step_scale)

@@ -33,7 +33,7 @@ import tyro
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from attacks import estimate, mad, natural, pa_ad, pgd, robust_sarsa, sa_rl, uniform, valt_soft_adv, video  # noqa: E402
 from attacks.common import (AttackError, EvalArgs, SaveDirArgs, adapt, parse, run_cli, unavailable,  # noqa: E402
-                            victim_from_args)
+                            victim_from_args, victim_identity)
 from attacks.learned import LearnedArgs  # noqa: E402
 
 # attack name -> (column label, module, overrides of the shared arguments)
@@ -67,6 +67,7 @@ class Args(pa_ad.PAArgs, LearnedArgs, SaveDirArgs, robust_sarsa.Args, mad.Args, 
 
 REUSABLE = ("natural", "uniform", "mad", "pgd")  # no training, no cache: the column is a function of the row's settings
 ROW_SETTINGS = ("episodes", "seed", "eps", "stochastic")  # what every column of a row shares
+SAME_MODEL = ("method", "env_id", "global_step", "source", "victim_sha1")  # absent in older rows: not compared
 
 
 def parse_attacks(spec: str) -> list[str]:
@@ -90,9 +91,11 @@ def evaluate_checkpoint(path: str, names: list[str], args, reuse: Optional[dict]
               f"{pgd.column(victim)}", flush=True)
     row = {"ckpt": path, "method": victim.method, "kind": victim.kind, "env_id": victim.env_id, "eps": victim.eps,
            "eps_units": victim.eps_units, "global_step": victim.ckpt["global_step"], "episodes": args.episodes,
-           "seed": args.seed, "stochastic": args.stochastic,
+           "seed": args.seed, "stochastic": args.stochastic, "victim_sha1": victim_identity(victim)["victim_sha1"],
            "search": search_label(args, names), "attacks": {}, **({"source": victim.ckpt["source"]}
                                                                  if "source" in victim.ckpt else {})}
+    if args.update:  # before hours of attacks, not after
+        check_update(os.path.splitext(path)[0], row)
     used_args, prepared = {}, []  # each attack's arguments (for the video); the attacks that will run
     for name in names:
         label, module, overrides = ATTACKS[name]
@@ -154,9 +157,17 @@ def reusable_column(earlier: dict, name: str, settings: dict, row: dict) -> Opti
     column = earlier["attacks"].get(name)
     if name not in REUSABLE or not column or "mean" not in column or column.get("settings") != settings:
         return None
-    if any(earlier.get(key, ROW_DEFAULTS.get(key)) != row[key] for key in ROW_SETTINGS):
+    if any(earlier.get(key, ROW_DEFAULTS.get(key)) != row[key] for key in ROW_SETTINGS) or other_model(earlier, row):
         return None
     return column
+
+
+def other_model(earlier: dict, row: dict) -> Optional[str]:
+    """Why `earlier` was not made on the model of `row` (its content, task, step, how it was loaded), or None."""
+    for key in SAME_MODEL:
+        if key in earlier and earlier[key] != row.get(key):
+            return f"{key} {earlier[key]!r} there, {row.get(key)!r} here"
+    return None
 
 
 ROW_DEFAULTS = {"seed": 0, "stochastic": False}  # rows written before these keys were recorded used these
@@ -175,8 +186,8 @@ def check_reuse(path: str, reuse_path: str) -> dict:
     return earlier
 
 
-def merge_into(stem: str, row: dict) -> dict:
-    """--update: the new columns replace the existing row's, which keeps the rest; the old values stay on record."""
+def check_update(stem: str, row: dict) -> dict:
+    """--update's existing row, if this run's columns may join it: same model, same episodes, seed, eps, mode."""
     try:
         existing = json.load(open(f"{stem}_attacks.json"))
     except (OSError, ValueError) as e:
@@ -185,7 +196,17 @@ def merge_into(stem: str, row: dict) -> dict:
         if existing.get(key, ROW_DEFAULTS.get(key)) != row[key]:
             raise AttackError(f"--update: {stem}_attacks.json has {key}={existing.get(key)!r}, this run {row[key]!r}; "
                               f"columns of one row must share it (run without --update for a new row)")
-    merged = {**existing, **{k: row[k] for k in ("ckpt", "seed", "stochastic")}, "attacks": dict(existing["attacks"])}
+    why = other_model(existing, row)
+    if why:
+        raise AttackError(f"--update: {stem}_attacks.json was made on another model ({why})")
+    return existing
+
+
+def merge_into(stem: str, row: dict) -> dict:
+    """--update: the new columns replace the existing row's, which keeps the rest; the old values stay on record."""
+    existing = check_update(stem, row)
+    merged = {**existing, **{k: row[k] for k in ("ckpt", "seed", "stochastic", "victim_sha1")},
+              "attacks": dict(existing["attacks"])}
     replaced = merged.setdefault("replaced", {})
     for name, column in row["attacks"].items():
         old = existing["attacks"].get(name)
@@ -270,6 +291,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     names = parse_attacks(args.attacks)
     if args.episodes <= 0:
         raise AttackError("--episodes must be positive")
+    if args.update and args.video:
+        raise AttackError("--video films the worst of the whole row: run it without --update")
     if args.reuse and len(args.ckpt) != 1:
         raise AttackError("--reuse takes one --ckpt (the row it reuses belongs to one checkpoint)")
     for path in args.ckpt if args.update else ():  # before hours of attacks, not after

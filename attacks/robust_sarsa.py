@@ -306,7 +306,7 @@ def evaluate(victim: Victim, args) -> dict:
     evaluation = {"episodes": args.episodes, "seed": args.seed, "stochastic": bool(args.stochastic),
                   "pgd_steps": args.pgd_steps, "pgd_step_scale": args.pgd_step_scale, "pgd_restarts": args.pgd_restarts,
                   "pgd_start": start,
-                  "mad_ratio": args.rs_mad_ratio}
+                  "mad_ratio": args.rs_mad_ratio, "episodes_run": "side by side"}  # (common.rollout_side_by_side)
     data, best, per_setting = None, None, []
     critics = [(e, r, i) for e, r in settings for i in action_inputs(victim, args)]
     progress = Progress(len(critics))

@@ -21,7 +21,8 @@ import tyro
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from attacks import pa_ad, sa_rl  # noqa: E402
 from attacks.common import (AttackError, EvalArgs, Progress, SaveDirArgs, default_save_dir, load_victim,  # noqa: E402
-                            parse, run_cli, victim_from_args, writable_dir, write_json_atomically)
+                            parse, read_record, run_cli, same_victim, victim_from_args, victim_identity, writable_dir,
+                            write_json_atomically)
 from attacks.learned import (COLUMNS, AttackerConfig, LearnedArgs, attacker_path, finished_record,  # noqa: E402
                              preset_configs, realize_tag, summarize, train_one)
 
@@ -132,10 +133,12 @@ def main(argv=None) -> None:
                 continue
             path = attacker_path(victim, cfg, save_dir, tag)
             earlier = {}
-            for name in (path, path[:-3] + ".json"):  # trained earlier, evaluated on other episodes: reused there
-                if os.path.isfile(name):
-                    with open(name, "rb") as f:
-                        earlier[os.path.basename(name)] = f.read()
+            record = read_record(path[:-3] + ".json")
+            if same_victim(record, victim) and os.path.isfile(path):  # trained earlier, evaluated on other episodes
+                with open(path, "rb") as f:  # the worker re-evaluates it; the record as the worker knows the victim:
+                    earlier[os.path.basename(path)] = f.read()  # by content (older records name a driver path)
+                earlier[os.path.basename(path)[:-3] + ".json"] = json.dumps(
+                    {**record, "identity": victim_identity(victim)}).encode()
             pending[task.remote(victim_ref, spec, earlier, cfg, a.episodes, a.seed, a.stochastic, a.pa_steps,
                                 a.pa_restarts, a.pa_step_scale, a.pa_final_step_scale, threads)] = (col, cfg)
     progress = Progress(len(pending))

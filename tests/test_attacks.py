@@ -441,13 +441,18 @@ def test_eval_all_update_replaces_columns_and_reuse_copies_only_identical_ones(s
     torch.save({**torch.load(ckpt, weights_only=True), "global_step": 1}, copy / "m.pt")  # another model now
     with pytest.raises(common.AttackError, match="not byte-identical"):
         eval_all.main(["--ckpt", str(copy / "m.pt"), "--attacks", "pgd", "--reuse", str(tmp_path / "m_attacks.json")])
+    with pytest.raises(common.AttackError, match="made on another model"):  # its row belongs to the model before
+        eval_all.main(["--ckpt", str(copy / "m.pt"), "--attacks", "natural", "--update", *quick])
+    with pytest.raises(common.AttackError, match="without --update"):
+        eval_all.main(["--ckpt", ckpt, "--attacks", "pgd", "--update", "--video", *quick])
 
 
 def test_the_suite_estimate_matches_measured_time_on_fixed_length_episodes():
     """HalfCheetah episodes always last 1000 steps, so the estimate of a per-step attack is a prediction, not a
-    bound: within 3x of the time the attack then takes (both measured in this process, under the same load)."""
+    bound: within 3x of the time the attack then takes (both measured in this process, under the same load), for
+    episodes run side by side (3: the batched perturbation is shared)."""
     ckpt = os.path.join(os.path.dirname(__file__), "data", "sac_halfcheetah_30k.pt")
-    args = eval_all.parse(eval_all.Args, "", ["--ckpt", ckpt, "--episodes", "1", "--pgd-restarts", "4"])
+    args = eval_all.parse(eval_all.Args, "", ["--ckpt", ckpt, "--episodes", "3", "--pgd-restarts", "4"])
     victim = common.victim_from_args(ckpt, args)
     costs = estimate.UnitCosts(victim, args)
     assert costs.episode_steps == 1000
