@@ -36,10 +36,16 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--attacks", default="natural,uniform,mad,pgd")
     a = p.parse_args()
-    torch.set_num_threads(1)
-    args = eval_all.parse(eval_all.Args, "", ["--ckpt", a.ckpt, "--episodes", str(a.episodes)])
-    victim = common.victim_from_args(a.ckpt, args)
     modules = {"natural": natural, "uniform": uniform, "mad": mad, "pgd": pgd}
+    unknown = [n for n in a.attacks.split(",") if n not in modules]
+    if unknown or a.episodes < 1:
+        p.error(f"--attacks from {', '.join(modules)} (got {unknown}), --episodes >= 1")
+    torch.set_num_threads(1)
+    try:
+        args = eval_all.parse(eval_all.Args, "", ["--ckpt", a.ckpt, "--episodes", str(a.episodes)])
+        victim = common.victim_from_args(a.ckpt, args)
+    except common.AttackError as e:
+        p.error(str(e))
     print(f"{a.ckpt}: {a.episodes} episodes, torch threads 1\n")
     print("| attack | one at a time: s/episode, mean return | side by side: s/episode, mean return | speed-up |")
     print("|---|---|---|---|")
