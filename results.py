@@ -160,6 +160,82 @@ def write_table(trials, rows, out_dir: str, variant: dict | None = None) -> str:
     return text
 
 
+def load_checkpoint_rows(sweep: str) -> list[dict]:
+    """Attack rows of the models kept during training (sweep.py --slim-every), sorted by trial and step."""
+    rows = []
+    for path in glob.glob(os.path.join(sweep, "models", "checkpoints", "*_step*_attacks.json")):
+        trial, step = os.path.basename(path)[:-len("_attacks.json")].rsplit("_step", 1)
+        method, env_id, seed = trial.split("__")
+        rows.append({**json.load(open(path)), "method": method, "env_id": env_id, "seed": int(seed[1:]),
+                     "step": int(step)})
+    return sorted(rows, key=lambda r: (r["env_id"], r["method"], r["seed"], r["step"]))
+
+
+OVER_TRAINING = ["natural", "uniform", "mad", "pgd"]
+
+
+def share_of_natural(row: dict, name: str) -> float | None:
+    attacks = row["attacks"]
+    if "mean" not in attacks.get(name, {}) or not attacks.get("natural", {}).get("mean"):
+        return None
+    return attacks[name]["mean"] / attacks["natural"]["mean"]
+
+
+def write_over_training(rows: list[dict], out_dir: str) -> str:
+    """over_training.csv: each kept model's attack means, its worst (natural excluded) and the share of natural
+    kept under each attack."""
+    path = os.path.join(out_dir, "over_training.csv")
+    cell = lambda v, digits=1: "" if v is None else f"{v:.{digits}f}"  # noqa: E731
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["method", "env_id", "seed", "step", *OVER_TRAINING, "worst", "worst_attack",
+                    *[f"{n}_share_of_natural" for n in OVER_TRAINING[1:]]])
+        for r in rows:
+            w.writerow([r["method"], r["env_id"], r["seed"], r["step"],
+                        *[cell(r["attacks"].get(n, {}).get("mean")) for n in OVER_TRAINING],
+                        cell(r["worst"]["mean"]), r["worst"]["attack"],
+                        *[cell(share_of_natural(r, n), 3) for n in OVER_TRAINING[1:]]])
+    return path
+
+
+def plot_over_training(rows: list[dict], out_dir: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    envs = sorted({r["env_id"] for r in rows})
+    fig, axes = plt.subplots(len(envs), 2, figsize=(11, 4 * len(envs)), squeeze=False)
+    for (ax_return, ax_share), env_id in zip(axes, envs):
+        trials = sorted({(r["method"], r["seed"]) for r in rows if r["env_id"] == env_id},
+                        key=lambda t: (list(LABELS).index(t[0]) if t[0] in LABELS else 99, t[1]))
+        for i, (method, seed) in enumerate(trials):
+            points = [r for r in rows if (r["env_id"], r["method"], r["seed"]) == (env_id, method, seed)]
+            steps, name = [r["step"] for r in points], f"{LABELS.get(method, method)} s{seed}"
+            ax_return.plot(steps, [r["attacks"]["natural"]["mean"] for r in points], "o-", color=f"C{i}",
+                           label=f"{name}: natural")
+            ax_return.plot(steps, [r["worst"]["mean"] for r in points], "x--", color=f"C{i}", label=f"{name}: worst")
+            for attack, style in (("mad", "s:"), ("pgd", "x--")):
+                shares = [(r["step"], share_of_natural(r, attack)) for r in points]
+                shares = [(s, v) for s, v in shares if v is not None]
+                ax_share.plot([s for s, _ in shares], [v for _, v in shares], style, color=f"C{i}",
+                              label=f"{name}: {attack.upper()}")
+        ax_return.set_title(f"{env_id}: natural and worst (natural, uniform, MAD, PGD)")
+        ax_return.set_ylabel("return (mean over the episodes)")
+        ax_share.set_title(f"{env_id}: share of natural kept")
+        ax_share.set_ylabel("attacked / natural")
+        ax_share.set_ylim(0, 1.05)
+        for ax in (ax_return, ax_share):
+            ax.set_xlabel("agent steps (thousands)")
+            ax.xaxis.set_major_formatter(lambda x, _: f"{x / 1000:g}")
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(out_dir, "robustness_over_training.png")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def write_figures(sweep: str, trials, rows, out_dir: str, variant: dict | None = None) -> list[str]:
     import matplotlib
 
@@ -245,10 +321,17 @@ def main(argv=None) -> None:
     p.add_argument("--no-figures", action="store_true")
     a = p.parse_args(argv)
     trials, rows = load_sweep(a.sweep)
-    if not trials:
-        p.error(f"no finished trials under {a.sweep}/trials")
+    kept = load_checkpoint_rows(a.sweep)
+    if not trials and not kept:
+        p.error(f"no finished trials under {a.sweep}/trials and no attacked models under {a.sweep}/models/checkpoints")
     out_dir = a.out or os.path.join(a.sweep, "results")
     os.makedirs(out_dir, exist_ok=True)
+    if kept:
+        print("wrote", write_over_training(kept, out_dir))
+        if not a.no_figures:
+            print("wrote", plot_over_training(kept, out_dir))
+    if not trials:
+        return
     write_per_seed(trials, out_dir)
     print(write_table(trials, rows, out_dir, sweep_variant(a.sweep)) if rows else "(no median-seed attack evaluations yet)")
     if not a.no_figures:

@@ -54,3 +54,27 @@ def test_pa_atla_is_labelled_and_compared_as_its_own_paper_row(tmp_path, train_a
     results.main(["--sweep", str(tmp_path), "--no-figures"])
     cells = [c.strip() for c in (tmp_path / "results" / "table.md").read_text().splitlines()[2].strip("|").split("|")]
     assert cells[1] == label and cells[10] == paper and cells[11:] == rest
+
+
+def test_models_kept_during_training_give_the_robustness_curve_without_a_finished_trial(tmp_path):
+    """A 1M study mid-way: no done.json yet, attacked slim models every 200k (one at 1M sorts after 200k, not as text);
+    over_training.csv has each model's columns, its worst and the shares of natural, and the figure is written."""
+    kept = tmp_path / "models" / "checkpoints"
+    kept.mkdir(parents=True)
+    for step, (natural, mad, pgd) in {1000000: (10000.0, 7000.0, 6000.0), 200000: (8000.0, 2000.0, 600.0)}.items():
+        attacks = {"natural": {"mean": natural, "std": 1.0}, "uniform": {"mean": natural - 100, "std": 1.0},
+                   "mad": {"mean": mad, "std": 1.0}, "pgd": {"mean": pgd, "std": 1.0}}
+        (kept / f"sac_valt_eps__HalfCheetah-v4__s1_step{step}_attacks.json").write_text(json.dumps(
+            {"attacks": attacks, "worst": {"attack": "pgd", "mean": pgd, "std": 1.0}}))
+    results.main(["--sweep", str(tmp_path)])
+    lines = (tmp_path / "results" / "over_training.csv").read_text().splitlines()
+    assert lines[1:] == ["sac_valt_eps,HalfCheetah-v4,1,200000,8000.0,7900.0,2000.0,600.0,600.0,pgd,0.988,0.250,0.075",
+                         "sac_valt_eps,HalfCheetah-v4,1,1000000,10000.0,9900.0,7000.0,6000.0,6000.0,pgd,0.990,0.700,0.600"]
+    assert (tmp_path / "results" / "robustness_over_training.png").stat().st_size > 10000
+    assert not (tmp_path / "results" / "table.md").exists()
+
+
+def test_a_sweep_with_nothing_to_report_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        results.main(["--sweep", str(tmp_path)])
+    assert "no finished trials" in capsys.readouterr().err
