@@ -21,19 +21,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
     torch.set_num_threads(1)
 
-# Tests that start Ray (a local instance or a two-node cluster) run one after another on one worker (--dist
-# loadgroup): two Ray instances starting at once on one machine compete for its ports and its /tmp/ray session.
-RAY_MODULES = {"test_cluster.py", "test_sweep.py"}
-RAY_TESTS = {"test_search_resumes_and_eval_all_reads_the_trained_attackers",
-             "test_the_ray_search_trains_attackers_of_an_sb3_victim_that_eval_all_then_reads"}
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if os.path.basename(str(item.fspath)) in RAY_MODULES or item.originalname in RAY_TESTS:
-            item.add_marker(pytest.mark.xdist_group("ray"))
-
-
 # Tiny settings under which every method script really runs gradient updates in a few seconds.
 TINY = ["--learning-starts", "200", "--batch-size", "32", "--hidden-sizes", "32", "32", "--buffer-size", "5000",
         "--eval-every", "0", "--eval-episodes", "1", "--log-every", "200", "--threads", "1"]

@@ -525,6 +525,7 @@ def test_search_presets_have_the_reference_sizes():
     assert len(quick) == 2 and {c.budget for c in quick} == {30_000}
 
 
+@pytest.mark.xdist_group("ray")  # starts Ray: see tests/test_sweep.py
 def test_search_resumes_and_eval_all_reads_the_trained_attackers(sac_ckpt, tmp_path):
     """The Ray CLI trains the grid; a re-run and eval_all's column find every attacker and train nothing."""
     common_args = ["--ckpt", sac_ckpt, "--episodes", "1", "--attack-budget", "200", "--attacker-hidden", "16", "16",

@@ -21,10 +21,12 @@ from conftest import ROOT
 
 import sweep
 
-pytestmark = pytest.mark.skipif(
+# Tests that start Ray run one after another on one pytest-xdist worker (--dist loadgroup): two Ray instances
+# starting at once on one machine compete for its ports and its /tmp/ray session.
+pytestmark = [pytest.mark.xdist_group("ray"), pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("ray") is None or
     subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0,
-    reason="a worker node that cannot see the driver's files needs a private mount namespace (root, unshare)")
+    reason="a worker node that cannot see the driver's files needs a private mount namespace (root, unshare)")]
 
 NAME = "sac__HalfCheetah-v4__s1"
 

@@ -343,6 +343,7 @@ def test_eval_all_on_sb3_ppo_behind_vecnormalize_uses_the_task_radius(sb3_models
     assert row["source"]["activation"] == "ReLU"
 
 
+@pytest.mark.xdist_group("ray")  # starts Ray: see tests/test_sweep.py
 def test_the_ray_search_trains_attackers_of_an_sb3_victim_that_eval_all_then_reads(sb3_models, tmp_path):
     """attacks/search.py ships an SB3 zip and its VecNormalize statistics to the workers as bytes; the attackers it
     brings back are the ones eval_all's cache lookup finds for the same victim (nothing retrained)."""

@@ -17,6 +17,10 @@ from conftest import ROOT
 
 import sweep
 
+# Tests that start Ray run one after another on one pytest-xdist worker (--dist loadgroup): two Ray instances
+# starting at once on one machine compete for its ports and its /tmp/ray session.
+pytestmark = pytest.mark.xdist_group("ray")
+
 
 def test_sweep_json_keeps_the_union_of_grids_and_refuses_a_changed_setting(tmp_path):
     path = str(tmp_path / "sweep.json")
