@@ -108,3 +108,21 @@ def test_prioritized_sampling_is_a_fixed_handful_of_operations():
         assert {k: other[k] for k in other if "update (" not in k} == {k: counts[k] for k in counts if "update (" not in k}
         key = "update (forward, backward, optimizer steps)"
         assert other[key] > counts[key] + (150 if variant != "sac_ppo" else 0), (variant, other)  # its adversary runs
+
+
+def test_mad_direction_reports_per_dimension_shares_and_the_defaults_reach_more_of_the_objective(capsys):
+    import mad_direction
+
+    mad_direction.main(["--ckpts", PPO_FIXTURE, "--states", "40"])
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [r[1] for r in rows] == ["references'", "defaults"]
+    (old_objective, new_objective), shares = [float(r[3]) for r in rows], [[float(v) for v in r[4].split()] for r in rows]
+    assert new_objective > old_objective > 0
+    assert all(len(s) == 3 and abs(sum(s) - 1) < 0.01 for s in shares)  # Hopper: 3 action dimensions
+    assert all(float(r[6].rstrip(" |")) > 0 for r in rows)  # the executed action moved
+
+
+def test_mad_direction_on_a_missing_checkpoint_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "mad_direction.py"), "--ckpts",
+                           str(tmp_path / "none.pt")], capture_output=True, text=True)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and "none.pt" in proc.stderr
