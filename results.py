@@ -175,10 +175,12 @@ OVER_TRAINING = ["natural", "uniform", "mad", "pgd"]
 
 
 def share_of_natural(row: dict, name: str) -> float | None:
+    """attacked / natural mean return; None without both, or when natural <= 0 (the ratio then means nothing)."""
     attacks = row["attacks"]
-    if "mean" not in attacks.get(name, {}) or not attacks.get("natural", {}).get("mean"):
+    natural = attacks.get("natural", {}).get("mean")
+    if "mean" not in attacks.get(name, {}) or natural is None or natural <= 0:
         return None
-    return attacks[name]["mean"] / attacks["natural"]["mean"]
+    return attacks[name]["mean"] / natural
 
 
 def write_over_training(rows: list[dict], out_dir: str) -> str:
@@ -193,7 +195,7 @@ def write_over_training(rows: list[dict], out_dir: str) -> str:
         for r in rows:
             w.writerow([r["method"], r["env_id"], r["seed"], r["step"],
                         *[cell(r["attacks"].get(n, {}).get("mean")) for n in OVER_TRAINING],
-                        cell(r["worst"]["mean"]), r["worst"]["attack"],
+                        cell((r.get("worst") or {}).get("mean")), (r.get("worst") or {}).get("attack", ""),
                         *[cell(share_of_natural(r, n), 3) for n in OVER_TRAINING[1:]]])
     return path
 
@@ -212,19 +214,21 @@ def plot_over_training(rows: list[dict], out_dir: str) -> str:
         for i, (method, seed) in enumerate(trials):
             points = [r for r in rows if (r["env_id"], r["method"], r["seed"]) == (env_id, method, seed)]
             steps, name = [r["step"] for r in points], f"{LABELS.get(method, method)} s{seed}"
-            ax_return.plot(steps, [r["attacks"]["natural"]["mean"] for r in points], "o-", color=f"C{i}",
-                           label=f"{name}: natural")
-            ax_return.plot(steps, [r["worst"]["mean"] for r in points], "x--", color=f"C{i}", label=f"{name}: worst")
+            ax_return.plot(steps, [r["attacks"].get("natural", {}).get("mean", float("nan")) for r in points], "o-",
+                           color=f"C{i}", label=f"{name}: natural")
+            ax_return.plot(steps, [(r.get("worst") or {}).get("mean", float("nan")) for r in points], "x--",
+                           color=f"C{i}", label=f"{name}: worst")
             for attack, style in (("mad", "s:"), ("pgd", "x--")):
                 shares = [(r["step"], share_of_natural(r, attack)) for r in points]
                 shares = [(s, v) for s, v in shares if v is not None]
                 ax_share.plot([s for s, _ in shares], [v for _, v in shares], style, color=f"C{i}",
                               label=f"{name}: {attack.upper()}")
-        ax_return.set_title(f"{env_id}: natural and worst (natural, uniform, MAD, PGD)")
+        ax_return.set_title(f"{env_id}: natural, and the worst over the attack columns")
         ax_return.set_ylabel("return (mean over the episodes)")
         ax_share.set_title(f"{env_id}: share of natural kept")
         ax_share.set_ylabel("attacked / natural")
-        ax_share.set_ylim(0, 1.05)
+        low, high = ax_share.get_ylim()
+        ax_share.set_ylim(min(0.0, low), max(1.05, high))
         for ax in (ax_return, ax_share):
             ax.set_xlabel("agent steps (thousands)")
             ax.xaxis.set_major_formatter(lambda x, _: f"{x / 1000:g}")
@@ -329,7 +333,10 @@ def main(argv=None) -> None:
     if kept:
         print("wrote", write_over_training(kept, out_dir))
         if not a.no_figures:
-            print("wrote", plot_over_training(kept, out_dir))
+            try:
+                print("wrote", plot_over_training(kept, out_dir))
+            except ImportError:
+                print("matplotlib is not installed: figures skipped (pip install -r requirements.txt)")
     if not trials:
         return
     write_per_seed(trials, out_dir)

@@ -2,8 +2,8 @@
 
 On the first --states states each victim's deterministic policy visits (seeded), MAD's perturbation is computed with
 the references' settings (10 steps of eps/10, one start) and with the defaults (attacks/mad.py); for each, per
-action dimension: the victim's std sigma, the share of MAD's objective sum(((m(s~) - m(s)) / sigma)^2) in that
-dimension and the mean |m(s~) - m(s)|; and the mean change of the executed action (actor.deterministic: the mean
+action dimension (means over the states): the victim's std sigma, that dimension's share of each state's MAD
+objective sum(((m(s~) - m(s)) / sigma)^2), and |m(s~) - m(s)|; and the mean change of the executed action (actor.deterministic: the mean
 clipped to the action bounds, tanh-squashed for SAC kinds).
 It asks whether a more converged MAD pushes the mean along the smallest-sigma dimension (it would if the share of
 that dimension grew) or moves the action more everywhere.
@@ -47,7 +47,15 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     if a.states < 1:
         p.error("--states must be >= 1")
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    try:
+        report(a)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def report(a) -> None:
     fmt = lambda values: " ".join(f"{v:.3f}" for v in values)  # noqa: E731
     print("| victim | settings | σ per dim | MAD objective | share of it per dim | mean |Δm| per dim | executed change |")
     print("|---|---|---|---|---|---|---|")
@@ -55,7 +63,7 @@ def main(argv=None) -> None:
         try:
             victim = load_victim(path)
         except (AttackError, OSError) as e:
-            sys.exit(f"mad_direction: {path}: {e}")
+            sys.exit(f"mad_direction: {e}")
         states = visited_states(victim, a.states, a.seed)
         for label, settings in (("references'", OLD["mad"]), ("defaults", NEW["mad"])):
             r = measure(victim, states, settings, a.seed)

@@ -16,7 +16,7 @@ if ROOT not in sys.path:
 # Under pytest-xdist (README's test command: two workers), one torch thread per worker so the two share the cores
 # instead of oversubscribing them; subprocesses inherit it through OMP_NUM_THREADS.
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ["OMP_NUM_THREADS"] = "1"
     import torch
 
     torch.set_num_threads(1)

@@ -124,5 +124,5 @@ def test_mad_direction_reports_per_dimension_shares_and_the_defaults_reach_more_
 
 def test_mad_direction_on_a_missing_checkpoint_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "mad_direction.py"), "--ckpts",
-                           str(tmp_path / "none.pt")], capture_output=True, text=True)
+                           str(tmp_path / "none.pt")], capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr and "none.pt" in proc.stderr

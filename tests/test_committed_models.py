@@ -17,27 +17,31 @@ from attacks.common import load_victim
 def committed_victims() -> list[str]:
     """Tracked .pt files under results/ except the learned attackers (read through their victim's cache) and the
     buffer-less resume.pt of a study still running (read by its pinned training script)."""
-    files = subprocess.run(["git", "ls-files", "results/*.pt"], cwd=ROOT, capture_output=True, text=True).stdout.split()
-    return [f for f in files if "/attackers/" not in f and not f.endswith("/resume.pt")]
+    listed = subprocess.run(["git", "ls-files", "results/*.pt"], cwd=ROOT, capture_output=True, text=True)
+    if listed.returncode != 0:
+        pytest.skip("not a git work tree: the committed models are the tracked files")
+    return [f for f in listed.stdout.split() if "/attackers/" not in f and not f.endswith("/resume.pt")]
 
 
-VICTIMS = committed_victims()
-
-
-def test_the_studies_committed_models():
-    assert len(VICTIMS) >= 60 and any("halfcheetah_1m/models/checkpoints" in f for f in VICTIMS)
-
-
-@pytest.mark.parametrize("path", VICTIMS)
-def test_a_committed_model_loads_and_acts_within_its_bounds(path):
-    victim = load_victim(os.path.join(ROOT, path))
-    env = victim.make_env()
-    obs, _ = env.reset(seed=0)
-    action = victim.act(victim.normalize(obs).unsqueeze(0))[0].numpy()
-    env.close()
-    assert action.shape == env.action_space.shape and np.all(np.isfinite(action))
-    assert np.all(action >= env.action_space.low - 1e-6) and np.all(action <= env.action_space.high + 1e-6)
-    with torch.no_grad():
-        value = victim.critic(victim.normalize(obs).unsqueeze(0), torch.as_tensor(action).unsqueeze(0)) \
-            if victim.kind == "sac" else victim.critic(victim.normalize(obs).unsqueeze(0))
-    assert torch.isfinite(value).all()
+def test_every_committed_model_loads_and_acts_within_its_bounds_with_a_finite_value():
+    # one test, not one per file: a study committing meanwhile must not change what each xdist worker collects
+    victims, failures = committed_victims(), []
+    assert len(victims) >= 60
+    for path in victims:
+        try:
+            victim = load_victim(os.path.join(ROOT, path))
+            env = victim.make_env()
+            obs, _ = env.reset(seed=0)
+            obs_n = victim.normalize(obs).unsqueeze(0)
+            action = victim.act(obs_n)[0].numpy()
+            env.close()
+            with torch.no_grad():
+                value = victim.critic(obs_n, torch.as_tensor(action).unsqueeze(0)) if victim.kind == "sac" \
+                    else victim.critic(obs_n)
+            low, high = env.action_space.low - 1e-6, env.action_space.high + 1e-6
+            if not (action.shape == env.action_space.shape and np.all(np.isfinite(action))
+                    and np.all((action >= low) & (action <= high)) and torch.isfinite(value).all()):
+                failures.append(f"{path}: action {action}, value {value}")
+        except Exception as e:  # noqa: BLE001 - every model is checked, each failure named
+            failures.append(f"{path}: {type(e).__name__}: {e}")
+    assert not failures, "\n".join(failures)

@@ -78,3 +78,18 @@ def test_a_sweep_with_nothing_to_report_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         results.main(["--sweep", str(tmp_path)])
     assert "no finished trials" in capsys.readouterr().err
+
+
+def test_a_kept_model_with_only_natural_or_a_negative_natural_leaves_blank_cells(tmp_path):
+    kept = tmp_path / "models" / "checkpoints"
+    kept.mkdir(parents=True)
+    (kept / "sac__HalfCheetah-v4__s1_step200000_attacks.json").write_text(json.dumps(  # eval_all: worst None
+        {"attacks": {"natural": {"mean": -200.0, "std": 1.0}}, "worst": None}))
+    (kept / "sac__HalfCheetah-v4__s1_step400000_attacks.json").write_text(json.dumps(
+        {"attacks": {"natural": {"mean": -200.0, "std": 1.0}, "pgd": {"mean": -250.0, "std": 1.0}},
+         "worst": {"attack": "pgd", "mean": -250.0, "std": 1.0}}))
+    results.main(["--sweep", str(tmp_path)])
+    lines = (tmp_path / "results" / "over_training.csv").read_text().splitlines()
+    assert lines[1:] == ["sac,HalfCheetah-v4,1,200000,-200.0,,,,,,,,",
+                         "sac,HalfCheetah-v4,1,400000,-200.0,,,-250.0,-250.0,pgd,,,"]  # no share of a negative return
+    assert (tmp_path / "results" / "robustness_over_training.png").is_file()

@@ -189,9 +189,10 @@ def test_progress_commit_tracks_a_ppo_trials_resume_checkpoint_so_a_fresh_clone_
 
 def test_a_long_run_keeps_its_state_outside_the_tree_and_a_fresh_machine_continues_from_the_committed_checkpoint(
         tmp_path):
-    """--state-dir holds a SAC trial's full checkpoint and buffer; stopping the sweep commits the checkpoint without
-    its buffer (trials/<name>/resume.pt); a machine without the state dir resumes from it with an empty buffer
-    (recorded), slim models land every --slim-every steps, and the finished trial's resume.pt is removed."""
+    """--state-dir holds a SAC trial's full checkpoint and buffer; stopping the sweep (SIGTERM) saves every running
+    trial and commits the checkpoint without its buffer (trials/<name>/resume.pt); a machine without the state dir
+    resumes from it with an empty buffer (recorded), slim models land every --slim-every steps, and the finished
+    trial's resume.pt is removed; the stopped machine resumes from its state dir with the buffer restored."""
     repo = tmp_path / "repo"
     repo.mkdir()
     git = lambda *cmd: subprocess.run(["git", *cmd], cwd=repo, check=True, capture_output=True,  # noqa: E731
@@ -247,6 +248,13 @@ def test_a_long_run_keeps_its_state_outside_the_tree_and_a_fresh_machine_continu
     tracked = subprocess.run(["git", "ls-files"], cwd=clone, capture_output=True, text=True).stdout.split()
     assert f"results/study/trials/{name}/resume.pt" not in tracked and not (trial / "resume.pt").exists()
     assert f"results/study/trials/{name}/done.json" in tracked
+
+    # the machine that stopped, the same command again: its full checkpoint and buffer from the state dir
+    here = subprocess.run(cmd, cwd=str(tmp_path), capture_output=True, text=True, env=env, timeout=300)
+    assert here.returncode == 0, here.stdout[-2000:] + here.stderr[-2000:]
+    attempt = json.loads((out / "trials" / name / "attempts.jsonl").read_text().splitlines()[-1])
+    assert attempt["start_step"] == saved and attempt["replay_buffer"] == "restored"
+    assert json.loads((out / "trials" / name / "done.json").read_text())["global_step"] == 3000
 
 
 def test_an_unreachable_cluster_address_is_one_line_at_once(tmp_path):
