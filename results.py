@@ -162,11 +162,16 @@ def write_table(trials, rows, out_dir: str, variant: dict | None = None) -> str:
 
 def load_checkpoint_rows(sweep: str) -> list[dict]:
     """Attack rows of the models kept during training (sweep.py --slim-every), sorted by trial and step."""
+    import re
+
     rows = []
     for path in glob.glob(os.path.join(sweep, "models", "checkpoints", "*_step*_attacks.json")):
-        trial, step = os.path.basename(path)[:-len("_attacks.json")].rsplit("_step", 1)
-        method, env_id, seed = trial.split("__")
-        rows.append({**json.load(open(path)), "method": method, "env_id": env_id, "seed": int(seed[1:]),
+        match = re.fullmatch(r"(.+)__(.+)__s(\d+)_step(\d+)_attacks\.json", os.path.basename(path))
+        if not match:  # not a kept model's row (sweep.py names them <method>__<env>__s<seed>_step<N>)
+            print(f"skipped {path}: not <method>__<env>__s<seed>_step<N>_attacks.json")
+            continue
+        method, env_id, seed, step = match.groups()
+        rows.append({**json.load(open(path)), "method": method, "env_id": env_id, "seed": int(seed),
                      "step": int(step)})
     return sorted(rows, key=lambda r: (r["env_id"], r["method"], r["seed"], r["step"]))
 

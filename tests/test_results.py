@@ -66,6 +66,7 @@ def test_models_kept_during_training_give_the_robustness_curve_without_a_finishe
                    "mad": {"mean": mad, "std": 1.0}, "pgd": {"mean": pgd, "std": 1.0}}
         (kept / f"sac_valt_eps__HalfCheetah-v4__s1_step{step}_attacks.json").write_text(json.dumps(
             {"attacks": attacks, "worst": {"attack": "pgd", "mean": pgd, "std": 1.0}}))
+    (kept / "notes_step_attacks.json").write_text("{}")  # not a kept model's row: skipped, named
     results.main(["--sweep", str(tmp_path)])
     lines = (tmp_path / "results" / "over_training.csv").read_text().splitlines()
     assert lines[1:] == ["sac_valt_eps,HalfCheetah-v4,1,200000,8000.0,7900.0,2000.0,600.0,600.0,pgd,0.988,0.250,0.075",
