@@ -146,6 +146,31 @@ def saved_step(path: str) -> int:
     return torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"]
 
 
+def write_resume_copy(full: str, dst: str) -> None:
+    """trials/<name>/resume.pt: a SAC-family checkpoint without its buffer, where a fresh machine continues, at about
+    half its size because every stop commits a new version: weights and optimizer moments in bfloat16 (a resume from
+    it refills its buffer from empty, a far larger change than rounding to 3 significant digits); tensors under 1024
+    values (biases, log α, Adam's step), the normalizer and the loop's state (RNGs, environment) stay exact. The
+    scripts read it like any checkpoint: load_state_dict casts to the parameters' dtype."""
+    import torch
+
+    def rounded(value):
+        if isinstance(value, dict):
+            copy = type(value)((k, rounded(v)) for k, v in value.items())
+            if hasattr(value, "_metadata"):
+                copy._metadata = value._metadata
+            return copy
+        if torch.is_tensor(value) and value.dtype == torch.float32 and value.numel() >= 1024:
+            return value.to(torch.bfloat16)
+        return value
+
+    ckpt = torch.load(full, map_location="cpu", weights_only=True)
+    ckpt = {k: v if k in ("train_state", "normalizer") else rounded(v) for k, v in ckpt.items()}
+    ckpt["resume_precision"] = "bfloat16 weights and optimizer moments (tensors of >= 1024 values)"
+    torch.save(ckpt, dst + ".tmp")
+    os.replace(dst + ".tmp", dst)
+
+
 def run_attacks(ckpt: str, out_json: str, attack_args: list[str]) -> dict:
     import subprocess
 
@@ -232,7 +257,6 @@ def commit_progress(out: str, names, committed: dict, repo: str = ROOT, sac_fami
     its checkpoint, without the buffer (a few MB), copied to trials/<name>/resume.pt and committed; a run resumed
     from it refills its buffer from empty (recorded in attempts.jsonl). `committed` maps trial -> the checkpoint
     mtime last committed; returns the trials committed now."""
-    import shutil
 
     now = []
     for name in names:
@@ -247,8 +271,7 @@ def commit_progress(out: str, names, committed: dict, repo: str = ROOT, sac_fami
             step = saved_step(ckpt)
             if not ppo:
                 resume = os.path.join(out, "trials", name, RESUME_FILE)
-                shutil.copyfile(ckpt, resume + ".tmp")
-                os.replace(resume + ".tmp", resume)
+                write_resume_copy(ckpt, resume)
                 ckpt = resume
             files = [f for f in trial_files(out, name, repo) if not f.endswith(("done.json", f"{name}.pt", "model.pt"))]
             if git_commit(files + [ckpt], f"study {os.path.basename(out)}: trial {name} in progress (step {step})",
