@@ -152,7 +152,7 @@ def saved_step(path: str) -> int:
 def write_resume_copy(full: str, dst: str) -> None:
     """trials/<name>/resume.pt: a SAC-family checkpoint without its buffer, where a fresh machine continues, at about
     half its size because every stop commits a new version: weights and optimizer moments in bfloat16 (a resume from
-    it refills its buffer from empty, a far larger change than rounding to 3 significant digits); tensors under 1024
+    it refills its buffer from empty, a far larger change than rounding to 8 significant bits); tensors under 1024
     values (biases, log α, Adam's step), the normalizer and the loop's state (RNGs, environment) stay exact. The
     scripts read it like any checkpoint: load_state_dict casts to the parameters' dtype."""
     import torch

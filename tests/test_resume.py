@@ -49,3 +49,26 @@ def test_resume_with_other_network_sizes_is_one_clear_error(workdir):
                       "--hidden-sizes", "16", "16", "--buffer-size", "5000", "--threads", "1",
                       "--resume", "runs/a/model.pt", cwd=str(workdir))
     assert proc.returncode == 2 and "does not fit" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("module_name", list(EXTRA))
+def test_a_run_continues_from_the_studies_bfloat16_resume_copy(workdir, module_name):
+    """sweep.write_resume_copy's file (weights and Adam moments in bfloat16, no buffer) resumes every SAC-family
+    script: parameters and optimizer state back in float32, training goes on past a VALT-SOFT adversary reset."""
+    import sweep
+
+    mod = importlib.import_module(module_name)
+    common = dict(env_id="Hopper-v4", seed=3, **TINY_ARGS, **EXTRA[module_name])
+    part = mod.train(mod.Args(**common, total_timesteps=300, run_name="part", save_every=0))
+    sweep.write_resume_copy(part["save_path"], "resume.pt")
+    copy = torch.load("resume.pt", weights_only=True)
+    assert copy["critic"]["weights.1"].dtype == torch.bfloat16 and copy["train_state"]["torch_rng"].dtype == torch.uint8
+    out = mod.train(mod.Args(**common, total_timesteps=500, run_name="resumed", save_every=0, resume="resume.pt"))
+    learner = out["learner"]
+    for name in learner.NETS:
+        assert {p.dtype for p in getattr(learner, name).state_dict().values() if p.is_floating_point()} == {torch.float32}
+    for name in learner.OPTIMIZERS:
+        optimizer = getattr(learner, name)
+        for state in (optimizer.state.values() if optimizer is not None else ()):
+            assert {v.dtype for v in state.values() if torch.is_tensor(v)} <= {torch.float32}
+    assert out["global_step"] == 500 and torch.load(out["save_path"], weights_only=True)["global_step"] == 500

@@ -17,19 +17,39 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+import sweep  # noqa: E402  (its git_commit: retries a held index lock, unstages on failure)
+
 COLUMNS = [["natural", "uniform", "mad", "pgd"], ["rs"], ["sa_rl_sac"], ["pa_ad_sac"], ["sa_rl_ppo"], ["pa_ad_ppo"]]
+LEARNED = {"sa_rl_sac", "pa_ad_sac", "sa_rl_ppo", "pa_ad_ppo"}
+SEED = 0
 
 
-def done_columns(stem: str) -> set:
+def read_row(stem: str) -> dict:
     try:
         with open(f"{stem}_attacks.json") as f:
-            return set(json.load(f)["attacks"])
+            return json.load(f)
     except FileNotFoundError:
-        return set()
+        return {}
+    except (json.JSONDecodeError, OSError) as e:
+        sys.exit(f"error: {stem}_attacks.json is unreadable ({e}); move it aside to start the row again")
 
 
-def git(*cmd: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True)
+def up_to_date(row: dict, group: list, episodes: int, budget: int) -> bool:
+    """The row has these columns, from this run's episodes and seed and (learned attackers) budget."""
+    if row.get("episodes") != episodes or row.get("seed") != SEED:
+        return False
+    columns = row.get("attacks", {})
+    return all(c in columns and (c not in LEARNED or columns[c].get("settings", {}).get("budget") == budget)
+               for c in group)
+
+
+def pieces(stem: str) -> list[str]:
+    """The row's files and its attackers and Sarsa critics (never a half-written *.tmp.<pid>)."""
+    attackers, name = os.path.join(os.path.dirname(stem), "attackers"), os.path.basename(stem)
+    found = [os.path.join(attackers, f) for f in sorted(os.listdir(attackers))
+             if f.startswith(name + "_") and ".tmp." not in f] if os.path.isdir(attackers) else []
+    return [f"{stem}_attacks.{ext}" for ext in ("json", "md", "log")] + found
 
 
 def main() -> None:
@@ -39,45 +59,42 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=20, help="evaluation episodes (every model of the study: 20)")
     p.add_argument("--commit", action="store_true", help="git-commit each column's row, log and attackers")
     a = p.parse_args()
-    for model in a.models:
+    models = [os.path.abspath(m) for m in a.models]
+    for model in models:
         if not os.path.isfile(model):
             sys.exit(f"error: {model} not found")
+    if a.attack_budget <= 0 or a.episodes <= 0:
+        sys.exit("error: --attack-budget and --episodes must be positive")
     import torch
 
-    for model in a.models:
-        stem = os.path.splitext(model)[0]
-        columns = COLUMNS + ([["valt_soft_adv"]] if torch.load(model, map_location="cpu", weights_only=True)["method"]
-                             == "sac_valt_soft" else [])
-        for group in columns:
-            if set(group) <= done_columns(stem):
-                continue
-            update = ["--update"] if done_columns(stem) else []
-            cmd = [sys.executable, os.path.join(ROOT, "attacks", "eval_all.py"), "--ckpt", model, "--attacks",
-                   ",".join(group), "--episodes", str(a.episodes), "--seed", "0", "--search", "quick", "--rs-grid", "quick",
-                   "--attack-budget", str(a.attack_budget), *update]
-            print(f"[attack_final] {os.path.basename(model)}: {','.join(group)}", flush=True)
-            with open(f"{stem}_attacks.log", "a") as log:
-                log.write(f"$ {' '.join(cmd[1:])}\n")
-                log.flush()
-                if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT).returncode:
-                    sys.exit(f"error: {','.join(group)} on {model} failed (end of {stem}_attacks.log)")
-            with open(f"{stem}_attacks.json") as f:
-                row = json.load(f)
-            values = ", ".join(f"{row['attacks'][c]['column']} {row['attacks'][c]['mean']:.0f}" for c in group)
+    for model in models:
+        stem, name = os.path.splitext(model)[0], os.path.basename(os.path.splitext(model)[0])
+        study = os.path.basename(os.path.dirname(os.path.dirname(model)))
+        try:
+            method = torch.load(model, map_location="cpu", weights_only=True)["method"]
+        except Exception as e:  # not a checkpoint of this project
+            sys.exit(f"error: {model} is not a checkpoint of this project ({type(e).__name__})")
+        for group in COLUMNS + ([["valt_soft_adv"]] if method == "sac_valt_soft" else []):
+            row = read_row(stem)
+            if not up_to_date(row, group, a.episodes, a.attack_budget):
+                cmd = [sys.executable, os.path.join(ROOT, "attacks", "eval_all.py"), "--ckpt", model, "--attacks",
+                       ",".join(group), "--episodes", str(a.episodes), "--seed", str(SEED), "--search", "quick",
+                       "--rs-grid", "quick", "--attack-budget", str(a.attack_budget)] + (["--update"] if row else [])
+                print(f"[attack_final] {name}: {','.join(group)}", flush=True)
+                with open(f"{stem}_attacks.log", "a") as log:
+                    log.write(f"$ {' '.join(cmd[1:])}\n")
+                    log.flush()
+                    if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT).returncode:
+                        sys.exit(f"error: {','.join(group)} on {model} failed (end of {stem}_attacks.log)")
+                row = read_row(stem)
+            values = ", ".join(f"{row['attacks'][c]['column']} {row['attacks'][c].get('mean', float('nan')):.0f}"
+                               for c in group)
             worst = row.get("worst") or {}
             print(f"[attack_final]   {values}; worst so far {worst.get('attack')} {worst.get('mean', float('nan')):.0f}",
                   flush=True)
-            if a.commit:
-                name = os.path.basename(stem)
-                attackers = os.path.join(os.path.dirname(model), "attackers")
-                paths = [f"{stem}_attacks.{ext}" for ext in ("json", "md", "log")]
-                paths += [os.path.join(attackers, f) for f in sorted(os.listdir(attackers))
-                          if f.startswith(name + "_")] if os.path.isdir(attackers) else []
-                git("add", "-f", *paths)
-                study = os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(model))))
-                done = git("commit", "-q", "-m", f"study {study}: {name} attacked ({values})", "--", *paths)
-                if done.returncode:
-                    print(f"[attack_final]   commit failed: {done.stderr.strip()[:200]}", flush=True)
+            if a.commit:  # also a column finished by a run stopped before its commit
+                paths = pieces(stem)
+                sweep.git_commit(paths, f"study {study}: {name} attacked ({values})", force=tuple(paths))
 
 
 if __name__ == "__main__":
