@@ -53,8 +53,9 @@ def test_resume_with_other_network_sizes_is_one_clear_error(workdir):
 
 @pytest.mark.parametrize("module_name", list(EXTRA))
 def test_a_run_continues_from_the_studies_bfloat16_resume_copy(workdir, module_name):
-    """sweep.write_resume_copy's file (weights and Adam moments in bfloat16, no buffer) resumes every SAC-family
-    script: parameters and optimizer state back in float32, training goes on past a VALT-SOFT adversary reset."""
+    """sweep.write_resume_copy's file (networks in bfloat16, no optimizer state, the target critic saved as the
+    critic, no buffer) resumes every SAC-family script: the target starts at the critic, parameters and the fresh
+    optimizer state are float32, training goes on past a VALT-SOFT adversary reset."""
     import sweep
 
     mod = importlib.import_module(module_name)
@@ -63,6 +64,12 @@ def test_a_run_continues_from_the_studies_bfloat16_resume_copy(workdir, module_n
     sweep.write_resume_copy(part["save_path"], "resume.pt")
     copy = torch.load("resume.pt", weights_only=True)
     assert copy["critic"]["weights.1"].dtype == torch.bfloat16 and copy["train_state"]["torch_rng"].dtype == torch.uint8
+    assert all(copy[name] is None or copy[name]["state"] == {} for name in part["learner"].OPTIMIZERS)
+    at_once = mod.train(mod.Args(**common, total_timesteps=300, run_name="loaded", save_every=0, resume="resume.pt"))
+    critic, target = at_once["learner"].critic.state_dict(), at_once["learner"].critic_target.state_dict()
+    assert not torch.equal(part["learner"].critic_target.state_dict()["weights.1"], critic["weights.1"])
+    for name, p in critic.items():
+        assert torch.equal(target[name], p) and torch.equal(p, copy["critic"][name].float()), name
     out = mod.train(mod.Args(**common, total_timesteps=500, run_name="resumed", save_every=0, resume="resume.pt"))
     learner = out["learner"]
     for name in learner.NETS:
