@@ -147,11 +147,12 @@ def saved_step(path: str) -> int:
 
 
 def write_resume_copy(full: str, dst: str) -> None:
-    """trials/<name>/resume.pt: a SAC-family checkpoint without its buffer, where a fresh machine continues, at about
-    half its size because every stop commits a new version: weights and optimizer moments in bfloat16 (a resume from
-    it refills its buffer from empty, a far larger change than rounding to 3 significant digits); tensors under 1024
-    values (biases, log α, Adam's step), the normalizer and the loop's state (RNGs, environment) stay exact. The
-    scripts read it like any checkpoint: load_state_dict casts to the parameters' dtype."""
+    """trials/<name>/resume.pt: a SAC-family checkpoint without its buffer, where a fresh machine continues. Every stop
+    commits a new version, so it keeps only what a continuation cannot rebuild: the networks in bfloat16 (tensors of
+    >= 1024 values; smaller ones, the normalizer and the loop's state (RNGs, environment) exact). The optimizers start
+    afresh and the target critic starts at the critic (saved once): a resume from it also refills its buffer from
+    empty, a far larger change than either. The scripts read it like any checkpoint: load_state_dict casts to the
+    parameters' dtype, and an optimizer state without moments starts them at zero."""
     import torch
 
     def rounded(value):
@@ -164,9 +165,16 @@ def write_resume_copy(full: str, dst: str) -> None:
             return value.to(torch.bfloat16)
         return value
 
+    def fresh(optimizer):  # its settings without its state (moments, step counts): loaded, they start afresh
+        return optimizer and {"state": {}, "param_groups": optimizer["param_groups"]}
+
     ckpt = torch.load(full, map_location="cpu", weights_only=True)
-    ckpt = {k: v if k in ("train_state", "normalizer") else rounded(v) for k, v in ckpt.items()}
-    ckpt["resume_precision"] = "bfloat16 weights and optimizer moments (tensors of >= 1024 values)"
+    ckpt = {k: fresh(v) if k.endswith("_optimizer") else v if k in ("train_state", "normalizer") else rounded(v)
+            for k, v in ckpt.items()}
+    if "critic_target" in ckpt:
+        ckpt["critic_target"] = ckpt["critic"]  # the same tensors: torch.save writes them once
+    ckpt["resume_copy"] = ("networks in bfloat16 (tensors of >= 1024 values), optimizers afresh, target critic = "
+                           "critic, no buffer")
     torch.save(ckpt, dst + ".tmp")
     os.replace(dst + ".tmp", dst)
 
