@@ -205,6 +205,31 @@ def write_over_training(rows: list[dict], out_dir: str) -> str:
     return path
 
 
+def write_over_training_table(rows: list[dict], out_dir: str) -> str:
+    """over_training.md: the same models by step, methods side by side at each step; return mean ± std over the
+    episodes, and under each attack the share of natural it keeps."""
+    def cell(r: dict, name: str) -> str:
+        a = r["attacks"].get(name)
+        if a is None or "mean" not in a:
+            return "–"
+        share = share_of_natural(r, name) if name != "natural" else None
+        return f"{a['mean']:.0f} ± {a.get('std', 0.0):.0f}" + ("" if share is None else f" ({100 * share:.0f} %)")
+
+    order = lambda r: (r["env_id"], r["step"], list(LABELS).index(r["method"]) if r["method"] in LABELS else 99,  # noqa: E731
+                       r["seed"])
+    lines = ["| env | step | method | seed | " + " | ".join(label for name, label in COLUMNS if name in OVER_TRAINING) +
+             " | worst |", "|" + "---|" * (5 + len(OVER_TRAINING))]
+    for r in sorted(rows, key=order):
+        worst = r.get("worst") or {}
+        lines.append(f"| {r['env_id']} | {r['step']:,} | {LABELS.get(r['method'], r['method'])} | {r['seed']} | " +
+                     " | ".join(cell(r, n) for n in OVER_TRAINING) +
+                     (f" | {worst['mean']:.0f} ({worst.get('attack', '?')}) |" if "mean" in worst else " | – |"))
+    path = os.path.join(out_dir, "over_training.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
 def plot_over_training(rows: list[dict], out_dir: str) -> str:
     import matplotlib
 
@@ -337,6 +362,7 @@ def main(argv=None) -> None:
     os.makedirs(out_dir, exist_ok=True)
     if kept:
         print("wrote", write_over_training(kept, out_dir))
+        print("wrote", write_over_training_table(kept, out_dir))
         if not a.no_figures:
             try:
                 print("wrote", plot_over_training(kept, out_dir))

@@ -73,6 +73,11 @@ def test_models_kept_during_training_give_the_robustness_curve_without_a_finishe
                          "sac_valt_eps,HalfCheetah-v4,1,1000000,10000.0,9900.0,7000.0,6000.0,6000.0,pgd,0.990,0.700,0.600"]
     assert (tmp_path / "results" / "robustness_over_training.png").stat().st_size > 10000
     assert not (tmp_path / "results" / "table.md").exists()
+    table = (tmp_path / "results" / "over_training.md").read_text().splitlines()
+    assert table[2:] == [
+        "| HalfCheetah-v4 | 200,000 | VALT-EPS-SAC | 1 | 8000 ± 1 | 7900 ± 1 (99 %) | 2000 ± 1 (25 %) | 600 ± 1 (8 %) | 600 (pgd) |",
+        "| HalfCheetah-v4 | 1,000,000 | VALT-EPS-SAC | 1 | 10000 ± 1 | 9900 ± 1 (99 %) | 7000 ± 1 (70 %) | 6000 ± 1 (60 %) "
+        "| 6000 (pgd) |"]
 
 
 def test_a_sweep_with_nothing_to_report_is_one_line(tmp_path, capsys):
@@ -93,4 +98,7 @@ def test_a_kept_model_with_only_natural_or_a_negative_natural_leaves_blank_cells
     lines = (tmp_path / "results" / "over_training.csv").read_text().splitlines()
     assert lines[1:] == ["sac,HalfCheetah-v4,1,200000,-200.0,,,,,,,,",
                          "sac,HalfCheetah-v4,1,400000,-200.0,,,-250.0,-250.0,pgd,,,"]  # no share of a negative return
+    table = (tmp_path / "results" / "over_training.md").read_text().splitlines()
+    assert table[2:] == ["| HalfCheetah-v4 | 200,000 | SAC | 1 | -200 ± 1 | – | – | – | – |",
+                         "| HalfCheetah-v4 | 400,000 | SAC | 1 | -200 ± 1 | – | – | -250 ± 1 | -250 (pgd) |"]
     assert (tmp_path / "results" / "robustness_over_training.png").is_file()
