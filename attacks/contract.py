@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import warnings
 
 import gymnasium as gym
@@ -25,9 +26,24 @@ def task_name(env_id: str) -> str:
     return env_id.split("-")[0]
 
 
+MUJOCO_WARNED: set = set()
+
+
+def warn_once(message: str) -> None:
+    """MuJoCo's warnings, each once per process: its own handler prints one at every model compile (an attack makes
+    an environment per episode) and appends it to a MUJOCO_LOG.TXT in the working directory."""
+    if message not in MUJOCO_WARNED:
+        MUJOCO_WARNED.add(message)
+        print(f"MuJoCo warning: {message}", file=sys.stderr, flush=True)
+
+
 def make_env(env_id: str, env_kwargs: dict) -> gym.Env:
     if env_id not in gym.registry:
         raise AttackError(f"unknown environment id {env_id!r} (e.g. Hopper-v4, HalfCheetah-v4, Walker2d-v4, Ant-v4)")
+    with contextlib.suppress(ImportError):
+        import mujoco
+
+        mujoco.set_mju_user_warning(warn_once)
     try:
         with warnings.catch_warnings():
             # The -v4 tasks are the literature's (SPEC §9); gymnasium's "upgrade to v5" notice is noise here.

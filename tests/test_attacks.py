@@ -617,3 +617,17 @@ def test_attacker_training_reproduces_the_recorded_losses_bit_for_bit(name):
     first = next((i for i, (a, b) in enumerate(zip(now["losses"], want["losses"])) if a != b), None)
     assert first is None, f"loss {first} differs: {now['losses'][first]!r} vs recorded {want['losses'][first]!r}"
     assert len(now["losses"]) == len(want["losses"]) and now["network_sha256"] == want["network_sha256"]
+
+
+def test_mujoco_warnings_print_once_per_process_and_leave_no_log_file(tmp_path, monkeypatch, capfd):
+    """gymnasium's HalfCheetah XML uses an attribute MuJoCo deprecates: an attack makes an environment per episode,
+    and the warning (and a MUJOCO_LOG.TXT in the working directory) must not come with each of them."""
+    from attacks import contract
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(contract, "MUJOCO_WARNED", set())
+    for _ in range(3):
+        contract.make_env("HalfCheetah-v4", {}).close()
+    out, err = capfd.readouterr()
+    assert out.count("settotalmass") == 0 and err.count("settotalmass") == 1
+    assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
