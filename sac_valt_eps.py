@@ -123,8 +123,8 @@ def resolve_args(args: Args) -> Args:
         raise UserError(f"--attack-eps must be > 0, got {args.attack_eps}")
     if min(args.total_timesteps, args.batch_size, args.buffer_size) <= 0:
         raise UserError("--total-timesteps, --batch-size and --buffer-size must be positive")
-    if min(args.pgd_steps, args.reg_sgld_steps) < 1 or not args.reg_sgld_beta >= 0:
-        raise UserError("--pgd-steps and --reg-sgld-steps must be >= 1, --reg-sgld-beta >= 0")
+    if min(args.pgd_steps, args.reg_sgld_steps) < 1 or not args.reg_sgld_beta >= 0 or not args.pgd_step_scale > 0:
+        raise UserError("--pgd-steps and --reg-sgld-steps must be >= 1, --reg-sgld-beta >= 0, --pgd-step-scale > 0")
     for flag, choices in (("pgd_start", ("step", "ball")), ("mixture", ("exact", "sampled")),
                           ("reg_distance", ("mse", "kl"))):
         if getattr(args, flag) not in choices:

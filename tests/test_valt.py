@@ -348,3 +348,5 @@ def test_valt_rejects_bad_eps(workdir):
     assert proc.returncode == 2 and "must be > 0" in proc.stderr
     proc = run_script("sac_valt_eps.py", "--mixture", "mean", "--total-timesteps", "10", cwd=str(workdir))
     assert proc.returncode == 2 and "--mixture must be exact or sampled" in proc.stderr
+    proc = run_script("sac_valt_eps.py", "--pgd-step-scale", "-1", "--total-timesteps", "10", cwd=str(workdir))
+    assert proc.returncode == 2 and "--pgd-step-scale > 0" in proc.stderr  # a negative step would climb Q
