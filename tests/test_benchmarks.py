@@ -150,3 +150,62 @@ def test_upside_down_replays_the_attack_suites_natural_episodes_and_counts_the_p
     assert {r["upside_down_steps"] > 0 for r in rows} == {True, False}
     with pytest.raises(upside_down.AttackError):
         upside_down.episodes(str(tmp_path / "missing.pt"), 1, 0)
+
+
+VALT_EPS_50K = os.path.join(ROOT, "results", "halfcheetah_50k", "models", "sac_valt_eps__HalfCheetah-v4__s1.pt")
+
+
+def test_search_strength_replays_the_training_searches_of_sac_valt_eps():
+    """The diagnostic's copies of VALT-EPS's two inner searches draw the same starts and take the same steps as the
+    method script's own (same seed, same networks)."""
+    import torch
+
+    import search_strength
+    from conftest import fixture_states
+
+    sys.path.insert(0, ROOT)
+    import sac_valt_eps
+
+    victim, states = fixture_states(16, path=VALT_EPS_50K)
+    settings = search_strength.training_settings(victim)
+    ckpt = victim.ckpt
+    args = sac_valt_eps.resolve_args(sac_valt_eps.Args(env_id=ckpt["env_id"], hidden_sizes=(256, 256), **settings))
+    learner = sac_valt_eps.Learner(args, ckpt["obs_dim"], ckpt["act_dim"], ckpt["action_low"].numpy(),
+                                   ckpt["action_high"].numpy(), torch.device("cpu"))
+    learner.actor.load_state_dict(ckpt["actor"])
+    learner.critic.load_state_dict(ckpt["critic"])
+    torch.manual_seed(3)
+    ours = search_strength.training_pgd(victim, settings, states)
+    torch.manual_seed(3)
+    theirs = learner.pgd_worst_obs(learner.critic, states)
+    assert (ours - states).abs().max() > 0.5 * victim.eps  # the search moved
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    distance = search_strength.policy_distance(victim, settings["reg_distance"])
+    radius = search_strength.reg_radius(settings, victim.eps, ckpt["global_step"])
+    assert radius == victim.eps  # the 50k run's ramp ends at 40k
+    torch.manual_seed(4)
+    ours = distance(states, search_strength.training_sgld(distance, settings, states, radius)).mean()
+    torch.manual_seed(4)
+    theirs = learner.sa_regularizer(states, radius)
+    assert float(ours) > 0 and torch.allclose(ours, theirs, rtol=1e-4)
+
+
+def test_search_strength_sets_each_search_against_its_optimum(capsys):
+    import search_strength
+
+    entry = search_strength.measure(VALT_EPS_50K, n_states=20, draws=2, max_steps=200, seed=0)
+    assert set(entry["searches"]) == {"pe", "reg_at_step"}  # at 50k the regulariser's radius is already eps
+    for r in entry["searches"].values():
+        assert r["optimum"]["gain"] > 0 and r["optimum"]["restarts_doubling"] < 0.01
+        assert 0 < r["training"]["min"] <= r["training"]["max"] <= 1.05
+    pe = entry["searches"]["pe"]
+    assert pe["evaluation_pgd"]["mean"] >= 0.9  # attacks/pgd.py's defaults: >= 95 % on attack_strength's victims
+    assert pe["training"]["max"] < pe["evaluation_pgd"]["min"]  # 2 steps, one start: a weaker search
+    search_strength.print_entry("x.pt", entry)
+    assert "training search (2 steps of 1 r/steps" in capsys.readouterr().out
+
+
+def test_search_strength_refuses_a_checkpoint_of_another_method():
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "search_strength.py"), "--ckpts",
+                           SAC_FIXTURE], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and "not a VALT-EPS checkpoint" in proc.stderr
