@@ -13,10 +13,12 @@ Presets (`--search`):
 
 Every trained attacker is written to <save dir>/<ckpt stem>_<config id>.pt with a .json next to it (settings,
 budget, victim returns on the evaluation episodes); a finished configuration is skipped on a re-run, so a search
-resumes.
+resumes. An attacker in training saves its whole training state every 10k steps as <same name>.partial.pt (replay
+buffer included; not committed), and a re-run continues it exactly where it was.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import os
@@ -160,12 +162,16 @@ def train_one(victim: Victim, config: AttackerConfig, realize: Callable, action_
     if policy is None:
         env = AttackEnv(victim, action_dim, realize, name)
         label = f"{name} {config.id}" if log else None
+        # a stopped training continues from here (every rl.SAVE_EVERY steps); never committed (.gitignore)
+        resume = {"progress_path": path[:-3] + ".partial.pt",
+                  "progress_key": {"identity": identity, "config": dataclasses.asdict(config), "tag": tag}}
         if config.algo == "sac":
-            policy = train_sac(env, config.budget, config.seed, config.hidden, config.learning_starts, log=label)
+            policy = train_sac(env, config.budget, config.seed, config.hidden, config.learning_starts, log=label,
+                               **resume)
         else:
             settings = PPOSettings(lr=config.lr, value_lr=config.value_lr, clip=config.clip, ent_coef=config.ent_coef,
                                    anneal_lr=config.anneal_lr, initial_std=config.initial_std, n_steps=config.n_steps)
-            policy = train_ppo(env, config.budget, config.seed, config.hidden, settings, log=label)
+            policy = train_ppo(env, config.budget, config.seed, config.hidden, settings, log=label, **resume)
         policy.eval()
         save_attacker(path, policy, {"kind": config.kind, "algo": config.algo, "obs_dim": victim.obs_dim,
                                      "act_dim": action_dim, "hidden": list(config.hidden), "eps": victim.eps,
@@ -178,6 +184,8 @@ def train_one(victim: Victim, config: AttackerConfig, realize: Callable, action_
               "returns": stats.returns, "lengths": stats.lengths, "mean": stats.mean, "std": stats.std,
               "train_seconds": round(train_seconds, 1), "eval_seconds": round(stats.seconds, 1)}
     write_json_atomically(record_path, record)
+    with contextlib.suppress(FileNotFoundError):  # kept until the record is written: a cut evaluation retrains < 10k steps
+        os.remove(path[:-3] + ".partial.pt")
     if log:
         print(f"  [{name} {config.id}] victim return {stats.mean:.1f} ± {stats.std:.1f} (saved {path})", flush=True)
     return record

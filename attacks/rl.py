@@ -7,6 +7,7 @@ space (PA-AD: the victim's actor then turns it into a perturbation, see pa_ad.py
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -51,11 +52,73 @@ class AttackEnv(gym.Env):
         self.obs_n = self.victim.normalize(obs)
         return self.obs_n.cpu().numpy(), -float(reward), terminated, truncated, info
 
+    def state(self) -> Optional[dict]:
+        """The simulator's full state mid-episode (MuJoCo tasks; else None: no resumable training)."""
+        unwrapped = self.env.unwrapped
+        if not (hasattr(unwrapped, "model") and hasattr(unwrapped, "data")) or self.obs_n is None:
+            return None
+        import mujoco
+
+        spec = mujoco.mjtState.mjSTATE_INTEGRATION
+        physics = np.empty(mujoco.mj_stateSize(unwrapped.model, spec))
+        mujoco.mj_getState(unwrapped.model, unwrapped.data, physics, spec)
+        return {"physics": torch.from_numpy(physics), "elapsed_steps": self.env.get_wrapper_attr("_elapsed_steps"),
+                "np_random": unwrapped.np_random.bit_generator.state, "obs_n": self.obs_n.cpu()}
+
+    def load_state(self, state: dict) -> np.ndarray:
+        import mujoco
+
+        unwrapped = self.env.unwrapped
+        self.env.reset()  # the wrappers' bookkeeping (order enforcing), then the saved state over it
+        mujoco.mj_setState(unwrapped.model, unwrapped.data, state["physics"].numpy(),
+                           mujoco.mjtState.mjSTATE_INTEGRATION)
+        self.env.set_wrapper_attr("_elapsed_steps", state["elapsed_steps"])
+        unwrapped.np_random.bit_generator.state = state["np_random"]
+        self.obs_n = state["obs_n"].to(self.victim.device)
+        return self.obs_n.cpu().numpy()
+
 
 def check_finite(bad, label: str, step: int) -> None:
     """`bad`: a bool, or a device-side bool tensor (read here, once)."""
     if bool(bad):
         raise AttackError(f"{label}: the attacker's training diverged (non-finite loss at or before step {step})")
+
+
+# --- resumable training: the whole training state every `save_every` steps, so a stopped search continues ----
+SAVE_EVERY = 10_000
+
+
+def save_progress(path: Optional[str], key: dict, env: AttackEnv, loop: Callable[[], dict]) -> None:
+    """Everything an exact continuation needs: `loop()` (the trainer's networks, optimizers and counters), the
+    environment mid-episode and the random generators. Not written for a task without a restorable state."""
+    state = env.state() if path else None
+    if state is not None:
+        cuda = torch.cuda.get_rng_state_all() if env.victim.device.type == "cuda" else []
+        atomic_save({"key": key, "env": state, "torch_rng": torch.get_rng_state(), "cuda_rng": cuda, **loop()}, path)
+
+
+def load_progress(path: Optional[str], key: dict, env: AttackEnv, label: str) -> Optional[dict]:
+    """The saved training state of this very attacker (`key`: its settings, victim and device), or None. A damaged
+    file, or one of another attacker under the same name, costs that attacker's progress (one line), not the search."""
+    if not path or not os.path.isfile(path):
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        matches = saved.get("key") == key
+    except Exception as e:  # saves are atomic: damaged outside this code
+        print(f"  [{label}] {path} is not a readable training state ({type(e).__name__}): training from the start",
+              flush=True)
+        return None
+    if not matches:
+        print(f"  [{label}] {path} holds the training of another attacker, victim or device: training from the start",
+              flush=True)
+        return None
+    torch.set_rng_state(saved["torch_rng"])
+    if saved["cuda_rng"]:
+        torch.cuda.set_rng_state_all(saved["cuda_rng"])
+    saved["obs"] = env.load_state(saved["env"])
+    print(f"  [{label}] continuing its training at step {saved['step']} ({path})", flush=True)
+    return saved
 
 
 # --- SAC adversary ---------------------------------------------------------------------------------------
@@ -87,6 +150,17 @@ class SACLearner:
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr, fused=True)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr, fused=True)
         self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=cfg.lr, fused=True)
+
+    PARTS = ("actor", "critic", "critic_target", "actor_optimizer", "critic_optimizer", "alpha_optimizer")
+
+    def state_dict(self) -> dict:
+        return {**{k: getattr(self, k).state_dict() for k in self.PARTS}, "log_alpha": self.log_alpha.detach().cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k in self.PARTS:
+            getattr(self, k).load_state_dict(state[k])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])  # in place: the optimizer holds this tensor
 
     def update(self, obs, actions, rewards, next_obs, terminated) -> tuple[torch.Tensor, torch.Tensor]:
         """One SAC step; returns the (critic, actor) losses, detached."""
@@ -141,6 +215,18 @@ class ReplayBuffer:
         self.pos = (self.pos + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 
+    FIELDS = ("obs", "next_obs", "actions", "rewards", "terminated")
+
+    def state_dict(self) -> dict:
+        return {**{k: getattr(self, k)[:self.size].cpu() for k in self.FIELDS}, "pos": self.pos, "size": self.size,
+                "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pos, self.size = state["pos"], state["size"]
+        for k in self.FIELDS:
+            getattr(self, k)[:self.size] = state[k].to(self.device)
+        self.generator.set_state(state["generator"])
+
     def sample(self, batch_size: int):
         idx = torch.randint(0, self.size, (batch_size,), device=self.device, generator=self.generator)
         return self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminated[idx]
@@ -148,18 +234,33 @@ class ReplayBuffer:
 
 def train_sac(env: AttackEnv, steps: int, seed: int, hidden: tuple[int, ...] = (256, 256), learning_starts: int = 5000,
               batch_size: int = 256, log: Optional[str] = None,
-              on_update: Optional[Callable[[int, torch.Tensor, torch.Tensor], None]] = None) -> TanhGaussianActor:
-    """`on_update(step, critic_loss, actor_loss)`: called after every update (the golden test records losses)."""
+              on_update: Optional[Callable[[int, torch.Tensor, torch.Tensor], None]] = None,
+              progress_path: Optional[str] = None, progress_key: Optional[dict] = None,
+              save_every: Optional[int] = None) -> TanhGaussianActor:
+    """`on_update(step, critic_loss, actor_loss)`: called after every update (the golden test records losses).
+    `progress_path`: the training state is saved there every `save_every` steps and continued from when present."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     device = env.victim.device
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     learner = SACLearner(obs_dim, act_dim, hidden, device, SACSettings(batch_size=batch_size))
     buffer = ReplayBuffer(max(steps, 1), obs_dim, act_dim, device, seed)
-    obs, _ = env.reset(seed=seed)
-    episode_return, returns, progress = 0.0, [], Progress(steps)
+    episode_return, returns, progress, start = 0.0, [], Progress(steps), 1
     bad = torch.zeros((), dtype=torch.bool, device=device)
-    for step in range(1, steps + 1):
+    save_every = save_every or SAVE_EVERY
+    key = {**(progress_key or {}), "algo": "sac", "steps": steps, "seed": seed, "hidden": list(hidden),
+           "learning_starts": learning_starts, "batch_size": batch_size, "device": str(device)}
+    saved = load_progress(progress_path, key, env, log or "SAC attacker")
+    if saved is None:
+        obs, _ = env.reset(seed=seed)
+    else:
+        learner.load_state_dict(saved["learner"])
+        buffer.load_state_dict(saved["buffer"])
+        rng.bit_generator.state = saved["numpy_rng"]
+        obs, episode_return, returns, start = saved["obs"], saved["episode_return"], saved["returns"], saved["step"] + 1
+        bad = bad | saved["bad"].to(device)
+        progress.last_done = saved["step"]
+    for step in range(start, steps + 1):
         if step <= learning_starts:
             action = rng.uniform(-1, 1, act_dim).astype(np.float32)
         else:
@@ -184,6 +285,10 @@ def train_sac(env: AttackEnv, steps: int, seed: int, hidden: tuple[int, ...] = (
         if log and step % max(steps // 10, 1) == 0:
             recent = f"{np.mean(returns[-10:]):.1f}" if returns else "n/a"
             print(f"  [{log}] step {step}/{steps} | victim return(10) {recent} | {progress(step)}", flush=True)
+        if step % save_every == 0 and step < steps:
+            save_progress(progress_path, key, env, lambda: {
+                "step": step, "learner": learner.state_dict(), "buffer": buffer.state_dict(), "returns": returns,
+                "numpy_rng": rng.bit_generator.state, "episode_return": episode_return, "bad": bad.cpu()})
     return learner.actor
 
 
@@ -217,6 +322,12 @@ class RunningScale:
 
     def __init__(self, gamma: float):
         self.gamma, self.ret, self.count, self.mean, self.m2 = gamma, 0.0, 0, 0.0, 0.0
+
+    def state_dict(self) -> dict:
+        return {"ret": self.ret, "count": self.count, "mean": self.mean, "m2": self.m2}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ret, self.count, self.mean, self.m2 = state["ret"], state["count"], state["mean"], state["m2"]
 
     def __call__(self, reward: float, done: bool) -> float:
         self.ret = self.ret * self.gamma + reward
@@ -267,8 +378,12 @@ class PPOSettings:
 
 def train_ppo(env: AttackEnv, steps: int, seed: int, hidden: tuple[int, ...] = (64, 64),
               settings: PPOSettings = PPOSettings(), log: Optional[str] = None,
-              on_update: Optional[Callable[[int, torch.Tensor, torch.Tensor], None]] = None) -> GaussianPolicy:
-    """`on_update(steps done, policy loss, value loss)`: called after every iteration with its last minibatch's."""
+              on_update: Optional[Callable[[int, torch.Tensor, torch.Tensor], None]] = None,
+              progress_path: Optional[str] = None, progress_key: Optional[dict] = None,
+              save_every: Optional[int] = None) -> GaussianPolicy:
+    """`on_update(steps done, policy loss, value loss)`: called after every iteration with its last minibatch's.
+    `progress_path`: the training state is saved there after the first iteration past each multiple of
+    `save_every` steps, and continued from when present."""
     torch.manual_seed(seed)
     device, cfg = env.victim.device, settings
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
@@ -277,8 +392,20 @@ def train_ppo(env: AttackEnv, steps: int, seed: int, hidden: tuple[int, ...] = (
     value_opt = torch.optim.Adam(policy.v.parameters(), lr=cfg.value_lr, eps=1e-5)
     iterations = max(1, math.ceil(steps / cfg.n_steps))
     scale = RunningScale(cfg.gamma)
-    obs, _ = env.reset(seed=seed)
     episode_return, returns, progress, done_steps, iteration = 0.0, [], Progress(steps), 0, 0
+    save_every = save_every or SAVE_EVERY
+    key = {**(progress_key or {}), "algo": "ppo", "steps": steps, "seed": seed, "hidden": list(hidden),
+           "settings": dataclasses.asdict(cfg), "device": str(device)}
+    saved = load_progress(progress_path, key, env, log or "PPO attacker")
+    if saved is None:
+        obs, _ = env.reset(seed=seed)
+    else:
+        for part, name in ((policy, "policy"), (policy_opt, "policy_opt"), (value_opt, "value_opt"),
+                           (scale, "scale")):
+            part.load_state_dict(saved[name])
+        obs, episode_return, returns = saved["obs"], saved["episode_return"], saved["returns"]
+        done_steps, iteration = saved["step"], saved["iteration"]
+        progress.last_done = done_steps
     while done_steps < steps:
         if cfg.anneal_lr:  # linearly to 0 over the iterations, as the reference's anneal_lr
             frac = 1.0 - iteration / iterations
@@ -343,6 +470,11 @@ def train_ppo(env: AttackEnv, steps: int, seed: int, hidden: tuple[int, ...] = (
             recent = f"{np.mean(returns[-10:]):.1f}" if returns else "n/a"
             print(f"  [{log}] step {done_steps}/{steps} | victim return(10) {recent} | {progress(done_steps)}",
                   flush=True)
+        if done_steps // save_every > (done_steps - rollout_len) // save_every and done_steps < steps:
+            save_progress(progress_path, key, env, lambda: {
+                "step": done_steps, "iteration": iteration, "policy": policy.state_dict(), "returns": returns,
+                "policy_opt": policy_opt.state_dict(), "value_opt": value_opt.state_dict(),
+                "scale": scale.state_dict(), "episode_return": episode_return})
     return policy
 
 

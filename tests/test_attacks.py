@@ -337,6 +337,70 @@ def test_learned_attackers_train_save_and_reload(victim, tmp_path, module, algo)
         other.evaluate(victim, learned_args(algo=algo, load=result["attacker_path"]))
 
 
+class Stopped(Exception):
+    pass
+
+
+@pytest.mark.parametrize("algo", ["sac", "ppo"])
+def test_a_stopped_attacker_training_continues_exactly_where_it_was(sac_ckpt, tmp_path, capsys, algo):
+    """Stopped after its training state was saved mid-episode (HalfCheetah's episodes last 1000 steps; SAC saves
+    at 700, before its first update at 751; PPO, annealing its lr, after its 128-step rollout ending at 512),
+    continued from the file: the networks equal an uncut run's bit for bit, across the episode end and the reset
+    that follows it. A damaged file, or another attacker's under the same name, costs that attacker's progress."""
+    victim = common.load_victim(sac_ckpt)
+    path = str(tmp_path / "attacker.partial.pt")
+    realize = sa_rl.realizer(victim)
+
+    def train(progress_path=None, stop_after=None, key=None, env_steps=None):
+        def counted(obs_n, action):
+            if env_steps is not None:
+                env_steps.append(1)
+            return realize(obs_n, action)
+
+        def on_update(step, *_):
+            if stop_after is not None and step > stop_after:
+                raise Stopped
+
+        env = rl.AttackEnv(victim, victim.obs_dim, counted, "sa_rl")
+        common_args = dict(on_update=on_update, progress_path=progress_path, progress_key=key or {"victim": "a"})
+        if algo == "sac":
+            return rl.train_sac(env, 1200, 3, (16, 16), learning_starts=750, batch_size=32, save_every=700,
+                                **common_args)
+        return rl.train_ppo(env, 1200, 3, (16, 16), rl.PPOSettings(n_steps=128, epochs=2, minibatches=4,
+                                                                    anneal_lr=True), save_every=500, **common_args)
+
+    uncut = train()
+    with pytest.raises(Stopped):
+        train(path, stop_after=800 if algo == "sac" else 600)
+    saved = torch.load(path, weights_only=True)
+    assert saved["step"] == (700 if algo == "sac" else 512) and 0 < saved["env"]["elapsed_steps"] < 1000
+    shutil.copy(path, str(tmp_path / "other.partial.pt"))
+    capsys.readouterr()
+    env_steps: list = []
+    continued = train(path, env_steps=env_steps)
+    assert len(env_steps) == 1200 - saved["step"] and "continuing its training at step" in capsys.readouterr().out
+    assert uncut.state_dict().keys() == continued.state_dict().keys()
+    for name, tensor in uncut.state_dict().items():
+        assert torch.equal(tensor, continued.state_dict()[name]), name
+    with open(tmp_path / "damaged.partial.pt", "wb") as f:
+        f.write(b"not a torch file")
+    for other, line in (("other", "holds the training of another attacker"), ("damaged", "not a readable training")):
+        env_steps.clear()
+        with pytest.raises(Stopped):  # its first update: far enough to see where it began
+            train(str(tmp_path / f"{other}.partial.pt"), stop_after=0, key={"victim": "b"}, env_steps=env_steps)
+        assert len(env_steps) == (751 if algo == "sac" else 128) and line in capsys.readouterr().out
+
+
+def test_a_search_saves_its_attackers_training_and_removes_the_state_when_done(victim, tmp_path, monkeypatch):
+    monkeypatch.setattr(rl, "SAVE_EVERY", 100)
+    saved_steps, save = [], rl.save_progress
+    monkeypatch.setattr(rl, "save_progress", lambda path, key, env, loop: (saved_steps.append(loop()["step"]),
+                                                                            save(path, key, env, loop)))
+    result = sa_rl.evaluate(victim, learned_args(algo="sac", save_dir=str(tmp_path)))
+    assert saved_steps == [100, 200]  # budget 300: every 100 steps but the last
+    assert os.path.isfile(result["attacker_path"]) and not glob.glob(str(tmp_path / "*.partial.pt"))
+
+
 def test_a_damaged_trained_attacker_is_retrained_not_a_stop(victim, capsys, tmp_path):
     """An attacker file damaged outside this code (saves are atomic) costs that attacker, not the search."""
     config = learned.AttackerConfig("sa_rl", "ppo", budget=300, seed=1000, hidden=(16, 16), n_steps=150)

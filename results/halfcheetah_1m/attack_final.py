@@ -45,10 +45,11 @@ def up_to_date(row: dict, group: list, episodes: int, budget: int) -> bool:
 
 
 def pieces(stem: str) -> list[str]:
-    """The row's files and its attackers and Sarsa critics (never a half-written *.tmp.<pid>)."""
+    """The row's files and its attackers and Sarsa critics (never a half-written *.tmp.<pid>, nor an attacker's
+    training state in progress, *.partial.pt)."""
     attackers, name = os.path.join(os.path.dirname(stem), "attackers"), os.path.basename(stem)
     found = [os.path.join(attackers, f) for f in sorted(os.listdir(attackers))
-             if f.startswith(name + "_") and ".tmp." not in f] if os.path.isdir(attackers) else []
+             if f.startswith(name + "_") and ".tmp." not in f and not f.endswith(".partial.pt")] if os.path.isdir(attackers) else []
     return [f"{stem}_attacks.{ext}" for ext in ("json", "md", "log")] + found
 
 
