@@ -42,6 +42,7 @@ from attack_convergence import convergence, more_restarts, more_steps, sweep, vi
 from attacks import pgd  # noqa: E402
 from attacks.common import AttackError, load_victim, project  # noqa: E402
 
+MAX_STEPS = (20, 60, 200, 400, 600, 800)  # those whose half attack_convergence's grid reads (10, 30, 100-400)
 SEARCH_FLAGS = ("pgd_steps", "pgd_step_scale", "pgd_start", "reg_sgld_steps", "reg_sgld_beta", "reg_distance",
                 "reg_eps_start_step", "reg_eps_end_step")
 
@@ -178,8 +179,10 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON, one entry per checkpoint (kept across runs, updated per entry)")
     a = p.parse_args()
-    if min(a.states, a.draws, a.max_steps) < 1:
-        p.error("--states, --draws and --max-steps must be >= 1")
+    if min(a.states, a.draws) < 1:
+        p.error("--states and --draws must be >= 1")
+    if a.max_steps not in MAX_STEPS:  # the step doubling compares a run's end with its half, a point the grid reads
+        p.error(f"--max-steps must be one of {', '.join(map(str, MAX_STEPS))}")
     torch.set_num_threads(1)
     report = {}
     if a.out and os.path.isfile(a.out):

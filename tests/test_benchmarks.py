@@ -209,3 +209,9 @@ def test_search_strength_refuses_a_checkpoint_of_another_method():
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "search_strength.py"), "--ckpts",
                            SAC_FIXTURE], capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr and "not a VALT-EPS checkpoint" in proc.stderr
+
+
+def test_search_strength_refuses_a_grid_length_it_cannot_read_in_one_line():
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "search_strength.py"), "--ckpts",
+                           VALT_EPS_50K, "--max-steps", "50"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and "--max-steps must be one of" in proc.stderr
