@@ -27,8 +27,22 @@ def test_trained_critic_tracks_the_returns_and_ppo_is_refused():
     assert row["clean"]["pearson"] > 0.3  # a trained critic ranks states like their soft return
     assert row["pgd"]["mean_G"] < row["clean"]["mean_G"]  # PGD (minQ) hurts the fixture
     assert row["critic_attack_drop"] > 0  # and lowers the critic's own Q at the clean states
+    assert row["critic_attack_drop_attacked_states"] > 0
+    assert row["pgd"]["reward_per_step"] < row["clean"]["reward_per_step"]
     with pytest.raises(critic_check.AttackError, match="SAC critic"):
         critic_check.check(PPO_FIXTURE, episodes=1, horizon=10, seed=0)
+
+
+def test_critic_check_uses_the_pgd_it_is_given():
+    """VALT-EPS's 2-step search finds less Q drop than the suite's PGD at the same clean states (the clean episode
+    is seeded alike in both runs), and a PGD the attack refuses is the attack's one-line error."""
+    training_search = {"steps": 2, "step_scale": 1.0, "restarts": 1, "start": "step"}
+    weak = critic_check.check(SAC_FIXTURE, episodes=1, horizon=200, seed=3, pgd_settings=training_search)
+    strong = critic_check.check(SAC_FIXTURE, episodes=1, horizon=200, seed=3)
+    assert weak["clean"] == strong["clean"]
+    assert 0 < weak["critic_attack_drop"] < 0.9 * strong["critic_attack_drop"]
+    with pytest.raises(critic_check.AttackError, match="steps >= 1"):
+        critic_check.check(SAC_FIXTURE, episodes=1, horizon=10, seed=0, pgd_settings={"steps": 0})
 
 
 def test_pa_ad_director_check_runs_its_controls_and_negates_the_director(tmp_path):
