@@ -90,7 +90,7 @@ def check(path: str, episodes: int, horizon: int, seed: int, pgd_settings: Optio
                      "pearson": float(np.corrcoef(q, g)[0, 1]), "std_G": float(g.std()), "std_Q": float(q.std()),
                      "reward_per_step": float(np.mean(per_step))}
 
-    def drop(states: torch.Tensor) -> torch.Tensor:
+    def drop(states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # (Q drop, clean Q) per state
         obs_tilde = pgd_minimize(pgd.objective, states, victim.eps, pgd.steps, pgd.step_size, pgd.restarts, pgd.start)
         with torch.no_grad():
             q_clean = victim.critic(states, victim.actor.deterministic(states)).min(0).values
