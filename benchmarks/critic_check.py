@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from typing import Optional
@@ -121,12 +122,14 @@ def main() -> None:
     a = p.parse_args()
     if a.episodes < 1 or not 2 <= a.horizon:
         sys.exit("critic_check: --episodes must be >= 1 and --horizon >= 2")
+    if not math.isfinite(a.pgd_step_scale):
+        sys.exit("critic_check: --pgd-step-scale must be a finite number")
     pgd_settings = {"steps": a.pgd_steps, "step_scale": a.pgd_step_scale, "restarts": a.pgd_restarts,
                     "start": a.pgd_start}
     torch.set_num_threads(a.threads)
     rows = []
     head = (f"{'checkpoint':48s} {'alpha':>6s} | {'clean G':>8s} {'Q-G':>8s} {'r':>5s} | {'PGD G':>8s} {'Q-G':>8s} "
-            f"{'r':>5s} | {'Q drop (PGD)':>12s} {'on attacked':>11s} | {'lost/step':>9s}")
+            f"{'r':>5s} | {'Q drop (PGD), clean path':>24s} {'attacked path':>13s} | {'lost/step':>9s}")
     print(head, flush=True)
     for path in a.ckpts:
         try:
@@ -137,8 +140,8 @@ def main() -> None:
         c, g = row["clean"], row["pgd"]
         print(f"{os.path.basename(path)[:48]:48s} {row['alpha']:6.3f} | {c['mean_G']:8.1f} {c['bias']:8.1f} "
               f"{c['pearson']:5.2f} | {g['mean_G']:8.1f} {g['bias']:8.1f} {g['pearson']:5.2f} | "
-              f"{row['critic_attack_drop']:7.2f} ({100 * row['critic_attack_drop_rel']:3.0f}%) "
-              f"{row['critic_attack_drop_attacked_states']:11.2f} | "
+              f"{row['critic_attack_drop']:17.2f} ({100 * row['critic_attack_drop_rel']:3.0f}%) "
+              f"{row['critic_attack_drop_attacked_states']:13.2f} | "
               f"{c['reward_per_step'] - g['reward_per_step']:9.2f}", flush=True)
     if a.out:
         settings = {"episodes": a.episodes, "horizon": a.horizon, "seed": a.seed,
