@@ -104,6 +104,9 @@ class Args:
     pi_adversary: bool = True  # policy improvement under the adversary; off: SAC's actor loss, "w/o PI" (App. E.2)
     adv_ratio: Optional[float] = None  # fraction of data collected on uniformly perturbed observations; per task
     adv_ratio_per_step: bool = False  # draw perturbed/clean per environment step instead of per episode
+    behaviour_adversary: str = "uniform"
+    """what perturbs the behaviour data: "uniform" = SPEC §5's proxy; "mixture" = nu_eps itself (the PGD-worst
+    observation with probability k_w, else uniform; one PGD per environment step)"""
     reg_coef: Optional[float] = None  # coefficient of the SA regulariser ("+reg."); per task; 0 turns it off
     reg_sgld_steps: int = 2
     reg_sgld_beta: float = 1e-5  # SGLD inverse temperature of the regulariser's search (SA-PPO: 1e-5)
@@ -126,7 +129,7 @@ def resolve_args(args: Args) -> Args:
     if min(args.pgd_steps, args.reg_sgld_steps) < 1 or not args.reg_sgld_beta >= 0 or not args.pgd_step_scale > 0:
         raise UserError("--pgd-steps and --reg-sgld-steps must be >= 1, --reg-sgld-beta >= 0, --pgd-step-scale > 0")
     for flag, choices in (("pgd_start", ("step", "ball")), ("mixture", ("exact", "sampled")),
-                          ("reg_distance", ("mse", "kl"))):
+                          ("reg_distance", ("mse", "kl")), ("behaviour_adversary", ("uniform", "mixture"))):
         if getattr(args, flag) not in choices:
             raise UserError(f"--{flag.replace('_', '-')} must be {' or '.join(choices)}, got {getattr(args, flag)!r}")
     if not 0.0 <= args.adv_ratio <= 1.0 or not 0.0 <= args.worst_rate <= 1.0:
@@ -566,13 +569,18 @@ def optimize(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
 
 def behaviour_action(learner: Learner, obs_n: torch.Tensor, episode_state: dict, rng: np.random.Generator,
                      global_step: int) -> np.ndarray:
-    """A fraction adv_ratio of the data is collected on uniformly perturbed observations (a cheap proxy of the
-    eps-worst adversary: PGD per environment step is too costly, SPEC §5); the buffer keeps true states."""
+    """A fraction adv_ratio of the data is collected on perturbed observations: uniform noise by default (a cheap
+    proxy of the eps-worst adversary: PGD per environment step is too costly, SPEC §5), or with
+    --behaviour-adversary mixture nu_eps itself, for the states an attacked agent reaches; the buffer keeps true
+    states."""
     args = learner.args
     if args.adv_ratio_per_step or "perturbed" not in episode_state:
         episode_state["perturbed"] = bool(rng.random() < args.adv_ratio)
     if episode_state["perturbed"]:
-        obs_n = learner.uniform_obs(obs_n)
+        if args.behaviour_adversary == "mixture" and rng.random() < learner.worst_rate(global_step):
+            obs_n = learner.pgd_worst_obs(learner.critic, obs_n.unsqueeze(0))[0]
+        else:
+            obs_n = learner.uniform_obs(obs_n)
     with torch.no_grad():
         return learner.actor.sample(obs_n.unsqueeze(0))[0][0].cpu().numpy()
 

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Annotated, Callable, Literal, Optional, Protocol, TypeVar, get_args
+from typing import Annotated, Any, Callable, Literal, Optional, Protocol, TypeVar, get_args
 
 import numpy as np
 import torch
@@ -189,13 +189,14 @@ class Progress:
 
 
 def rollout(victim: Victim, attacker: Optional[Attacker], episodes: int, seed: int, stochastic: bool = False,
-            progress: Optional[str] = None) -> EpisodeStats:
+            progress: Optional[str] = None, on_step: Optional[Callable[[int, Any], None]] = None) -> EpisodeStats:
     """Episodes with the same environment seeds (seed + i) for every attacker, so rows are comparable.
     Every perturbed step is checked against the eps-ball. Progress lines: always with `progress` (their label),
     otherwise once the evaluation has run PROGRESS_AFTER_S seconds. Natural episodes and attackers marked
-    `batched` (stateless, per-state: uniform, MAD, PGD, Robust Sarsa's) run all episodes side by side."""
+    `batched` (stateless, per-state: uniform, MAD, PGD, Robust Sarsa's) run all episodes side by side.
+    `on_step(i, env)` is called after every step of episode i (diagnostics that read the simulator's state)."""
     if attacker is None or getattr(attacker, "batched", False):
-        return rollout_side_by_side(victim, attacker, episodes, seed, stochastic, progress)
+        return rollout_side_by_side(victim, attacker, episodes, seed, stochastic, progress, on_step)
     env = victim.make_env()
     torch.manual_seed(seed)
     returns, lengths, start = [], [], time.time()
@@ -212,6 +213,8 @@ def rollout(victim: Victim, attacker: Optional[Attacker], episodes: int, seed: i
                 obs_n = obs_tilde
             action = victim.act(obs_n.unsqueeze(0), stochastic)[0].cpu().numpy()
             obs, reward, terminated, truncated, _ = env.step(action)
+            if on_step is not None:
+                on_step(episode, env)
             total += float(reward)
             length += 1
             done = terminated or truncated
@@ -228,7 +231,8 @@ def rollout(victim: Victim, attacker: Optional[Attacker], episodes: int, seed: i
 
 
 def rollout_side_by_side(victim: Victim, attacker: Optional[Attacker], episodes: int, seed: int,
-                         stochastic: bool = False, progress: Optional[str] = None) -> EpisodeStats:
+                         stochastic: bool = False, progress: Optional[str] = None,
+                         on_step: Optional[Callable[[int, Any], None]] = None) -> EpisodeStats:
     """The episodes of `rollout`, one environment each (created in episode order, seeds seed + i), stepped together:
     the victim acts and the attacker perturbs on the batch of the running episodes' states, one call per step.
     A state's perturbation is the same search as alone (per-state objectives, restarts per state); the random
@@ -252,6 +256,8 @@ def rollout_side_by_side(victim: Victim, attacker: Optional[Attacker], episodes:
         still = []
         for i, action in zip(running, actions):
             obs[i], reward, terminated, truncated, _ = envs[i].step(action)
+            if on_step is not None:
+                on_step(i, envs[i])
             returns[i] += float(reward)
             lengths[i] += 1
             if not (terminated or truncated):

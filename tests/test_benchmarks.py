@@ -144,26 +144,24 @@ def test_mad_direction_on_a_missing_checkpoint_is_one_line(tmp_path):
     assert proc.returncode != 0 and "Traceback" not in proc.stderr and "none.pt" in proc.stderr
 
 
-def test_upside_down_replays_the_attack_suites_natural_episodes_and_counts_the_pitch(tmp_path):
+def test_upside_down_replays_the_attack_suites_episodes_and_counts_the_pitch(tmp_path):
     import upside_down
+    from attacks import pgd
     from attacks.common import load_victim, rollout
 
-    class Unperturbed:  # a non-batched attacker that changes nothing: the suite's one-episode-at-a-time loop
-        name, batched = "unperturbed", False
-
-        def reset(self):
-            pass
-
-        def __call__(self, obs_n):
-            return obs_n
-
     rows = upside_down.episodes(SAC_FIXTURE, 4, seed=5)
-    suite = rollout(load_victim(SAC_FIXTURE), Unperturbed(), 4, seed=5)
+    suite = rollout(load_victim(SAC_FIXTURE), upside_down.Unperturbed(), 4, seed=5)
     assert [r["return"] for r in rows] == pytest.approx(suite.returns, abs=1e-6)
     for r in rows:
         assert 0 <= r["upside_down_steps"] <= 1000 and (r["first"] is None) == (r["upside_down_steps"] == 0)
     # the fixture runs upright in some of these episodes and goes over its back in others (seeds 7, 8 here)
     assert {r["upside_down_steps"] > 0 for r in rows} == {True, False}
+    # under PGD: the suite's PGD row, episode for episode (side by side, the same random draws)
+    victim = load_victim(SAC_FIXTURE)
+    attacked = upside_down.episodes(SAC_FIXTURE, 1, seed=5, attack="pgd")
+    row = rollout(victim, pgd.attacker(victim, pgd.Args()), 1, seed=5)
+    assert [r["return"] for r in attacked] == pytest.approx(row.returns, abs=1e-6)
+    assert row.returns[0] < rows[0]["return"] - 500  # the attack ran
     with pytest.raises(upside_down.AttackError):
         upside_down.episodes(str(tmp_path / "missing.pt"), 1, 0)
 

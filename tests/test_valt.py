@@ -117,6 +117,30 @@ def test_sampled_mixture_is_an_unbiased_draw_of_the_exact_mixture():
         assert (learner.adversary_obs(learner.critic, obs[:100], k)[0] == marker(None, obs[:100])).all(1).sum() == 100 * k
 
 
+def test_behaviour_adversary_mixture_acts_on_the_pgd_worst_observation_with_probability_k_w():
+    learner = eps_learner(worst_rate_remain_steps=1000, adv_ratio=1.0)
+    marker = lambda critic, obs: obs + learner.eps  # stands in for PGD: a point no uniform draw hits
+    learner.pgd_worst_obs = marker
+    seen = []
+    learner.actor.sample = lambda obs: (seen.append(obs[0]) or (obs[:, :2], None))
+    obs = torch.randn(5)
+
+    def marked_share(step: int, draws: int = 4000) -> float:
+        rng = np.random.default_rng(0)
+        seen.clear()
+        for _ in range(draws):
+            sac_valt_eps.behaviour_action(learner, obs, {}, rng, step)
+        return float(np.mean([bool(torch.equal(o, marker(None, obs))) for o in seen]))
+
+    assert marked_share(500) == 0.0  # the default: SPEC §5's uniform proxy only
+    learner.args.behaviour_adversary = "mixture"
+    assert marked_share(0) == 0.0 and marked_share(5000) == 1.0  # k_w 0 and 1
+    assert marked_share(300) == pytest.approx(0.3, abs=0.03)
+    assert all((o - obs).abs().max() <= learner.eps + 1e-6 for o in seen)
+    learner.args.adv_ratio = 0.0  # clean episodes stay clean
+    assert marked_share(5000, 200) == 0.0 and all(torch.equal(o, obs) for o in seen)
+
+
 # --- Appendix E.2 ablations (both methods) ----------------------------------------------------------
 def soft_learner(**overrides):
     args = sac_valt_soft.Args(hidden_sizes=(16, 16), attack_eps=0.2, kappa=3.0, adv_ratio=0.5, adv_reset_every=0,
