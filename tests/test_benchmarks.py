@@ -166,6 +166,24 @@ def test_upside_down_replays_the_attack_suites_episodes_and_counts_the_pitch(tmp
         upside_down.episodes(str(tmp_path / "missing.pt"), 1, 0)
 
 
+def test_action_change_measures_pgd_on_the_natural_and_the_pgd_rows_episodes(tmp_path):
+    import action_change
+    from attacks import pgd
+    from attacks.common import load_victim, rollout
+
+    settings = pgd.Args(pgd_restarts=2)
+    row = action_change.measure(SAC_FIXTURE, 1, seed=5, settings=settings)
+    victim = load_victim(SAC_FIXTURE)
+    assert row["clean_path"]["returns"] == pytest.approx(rollout(victim, None, 1, seed=5).returns, abs=1e-6)
+    attacked = rollout(victim, pgd.attacker(victim, settings), 1, seed=5).returns
+    assert row["attacked_path"]["returns"] == pytest.approx(attacked, abs=1e-6)
+    assert attacked[0] < row["clean_path"]["returns"][0] - 500  # the attack ran
+    for path in ("clean_path", "attacked_path"):
+        change = row[path]["squared_action_change"]
+        assert change["steps"] == 1000 and 0 < change["median"] <= change["p90"]
+        assert change["p90"] <= 4 * victim.act_dim  # tanh actions in [-1, 1]: at most 4 per dimension
+
+
 VALT_EPS_50K = os.path.join(ROOT, "results", "halfcheetah_50k", "models", "sac_valt_eps__HalfCheetah-v4__s1.pt")
 
 
