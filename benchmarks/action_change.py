@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 
 import torch
@@ -75,7 +76,18 @@ def main() -> None:
     p.add_argument("--pgd-restarts", type=int, default=pgd.RESTARTS, help="the suite's PGD otherwise at its defaults")
     p.add_argument("--out", help="JSON to write (rows of other checkpoints already there are kept)")
     a = p.parse_args()
+    if a.episodes < 1:
+        sys.exit(f"error: --episodes must be >= 1, got {a.episodes}")
+    old = {"rows": []}
+    if a.out and os.path.isfile(a.out):
+        try:
+            old = json.load(open(a.out))
+        except ValueError as e:
+            sys.exit(f"error: {a.out} is not readable JSON ({e}); write another file")
     settings = pgd.Args(pgd_restarts=a.pgd_restarts)
+    settings_record = {"episodes": a.episodes, "seed": a.seed, "pgd": vars(settings)}
+    if old.get("settings", settings_record) != settings_record:  # checked before the runs, not after
+        sys.exit(f"error: {a.out} holds rows of other settings ({old['settings']}); write another file")
     try:
         rows = [measure(c, a.episodes, a.seed, settings) for c in a.ckpts]
     except AttackError as e:
@@ -84,15 +96,10 @@ def main() -> None:
           "returns clean → attacked |\n|---|---|---|---|---|")
     for r in rows:
         c, t = (r[k]["squared_action_change"] for k in ("clean_path", "attacked_path"))
-        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
         print(f"| {os.path.basename(r['ckpt'])} | {c['mean']:.4f} / {c['median']:.4f} / {c['p90']:.4f} | "
               f"{t['mean']:.4f} / {t['median']:.4f} / {t['p90']:.4f} | {r['ratio_of_means']:.1f} | "
-              f"{mean(r['clean_path']['returns']):.0f} → {mean(r['attacked_path']['returns']):.0f} |")
+              f"{statistics.fmean(r['clean_path']['returns']):.0f} → {statistics.fmean(r['attacked_path']['returns']):.0f} |")
     if a.out:
-        old = json.load(open(a.out)) if os.path.isfile(a.out) else {"rows": []}
-        settings_record = {"episodes": a.episodes, "seed": a.seed, "pgd": vars(settings)}
-        if old.get("settings", settings_record) != settings_record:
-            sys.exit(f"error: {a.out} holds rows of other settings ({old['settings']}); write another file")
         kept = [r for r in old["rows"] if r["ckpt"] not in {n["ckpt"] for n in rows}]
         write_json_atomically(a.out, {"settings": settings_record, "rows": kept + rows})
 
