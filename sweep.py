@@ -26,8 +26,8 @@ done-marker, log, tensorboard events and slim model; each attack JSON), never re
 fresh clone skips everything finished. A running PPO-family trial's resume checkpoint (small) is committed every
 --commit-progress-min minutes and at a stop; a running SAC-family trial's checkpoint without its buffer is committed
 as trials/<trial>/resume.pt at a stop, and a clone resumes from it with an empty buffer (recorded in attempts.jsonl).
-`--state-dir` keeps SAC-family full checkpoints and buffers outside the work tree; `--slim-every` keeps slim models
-over training in models/checkpoints/.
+`--state-dir` keeps SAC-family full checkpoints and buffers outside the work tree; `--slim-every` (and `--slim-at`)
+keep slim models over training in models/checkpoints/.
 """
 from __future__ import annotations
 
@@ -509,10 +509,11 @@ def commit_progress(out: str, names, committed: dict, repo: str = ROOT, sac_fami
     return now
 
 
-def snapshot_models(out: str, names, every: int, state_dir: Optional[str] = None) -> list[str]:
+def snapshot_models(out: str, names, every: int, state_dir: Optional[str] = None, at: frozenset = frozenset()) -> list[str]:
     """models/checkpoints/<name>_step<N>.pt: a slim copy of each kept checkpoint (the trials run with
-    --keep-checkpoints) whose step N is a multiple of `every` (the robustness-over-training curve). Every kept
-    checkpoint is deleted once seen, with its buffer copy: the trial never reads them. Returns the files written."""
+    --keep-checkpoints) whose step N is a multiple of `every` (the robustness-over-training curve; 0: none) or in
+    `at` (readings between them). Every kept checkpoint is deleted once seen, with its buffer copy: the trial never
+    reads them. Returns the files written."""
     import glob
     import re
 
@@ -527,7 +528,7 @@ def snapshot_models(out: str, names, every: int, state_dir: Optional[str] = None
                 continue
             step = int(match.group(1))
             dst = os.path.join(out, "models", "checkpoints", f"{name}_step{step}.pt")
-            if step % every == 0 and not os.path.isfile(dst):
+            if ((every and step % every == 0) or step in at) and not os.path.isfile(dst):
                 slim_checkpoint(kept, dst)
                 written.append(dst)
             for path in (kept, kept[:-3] + "_buffer.pt"):  # the buffer copy is written before its checkpoint
@@ -648,7 +649,16 @@ def main(argv=None) -> None:
     p.add_argument("--slim-every", type=int, default=0,
                    help="also keep a slim model every N agent steps in models/checkpoints/ (committed with --git-commit; "
                         "a multiple of the trials' checkpoint interval; 0: only the final one)")
+    p.add_argument("--slim-at", default="",
+                   help="comma-separated agent steps that also get a slim model (e.g. 650000,700000: readings between "
+                        "the --slim-every ones; each a multiple of the trials' checkpoint interval)")
     a = p.parse_args(argv)
+    try:
+        slim_at = frozenset(int(s) for s in a.slim_at.split(",") if s.strip())
+    except ValueError:
+        p.error(f"--slim-at {a.slim_at!r}: expected comma-separated step counts, e.g. 650000,700000")
+    if any(s <= 0 for s in slim_at):
+        p.error(f"--slim-at {a.slim_at!r}: steps must be positive")
     if not 0 < a.budget_scale <= 10 or a.seeds < 1 or a.commit_progress_min < 0 or a.slim_every < 0:
         p.error("--budget-scale must be in (0, 10], --seeds >= 1, --commit-progress-min >= 0 and --slim-every >= 0")
     unknown = [m for m in a.methods if not os.path.isfile(os.path.join(ROOT, f"{m}.py"))]
@@ -678,8 +688,8 @@ def main(argv=None) -> None:
                 "write into the driver's --out")
     store = None
     if a.storage:
-        if a.state_dir or a.slim_every:
-            p.error("--state-dir and --slim-every keep files on the training node: not with --storage")
+        if a.state_dir or a.slim_every or slim_at:
+            p.error("--state-dir, --slim-every and --slim-at keep files on the training node: not with --storage")
         study_uri = f"{a.storage.rstrip('/')}/{os.path.basename(out)}"
         problem = storage_problem(study_uri)
         if problem:
@@ -744,8 +754,8 @@ def main(argv=None) -> None:
     seed_jobs: dict = {}
 
     def snapshots(names) -> None:
-        if a.slim_every:
-            written = snapshot_models(out, names, a.slim_every, state_dir)
+        if a.slim_every or slim_at:
+            written = snapshot_models(out, names, a.slim_every, state_dir, slim_at)
             if written and a.git_commit:
                 commit(written, f"study {os.path.basename(out)}: slim models {', '.join(map(os.path.basename, written))}")
 
@@ -782,9 +792,10 @@ def main(argv=None) -> None:
                     continue
                 over = trial_overrides(method, env_id, seed, a.budget_scale, out, a.save_every_frac, extra,
                                        max(1, int(a.num_cpus)), state_dir)
-                over["keep_checkpoints"] = bool(a.slim_every)  # each kept copy is slimmed or deleted by the driver
-                if a.slim_every and a.slim_every % over["save_every"]:
-                    p.error(f"--slim-every {a.slim_every} is not a multiple of {name}'s checkpoint interval "
+                over["keep_checkpoints"] = bool(a.slim_every or slim_at)  # the driver slims or deletes each copy
+                off_grid = [s for s in sorted(slim_at) + [a.slim_every] if s and s % over["save_every"]]
+                if off_grid:
+                    p.error(f"--slim-every/--slim-at {off_grid[0]} is not a multiple of {name}'s checkpoint interval "
                             f"{over['save_every']} (--save-every-frac)")
                 pending[train_task(method, over, trial_dir)] = name
     total = len(pending) + len(done)
