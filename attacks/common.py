@@ -361,6 +361,27 @@ def write_json_atomically(path: str, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def kept_rows(path: Optional[str], settings: dict) -> list:
+    """The rows a benchmark's --out JSON already holds, to keep beside new ones: [] when there is none; one clear
+    AttackError (before any run) when it is unreadable or was measured with other settings."""
+    if not path or not os.path.isfile(path):
+        return []
+    try:
+        with open(path) as f:
+            old = json.load(f)
+    except (OSError, ValueError) as e:
+        raise AttackError(f"{path} is not readable JSON ({e}); write another file")
+    if old.get("settings") != settings:
+        raise AttackError(f"{path} holds rows of other settings ({old.get('settings')}); write another file")
+    return old.get("rows", [])
+
+
+def write_rows(path: str, settings: dict, kept: list, rows: list) -> None:
+    """`rows` replace the kept rows of the same checkpoints; the others stay."""
+    new = {r["ckpt"] for r in rows}
+    write_json_atomically(path, {"settings": settings, "rows": [r for r in kept if r["ckpt"] not in new] + rows})
+
+
 def writable_dir(path: str) -> str:
     """Creates `path` if needed and checks it takes files, before any attacker is trained into it."""
     try:

@@ -15,7 +15,6 @@ larger change on the attacked path.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -25,7 +24,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from attacks import pgd  # noqa: E402
-from attacks.common import AttackError, load_victim, rollout, write_json_atomically  # noqa: E402
+from attacks.common import AttackError, kept_rows, load_victim, rollout, write_rows  # noqa: E402
 
 
 class MeasuredPGD:
@@ -78,17 +77,10 @@ def main() -> None:
     a = p.parse_args()
     if a.episodes < 1:
         sys.exit(f"error: --episodes must be >= 1, got {a.episodes}")
-    old = {"rows": []}
-    if a.out and os.path.isfile(a.out):
-        try:
-            old = json.load(open(a.out))
-        except ValueError as e:
-            sys.exit(f"error: {a.out} is not readable JSON ({e}); write another file")
     settings = pgd.Args(pgd_restarts=a.pgd_restarts)
     settings_record = {"episodes": a.episodes, "seed": a.seed, "pgd": vars(settings)}
-    if old.get("settings", settings_record) != settings_record:  # checked before the runs, not after
-        sys.exit(f"error: {a.out} holds rows of other settings ({old['settings']}); write another file")
     try:
+        kept = kept_rows(a.out, settings_record)  # checked before the runs, not after
         rows = [measure(c, a.episodes, a.seed, settings) for c in a.ckpts]
     except AttackError as e:
         sys.exit(f"error: {e}")
@@ -100,8 +92,7 @@ def main() -> None:
               f"{t['mean']:.4f} / {t['median']:.4f} / {t['p90']:.4f} | {r['ratio_of_means']:.1f} | "
               f"{statistics.fmean(r['clean_path']['returns']):.0f} → {statistics.fmean(r['attacked_path']['returns']):.0f} |")
     if a.out:
-        kept = [r for r in old["rows"] if r["ckpt"] not in {n["ckpt"] for n in rows}]
-        write_json_atomically(a.out, {"settings": settings_record, "rows": kept + rows})
+        write_rows(a.out, settings_record, kept, rows)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ attacked episodes and the drops (default: attacks/pgd.py's); VALT-EPS's own sear
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -32,7 +31,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from attacks.common import AttackError, load_victim, pgd_minimize  # noqa: E402
+from attacks.common import AttackError, kept_rows, load_victim, pgd_minimize, write_rows  # noqa: E402
 from attacks import pgd as pgd_defaults  # noqa: E402
 from attacks.pgd import PGDAttacker  # noqa: E402
 
@@ -114,7 +113,7 @@ def main() -> None:
                         "horizon well short of the time limit (at 500 of 1000 the missing tail weighs gamma^500 < 0.7%%)")
     p.add_argument("--seed", type=int, default=10_000)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default=None, help="write the rows as JSON here")
+    p.add_argument("--out", default=None, help="JSON to write (rows of other checkpoints already there are kept)")
     p.add_argument("--pgd-steps", type=int, default=pgd_defaults.STEPS)
     p.add_argument("--pgd-step-scale", type=float, default=pgd_defaults.STEP_SCALE, help="step in units of eps/steps")
     p.add_argument("--pgd-restarts", type=int, default=pgd_defaults.RESTARTS)
@@ -126,6 +125,12 @@ def main() -> None:
         sys.exit("critic_check: --pgd-step-scale must be a finite number")
     pgd_settings = {"steps": a.pgd_steps, "step_scale": a.pgd_step_scale, "restarts": a.pgd_restarts,
                     "start": a.pgd_start}
+    settings = {"episodes": a.episodes, "horizon": a.horizon, "seed": a.seed,
+                "attack": {"objective": "PGD (minQ), attacks/pgd.py", **pgd_settings}}
+    try:
+        kept = kept_rows(a.out, settings)  # checked before the runs, not after
+    except AttackError as e:
+        sys.exit(f"critic_check: {e}")
     torch.set_num_threads(a.threads)
     rows = []
     head = (f"{'checkpoint':48s} {'alpha':>6s} | {'clean G':>8s} {'Q-G':>8s} {'r':>5s} | {'PGD G':>8s} {'Q-G':>8s} "
@@ -144,11 +149,7 @@ def main() -> None:
               f"{row['critic_attack_drop_attacked_states']:13.2f} | "
               f"{c['reward_per_step'] - g['reward_per_step']:9.2f}", flush=True)
     if a.out:
-        settings = {"episodes": a.episodes, "horizon": a.horizon, "seed": a.seed,
-                    "attack": {"objective": "PGD (minQ), attacks/pgd.py", **pgd_settings}}
-        with open(a.out + ".tmp", "w") as f:
-            json.dump({"settings": settings, "rows": rows}, f, indent=1)
-        os.replace(a.out + ".tmp", a.out)
+        write_rows(a.out, settings, kept, rows)
 
 
 if __name__ == "__main__":

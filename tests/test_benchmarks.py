@@ -1,5 +1,7 @@
 """The diagnostics under benchmarks/ that published numbers rest on."""
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -45,6 +47,25 @@ def test_critic_check_refuses_ppo_and_a_pgd_the_attack_refuses_in_one_line():
                           "--pgd-steps", "0"], capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1].startswith("critic_check: PGD needs steps >= 1")
+
+
+def test_critic_check_out_keeps_the_rows_of_other_checkpoints_and_refuses_other_settings_before_running(tmp_path):
+    out, copy = tmp_path / "cc.json", tmp_path / "copy.pt"
+    shutil.copyfile(SAC_FIXTURE, copy)
+    run = lambda *ckpts, steps="2": subprocess.run(  # noqa: E731
+        [sys.executable, os.path.join(ROOT, "benchmarks", "critic_check.py"), "--ckpts", *ckpts, "--episodes", "1",
+         "--horizon", "20", "--pgd-steps", steps, "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert run(SAC_FIXTURE).returncode == 0 and run(str(copy)).returncode == 0
+    names = lambda: [os.path.basename(r["ckpt"]) for r in json.loads(out.read_text())["rows"]]  # noqa: E731
+    assert names() == ["sac_halfcheetah_30k.pt", "copy.pt"]
+    assert run(SAC_FIXTURE).returncode == 0  # measured again: replaces its row, keeps the other
+    assert names() == ["copy.pt", "sac_halfcheetah_30k.pt"]
+    other = run(SAC_FIXTURE, steps="3")
+    assert other.returncode != 0 and "Traceback" not in other.stderr and other.stdout == ""  # before any run
+    assert other.stderr.strip().splitlines()[-1].startswith(f"critic_check: {out} holds rows of other settings")
+    out.write_text("{not json")
+    bad = run(SAC_FIXTURE)
+    assert bad.returncode != 0 and "is not readable JSON" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_pa_ad_director_check_runs_its_controls_and_negates_the_director(tmp_path):
