@@ -2,8 +2,8 @@
 its file already holds it, so a stopped run continues:
 
 - the suite's natural, uniform, MAD and PGD (minQ) at its defaults: <model stem>_attacks.json/.md/.log beside it;
-- PGD at the references' settings (10 steps of ε/10 after a start in the step box, 5 restarts; MAD 10 steps of ε/10,
-  1 restart; the suite's MAD and PGD objectives): <branch>/pgd_references/;
+- MAD and PGD at the references' settings (SA-PPO `apply_attack`, SA-DDPG `attack_critic`: 10 steps of ε/10; MAD
+  one start, PGD 5 restarts alternating step box and whole ball; see ../reference_settings/): <branch>/pgd_references/;
 - PGD as the training's search (2 steps of ε/2 after a start in the step box, 1 restart): <branch>/pgd_two_steps/;
 - PGD with 4 steps of ε/2, 1 restart: <branch>/pgd_four_steps/;
 - benchmarks/critic_check.py under the 2-step search, 2 episodes: <branch>/critic_check.json;
