@@ -695,6 +695,20 @@ def main(argv=None) -> None:
         if problem:
             p.error(problem)
         store = Storage(study_uri)
+    if a.slim_every or slim_at:  # every trial's checkpoint grid, before anything is recorded or started
+        for method in a.methods:
+            if method in PPO_METHODS:
+                p.error(f"--slim-every/--slim-at: SAC-family methods only ({method} saves at rollout ends)")
+            for env_id in a.envs:
+                grid = trial_overrides(method, env_id, 1, a.budget_scale, out, a.save_every_frac, extra)
+                every, name = grid["save_every"], trial_name(method, env_id, 1)
+                for flag, step in [("--slim-every", a.slim_every)] + [("--slim-at", s) for s in sorted(slim_at)]:
+                    if step and step % every:
+                        p.error(f"{flag} {step} is not a multiple of {name}'s checkpoint interval {every} "
+                                "(--save-every-frac)")
+                if slim_at and max(slim_at) >= grid["total_timesteps"]:
+                    p.error(f"--slim-at {max(slim_at)}: {name} ends at {grid['total_timesteps']} (its final slim "
+                            "model is models/<trial>.pt)")
     os.makedirs(os.path.join(out, "attacks"), exist_ok=True)
     repo = git_toplevel(out) if a.git_commit else ROOT
     if repo is None:
@@ -793,10 +807,6 @@ def main(argv=None) -> None:
                 over = trial_overrides(method, env_id, seed, a.budget_scale, out, a.save_every_frac, extra,
                                        max(1, int(a.num_cpus)), state_dir)
                 over["keep_checkpoints"] = bool(a.slim_every or slim_at)  # the driver slims or deletes each copy
-                off_grid = [s for s in sorted(slim_at) + [a.slim_every] if s and s % over["save_every"]]
-                if off_grid:
-                    p.error(f"--slim-every/--slim-at {off_grid[0]} is not a multiple of {name}'s checkpoint interval "
-                            f"{over['save_every']} (--save-every-frac)")
                 pending[train_task(method, over, trial_dir)] = name
     total = len(pending) + len(done)
     print(f"[sweep] {len(pending)} trials to run, {len(done)} already finished", flush=True)

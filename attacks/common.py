@@ -362,8 +362,8 @@ def write_json_atomically(path: str, obj: dict) -> None:
 
 
 def kept_rows(path: Optional[str], settings: dict) -> list:
-    """The rows a benchmark's --out JSON already holds, to keep beside new ones: [] when there is none; one clear
-    AttackError (before any run) when it is unreadable or was measured with other settings."""
+    """The rows a benchmark's --out JSON already holds: [] when there is none; one clear AttackError when it is
+    unreadable, not a {settings, rows} file, or measured with other settings. Call it before the runs too."""
     if not path or not os.path.isfile(path):
         return []
     try:
@@ -371,15 +371,19 @@ def kept_rows(path: Optional[str], settings: dict) -> list:
             old = json.load(f)
     except (OSError, ValueError) as e:
         raise AttackError(f"{path} is not readable JSON ({e}); write another file")
+    if not isinstance(old, dict) or not all(isinstance(r, dict) and "ckpt" in r for r in old.get("rows", [])):
+        raise AttackError(f"{path} is not a file of benchmark rows (settings, rows with a ckpt); write another file")
     if old.get("settings") != settings:
         raise AttackError(f"{path} holds rows of other settings ({old.get('settings')}); write another file")
     return old.get("rows", [])
 
 
-def write_rows(path: str, settings: dict, kept: list, rows: list) -> None:
-    """`rows` replace the kept rows of the same checkpoints; the others stay."""
+def write_rows(path: str, settings: dict, rows: list) -> None:
+    """`rows` replace the file's rows of the same checkpoints; the others stay (read again now: another run may have
+    added some while these ran)."""
     new = {r["ckpt"] for r in rows}
-    write_json_atomically(path, {"settings": settings, "rows": [r for r in kept if r["ckpt"] not in new] + rows})
+    kept = [r for r in kept_rows(path, settings) if r["ckpt"] not in new]
+    write_json_atomically(path, {"settings": settings, "rows": kept + rows})
 
 
 def writable_dir(path: str) -> str:

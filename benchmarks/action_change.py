@@ -80,7 +80,7 @@ def main() -> None:
     settings = pgd.Args(pgd_restarts=a.pgd_restarts)
     settings_record = {"episodes": a.episodes, "seed": a.seed, "pgd": vars(settings)}
     try:
-        kept = kept_rows(a.out, settings_record)  # checked before the runs, not after
+        kept_rows(a.out, settings_record)  # checked before the runs, not after
         rows = [measure(c, a.episodes, a.seed, settings) for c in a.ckpts]
     except AttackError as e:
         sys.exit(f"error: {e}")
@@ -92,7 +92,10 @@ def main() -> None:
               f"{t['mean']:.4f} / {t['median']:.4f} / {t['p90']:.4f} | {r['ratio_of_means']:.1f} | "
               f"{statistics.fmean(r['clean_path']['returns']):.0f} → {statistics.fmean(r['attacked_path']['returns']):.0f} |")
     if a.out:
-        write_rows(a.out, settings_record, kept, rows)
+        try:
+            write_rows(a.out, settings_record, rows)
+        except AttackError as e:  # the file changed while these ran
+            sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

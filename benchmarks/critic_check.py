@@ -128,7 +128,7 @@ def main() -> None:
     settings = {"episodes": a.episodes, "horizon": a.horizon, "seed": a.seed,
                 "attack": {"objective": "PGD (minQ), attacks/pgd.py", **pgd_settings}}
     try:
-        kept = kept_rows(a.out, settings)  # checked before the runs, not after
+        kept_rows(a.out, settings)  # checked before the runs, not after
     except AttackError as e:
         sys.exit(f"critic_check: {e}")
     torch.set_num_threads(a.threads)
@@ -149,7 +149,10 @@ def main() -> None:
               f"{row['critic_attack_drop_attacked_states']:13.2f} | "
               f"{c['reward_per_step'] - g['reward_per_step']:9.2f}", flush=True)
     if a.out:
-        write_rows(a.out, settings, kept, rows)
+        try:
+            write_rows(a.out, settings, rows)
+        except AttackError as e:  # the file changed while these ran
+            sys.exit(f"critic_check: {e}")
 
 
 if __name__ == "__main__":

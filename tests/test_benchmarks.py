@@ -63,9 +63,10 @@ def test_critic_check_out_keeps_the_rows_of_other_checkpoints_and_refuses_other_
     other = run(SAC_FIXTURE, steps="3")
     assert other.returncode != 0 and "Traceback" not in other.stderr and other.stdout == ""  # before any run
     assert other.stderr.strip().splitlines()[-1].startswith(f"critic_check: {out} holds rows of other settings")
-    out.write_text("{not json")
-    bad = run(SAC_FIXTURE)
-    assert bad.returncode != 0 and "is not readable JSON" in bad.stderr and "Traceback" not in bad.stderr
+    for text, says in (("{not json", "is not readable JSON"), ("[1, 2]", "is not a file of benchmark rows")):
+        out.write_text(text)
+        bad = run(SAC_FIXTURE)
+        assert bad.returncode != 0 and says in bad.stderr and "Traceback" not in bad.stderr and bad.stdout == ""
 
 
 def test_pa_ad_director_check_runs_its_controls_and_negates_the_director(tmp_path):

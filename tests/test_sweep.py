@@ -310,21 +310,33 @@ def test_storage_round_trips_a_trial_through_a_path_and_a_pyarrow_filesystem(tmp
 
 def test_slim_at_keeps_readings_between_the_slim_every_ones_and_deletes_every_other_kept_checkpoint(tmp_path):
     """A kept checkpoint at a --slim-every multiple or a --slim-at step becomes a slim model; every kept copy (and its
-    buffer) is deleted; off-grid or malformed --slim-at steps are one line before any trial starts."""
-    out, name = tmp_path / "study", "sac__HalfCheetah-v4__s1"
-    folder = tmp_path / "state" / "study" / name
-    folder.mkdir(parents=True)
-    fixture = os.path.join(ROOT, "tests", "data", "sac_halfcheetah_30k.pt")
-    for step in (50, 100, 150, 200):
-        for suffix in ("", "_buffer"):
-            (folder / f"model_step{step}{suffix}.pt").write_bytes(open(fixture, "rb").read())
-    written = sweep.snapshot_models(str(out), [name], 100, str(tmp_path / "state"), frozenset({150}))
+    buffer) is deleted; an off-grid, late, malformed or PPO --slim-at is one line before anything is recorded."""
+    out, name, state = tmp_path / "study", "sac__HalfCheetah-v4__s1", tmp_path / "state"
+    folder = state / "study" / name
+    fixture = open(os.path.join(ROOT, "tests", "data", "sac_halfcheetah_30k.pt"), "rb").read()
+
+    def keep(*steps):
+        folder.mkdir(parents=True, exist_ok=True)
+        for step in steps:
+            for suffix in ("", "_buffer"):
+                (folder / f"model_step{step}{suffix}.pt").write_bytes(fixture)
+
+    keep(50, 100, 150, 200)
+    written = sweep.snapshot_models(str(out), [name], 100, str(state), frozenset({150}))
     assert sorted(os.path.basename(w) for w in written) == [f"{name}_step{s}.pt" for s in (100, 150, 200)]
     assert torch.load(written[0], weights_only=True)["slim"] and os.listdir(folder) == []
-    assert sweep.snapshot_models(str(out), [name], 0, str(tmp_path / "state"), frozenset()) == []
-    for bad, says in (("650000,x", "expected comma-separated step counts"), ("-5", "steps must be positive"),
-                      ("1234", "is not a multiple of")):
+    keep(250, 300, 350)  # --slim-at alone (--slim-every 0)
+    written = sweep.snapshot_models(str(out), [name], 0, str(state), frozenset({300}))
+    assert [os.path.basename(w) for w in written] == [f"{name}_step300.pt"] and os.listdir(folder) == []
+    for args, says in ((["--slim-at", "650000,x"], "expected comma-separated step counts"),
+                       (["--slim-at", "-5"], "steps must be positive"),
+                       (["--slim-at", "1234"], "--slim-at 1234 is not a multiple of sac__Hopper-v4__s1's checkpoint"),
+                       (["--slim-every", "1234"], "--slim-every 1234 is not a multiple of"),
+                       (["--slim-at", "5000000"], "sac__Hopper-v4__s1 ends at"),
+                       (["--slim-at", "50000", "--methods", "sac", "ppo"], "SAC-family methods only (ppo")):
+        study = tmp_path / "s"
         proc = subprocess.run([sys.executable, os.path.join(ROOT, "sweep.py"), "--methods", "sac", "--envs",
-                               "Hopper-v4", "--out", str(tmp_path / "s"), "--slim-at", bad, "--local-cpus", "1"],
+                               "Hopper-v4", "--out", str(study), "--local-cpus", "1", *args],
                               capture_output=True, text=True, timeout=120, env={**os.environ, "RAY_ADDRESS": ""})
         assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-800:]
+        assert not (study / "sweep.json").exists()  # refused before the invocation is recorded
