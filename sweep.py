@@ -32,11 +32,13 @@ keep slim models over training in models/checkpoints/.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import importlib
 import json
 import os
 import sys
+import threading
 import time
 from typing import Optional
 
@@ -285,9 +287,73 @@ class Storage:
                 continue
             if sent is not None and sent.get(p) == (st.st_size, st.st_mtime_ns):
                 continue
-            self.put(p, f"{rel}/{os.path.relpath(p, local).replace(os.sep, '/')}")
+            try:
+                self.put(p, f"{rel}/{os.path.relpath(p, local).replace(os.sep, '/')}")
+            except FileNotFoundError:  # removed by the task meanwhile (a finished attacker's training state)
+                continue
             if sent is not None:
                 sent[p] = (st.st_size, st.st_mtime_ns)
+
+    def remove(self, rel: str) -> None:
+        """One file; nothing if it is not there."""
+        if self.fs is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.path(rel))
+        elif self.exists(rel):
+            self.fs.delete_file(self.path(rel))
+
+
+class FolderSender:
+    """`with FolderSender(store, local, rel):` sends what changes under the local folder to the storage, from a
+    thread every `every_s` seconds and once more on the way out (an exception included), so a task killed on one
+    node continues on another from its last save. `known`: files Storage.get wrote at the start, sent again only
+    once changed (another task may meanwhile have stored a newer one of its own under the same folder). `match`:
+    which files travel. `removals`: a file that travelled, or was got, and is gone from the local folder is removed
+    from the storage, after the pass that sent the others."""
+
+    def __init__(self, store: Storage, local: str, rel: str, every_s: float = 2.0, known: tuple = (),
+                 match=lambda path: True, removals: bool = False, last: tuple = ()):
+        self.store, self.local, self.rel, self.every_s = store, local, rel, every_s
+        self.match, self.removals, self.last = match, removals, last
+        self.sent = {p: (os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in known if os.path.isfile(p)}
+        self.lock = threading.Lock()
+
+    def send(self) -> None:
+        with self.lock:  # the thread's pass and the last one never interleave
+            order = lambda p: (p.endswith(self.last), p)  # noqa: E731
+            paths = sorted((os.path.join(d, f) for d, _, fs in os.walk(self.local) for f in fs
+                            if ".tmp." not in f and self.match(os.path.join(d, f))), key=order)
+            for p in paths:
+                try:
+                    st = os.stat(p)
+                    if self.sent.get(p) != (st.st_size, st.st_mtime_ns):
+                        self.store.put(p, self.name(p))
+                        self.sent[p] = (st.st_size, st.st_mtime_ns)
+                except FileNotFoundError:  # removed by the task meanwhile: the removal pass below, or the next
+                    continue
+            for p in [p for p in self.sent if self.removals and not os.path.exists(p)]:
+                self.store.remove(self.name(p))
+                del self.sent[p]
+
+    def name(self, path: str) -> str:
+        sub = os.path.relpath(path, self.local).replace(os.sep, "/")
+        return f"{self.rel}/{sub}" if self.rel else sub
+
+    def __enter__(self) -> "FolderSender":
+        self.stop = threading.Event()
+
+        def loop() -> None:
+            while not self.stop.wait(self.every_s):
+                self.send()
+
+        self.thread = threading.Thread(target=loop, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.send()
 
 
 def storage_problem(uri: str) -> Optional[str]:
@@ -370,7 +436,9 @@ def storage_trial(method: str, overrides: dict, storage_uri: str, every_s: float
 
 def storage_attacks(victim: bytes, rel_ckpt: str, rel_out: str, storage_uri: str, attack_args: list[str]) -> dict:
     """run_attacks on a node that shares no folder with the driver: the victim comes as bytes, attackers and RS
-    critics trained by earlier suites come from the storage, and every file the suite writes goes back there."""
+    critics trained by earlier suites (and the saved training state of one in progress) come from the storage,
+    every file the suite writes goes back there, and an attacker's training state goes there as it is saved (every
+    10k steps), so a retry on another node continues it."""
     import shutil
     import tempfile
 
@@ -380,13 +448,15 @@ def storage_attacks(victim: bytes, rel_ckpt: str, rel_out: str, storage_uri: str
     with open(ckpt, "wb") as f:
         f.write(victim)
     cache = f"{os.path.dirname(rel_ckpt)}/attackers"
-    store.get(cache, os.path.join(scratch, cache))
-    row = run_attacks(ckpt, os.path.join(scratch, rel_out), attack_args)
+    local_cache = os.path.join(scratch, cache)
+    got = store.get(cache, local_cache)
+    os.makedirs(local_cache, exist_ok=True)
+    # a record after its attacker; the finished attacker's training state leaves the storage after both
+    with FolderSender(store, local_cache, cache, known=got, removals=True, last=(".json",)):
+        row = run_attacks(ckpt, os.path.join(scratch, rel_out), attack_args)
     for rel in attack_files(rel_ckpt, rel_out):
         if os.path.isfile(os.path.join(scratch, rel)):
             store.put(os.path.join(scratch, rel), rel)
-    if os.path.isdir(os.path.join(scratch, cache)):
-        store.put_tree(os.path.join(scratch, cache), cache)
     shutil.rmtree(scratch, ignore_errors=True)
     return row
 
@@ -408,7 +478,7 @@ def fetch_attacks(store: Storage, out: str, rel_ckpt: str, rel_out: str) -> None
                 with open(path, "w") as f:
                     json.dump(row, f, indent=1)
     cache = f"{os.path.dirname(rel_ckpt)}/attackers"
-    store.get(cache, os.path.join(out, cache))
+    store.get(cache, os.path.join(out, cache), skip=(".partial.pt",))  # training states in progress stay there
 
 
 def slim_model(out: str, name: str, state_dir: Optional[str] = None) -> Optional[str]:

@@ -598,14 +598,36 @@ def test_search_presets_have_the_reference_sizes():
 
 
 @pytest.mark.xdist_group("ray")  # starts Ray: see tests/test_sweep.py
-def test_search_resumes_and_eval_all_reads_the_trained_attackers(sac_ckpt, tmp_path):
-    """The Ray CLI trains the grid; a re-run and eval_all's column find every attacker and train nothing."""
+def test_search_resumes_and_eval_all_reads_the_trained_attackers(sac_ckpt, tmp_path, monkeypatch):
+    """The Ray CLI trains the grid, continuing the attacker whose training an earlier search left half done and
+    removing its saved state once it has landed; a re-run and eval_all's column find every attacker and train
+    nothing."""
+    from attacks import search
+
     common_args = ["--ckpt", sac_ckpt, "--episodes", "1", "--attack-budget", "200", "--attacker-hidden", "16", "16",
                    "--ppo-steps", "100", "--save-dir", str(tmp_path / "att")]
+    first = learned.preset_configs("sa_rl", "ppo", "quick", "Hopper-v4", 200, hidden=(16, 16), n_steps=100)[0]
+    monkeypatch.setattr(rl, "SAVE_EVERY", 100)
+    save = rl.save_progress
+
+    def stopped_after_a_save(*a):
+        save(*a)
+        raise Stopped
+
+    monkeypatch.setattr(rl, "save_progress", stopped_after_a_save)
+    with open(sac_ckpt, "rb") as f, pytest.raises(Stopped):
+        search.remote_train({os.path.basename(sac_ckpt): f.read()}, {"ckpt": os.path.basename(sac_ckpt), "eps": None,
+                            "env_id": None, "env_kwargs": None, "vecnormalize": None}, {}, first, 1, 0, False, 2, 2,
+                            1.0, 1.0, 1, str(tmp_path / "att"))
+    left = tmp_path / "att" / search.progress_name(common.load_victim(sac_ckpt), first, "")
+    assert torch.load(left, weights_only=True)["step"] == 100
     proc = run_script("attacks/search.py", *common_args, "--columns", "sa_rl_ppo", "--local-cpus", "1",
                       cwd=str(tmp_path), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| sa_rl_ppo | 2 | 200 |" in proc.stdout
+    assert not left.exists() and not list((tmp_path / "att").glob("*.partial.pt"))
+    proc = run_script("attacks/search.py", "--ckpt", sac_ckpt, "--address", "auto", cwd=str(tmp_path), timeout=600)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "--storage" in proc.stderr
     records = sorted((tmp_path / "att").glob("*.json"))
     assert len(records) == 2
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "att").iterdir()}
@@ -642,19 +664,48 @@ def test_search_resumes_and_eval_all_reads_the_trained_attackers(sac_ckpt, tmp_p
     assert len(list((tmp_path / "att").glob("*.json"))) == 4
 
 
-def test_a_search_task_gets_the_victim_as_bytes_and_returns_its_attacker_as_bytes(sac_ckpt, tmp_path):
+def test_a_search_task_gets_the_victim_as_bytes_and_returns_its_attacker_as_bytes(sac_ckpt, tmp_path, monkeypatch,
+                                                                                    capsys):
     """attacks/search.py's Ray task takes no path of the driver's (a cluster node may not have its filesystem): what
-    it trains comes back as bytes and lands in the driver's save dir, where eval_all's cache lookup finds it."""
+    it trains comes back as bytes and lands in the driver's save dir, where eval_all's cache lookup finds it. Its
+    training state reaches the storage as it is saved, so a task killed after a save continues from there in a
+    fresh folder (another node) and ends where an uncut task ends."""
     from attacks import search
 
-    config = learned.preset_configs("sa_rl", "ppo", "quick", "Hopper-v4", budget=200, hidden=(16, 16), n_steps=100)[0]
+    config = learned.preset_configs("sa_rl", "ppo", "quick", "Hopper-v4", budget=300, hidden=(16, 16), n_steps=100)[0]
     with open(sac_ckpt, "rb") as f:
         spec = {"ckpt": os.path.basename(sac_ckpt), "eps": None, "env_id": None, "env_kwargs": None,
                 "vecnormalize": None}
-        record, files = search.remote_train({spec["ckpt"]: f.read()}, spec, {}, config, 1, 0, False, 2, 2, 1.0, 1.0, 1)
+        victim_files = {spec["ckpt"]: f.read()}
+    victim = common.load_victim(sac_ckpt)
+    progress = search.progress_name(victim, config, "")
+
+    def task(storage):
+        return search.remote_train(victim_files, spec, {}, config, 1, 0, False, 2, 2, 1.0, 1.0, 1, str(storage))
+
+    uncut, _ = task(tmp_path / "uncut_storage")
+    assert not (tmp_path / "uncut_storage").exists()  # budget 300 < 10k steps: nothing was saved on the way
+    monkeypatch.setattr(rl, "SAVE_EVERY", 100)
+    save = rl.save_progress
+
+    def node_lost_after_the_save_at_200(path, key, env, loop):
+        save(path, key, env, loop)
+        if loop()["step"] == 200:
+            raise Stopped
+
+    monkeypatch.setattr(rl, "save_progress", node_lost_after_the_save_at_200)
+    storage = tmp_path / "storage"
+    with pytest.raises(Stopped):
+        task(storage)
+    assert os.listdir(storage) == [progress] and torch.load(storage / progress, weights_only=True)["step"] == 200
+    monkeypatch.setattr(rl, "save_progress", save)
+    capsys.readouterr()
+    record, files = task(storage)
+    assert "continuing its training at step 200" in capsys.readouterr().out
+    assert record["returns"] == uncut["returns"]
+    assert os.path.isfile(storage / progress)  # removed by the driver once the attacker has landed
     save_dir = str(tmp_path / "att")
     os.makedirs(save_dir)
-    victim = common.load_victim(sac_ckpt)
     path = learned.attacker_path(victim, config, save_dir)
     assert sorted(files) == sorted([os.path.basename(path), os.path.basename(path)[:-3] + ".json"])
     landed = search.land(record, files, save_dir)

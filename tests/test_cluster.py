@@ -175,7 +175,8 @@ def test_a_two_node_cluster_without_shared_folders_brings_every_result_to_the_dr
                                  os.path.join(out, "models", f"{NAME}.pt"), "--address", cluster.address,
                                  "--columns", "sa_rl_ppo", "--attack-budget", "128", "--ppo-steps", "64",
                                  "--attacker-hidden", "16", "16", "--episodes", "1", "--save-dir",
-                                 os.path.join(driver, "attackers")], cwd=driver, env=cluster.env,
+                                 os.path.join(driver, "attackers"), "--storage", os.path.join(storage, "progress")],
+                                cwd=driver, env=cluster.env,
                                 capture_output=True, text=True, timeout=600)
         assert search.returncode == 0, search.stdout[-3000:] + search.stderr[-3000:]
         assert "| sa_rl_ppo | 2 | 128 |" in search.stdout
@@ -251,3 +252,37 @@ def test_storage_sends_a_buffer_before_its_checkpoint_and_the_done_marker_last(t
     assert sorted(os.path.relpath(p, back) for p in got) == ["done.json", "model.pt", "runs/events", "train.log"]
     assert (back / "train.log").read_text() == "more" and store.exists("trials/t/done.json")
     assert store.get("trials/none", str(tmp_path / "none")) == [] and not store.exists("trials/none")
+
+
+def test_a_folder_sender_keeps_the_storage_resumable_without_overwriting_other_tasks_files(tmp_path):
+    """An attack task's attackers folder: a training state reaches the storage while the task runs and leaves it
+    once its attacker (then its record) is there; what the task got at the start and did not change is never sent
+    back over the newer copy another task stored meanwhile; an exception still sends the last save."""
+    store = sweep.Storage(str(tmp_path / "store"))
+    (tmp_path / "store" / "attackers").mkdir(parents=True)
+    (tmp_path / "store" / "attackers" / "other.partial.pt").write_text("other at 10k")
+    local = tmp_path / "scratch" / "attackers"
+    got = store.get("attackers", str(local))
+    (tmp_path / "store" / "attackers" / "other.partial.pt").write_text("other at 20k")  # the other task goes on
+    stored = tmp_path / "store" / "attackers" / "mine.partial.pt"
+    with sweep.FolderSender(store, str(local), "attackers", every_s=0.05, known=got, removals=True,
+                            last=(".json",)) as sender:
+        (local / "mine.partial.pt").write_text("mine at 10k")
+        deadline = time.time() + 10
+        while not stored.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        assert stored.read_text() == "mine at 10k"  # sent by the thread, while the task runs
+        order = []
+        put = store.put
+        store.put = lambda src, rel: (order.append(rel), put(src, rel))
+        (local / "mine.pt").write_text("attacker")
+        (local / "mine.json").write_text("record")
+        (local / "mine.partial.pt").unlink()
+    assert sorted(os.listdir(tmp_path / "store" / "attackers")) == ["mine.json", "mine.pt", "other.partial.pt"]
+    assert order.index("attackers/mine.pt") < order.index("attackers/mine.json")
+    assert (tmp_path / "store" / "attackers" / "other.partial.pt").read_text() == "other at 20k"
+    assert sender.sent.keys() == {str(local / "other.partial.pt"), str(local / "mine.pt"), str(local / "mine.json")}
+    with pytest.raises(RuntimeError), sweep.FolderSender(store, str(local), "attackers", every_s=60):
+        (local / "mine2.partial.pt").write_text("saved, then the task failed")
+        raise RuntimeError
+    assert (tmp_path / "store" / "attackers" / "mine2.partial.pt").read_text() == "saved, then the task failed"

@@ -304,6 +304,9 @@ def test_storage_round_trips_a_trial_through_a_path_and_a_pyarrow_filesystem(tmp
     assert uploads == ["trials/t/model.pt"]  # only what changed since the last pass
     store.get("trials/t/model.pt", str(back / "model.pt"))
     assert (back / "model.pt").read_text() == "ckpt 2"
+    store.remove("trials/t/runs/ev")
+    store.remove("trials/t/runs/ev")  # gone already: nothing to do
+    assert store.files("trials/t") == ["done.json", "model.pt", "model_buffer.pt"]
     assert sweep.storage_problem(store.uri) is None  # the driver's probe: a file in and out
     assert "Unrecognized filesystem type" in sweep.storage_problem("unknown-scheme://bucket/x")  # one line, no traceback
 
