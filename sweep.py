@@ -295,12 +295,12 @@ class Storage:
                 sent[p] = (st.st_size, st.st_mtime_ns)
 
     def remove(self, rel: str) -> None:
-        """One file; nothing if it is not there."""
-        if self.fs is None:
-            with contextlib.suppress(FileNotFoundError):
+        """One file; nothing if it is not there (or another remover was first)."""
+        with contextlib.suppress(FileNotFoundError):
+            if self.fs is None:
                 os.remove(self.path(rel))
-        elif self.exists(rel):
-            self.fs.delete_file(self.path(rel))
+            else:
+                self.fs.delete_file(self.path(rel))
 
 
 class FolderSender:
@@ -308,8 +308,9 @@ class FolderSender:
     thread every `every_s` seconds and once more on the way out (an exception included), so a task killed on one
     node continues on another from its last save. `known`: files Storage.get wrote at the start, sent again only
     once changed (another task may meanwhile have stored a newer one of its own under the same folder). `match`:
-    which files travel. `removals`: a file that travelled, or was got, and is gone from the local folder is removed
-    from the storage, after the pass that sent the others."""
+    which files travel. `removals`: a file that travelled, or was got, and was gone when a pass listed the folder is
+    removed from the storage after that pass sent the others (so a training state leaves only once the attacker and
+    record written before its deletion are there). A failed send is one line; the next pass tries again."""
 
     def __init__(self, store: Storage, local: str, rel: str, every_s: float = 2.0, known: tuple = (),
                  match=lambda path: True, removals: bool = False, last: tuple = ()):
@@ -323,15 +324,16 @@ class FolderSender:
             order = lambda p: (p.endswith(self.last), p)  # noqa: E731
             paths = sorted((os.path.join(d, f) for d, _, fs in os.walk(self.local) for f in fs
                             if ".tmp." not in f and self.match(os.path.join(d, f))), key=order)
+            gone = [p for p in self.sent if p not in paths] if self.removals else []
             for p in paths:
                 try:
                     st = os.stat(p)
                     if self.sent.get(p) != (st.st_size, st.st_mtime_ns):
                         self.store.put(p, self.name(p))
                         self.sent[p] = (st.st_size, st.st_mtime_ns)
-                except FileNotFoundError:  # removed by the task meanwhile: the removal pass below, or the next
+                except FileNotFoundError:  # removed by the task since the listing: the next pass removes it
                     continue
-            for p in [p for p in self.sent if self.removals and not os.path.exists(p)]:
+            for p in gone:
                 self.store.remove(self.name(p))
                 del self.sent[p]
 
@@ -344,7 +346,11 @@ class FolderSender:
 
         def loop() -> None:
             while not self.stop.wait(self.every_s):
-                self.send()
+                try:
+                    self.send()
+                except Exception as e:  # a storage hiccup: the task goes on, the next pass sends what changed
+                    print(f"[storage] sending {self.local} to {self.store.uri}/{self.rel} failed ({one_line(e)}); "
+                          f"retrying in {self.every_s:g} s", flush=True)
 
         self.thread = threading.Thread(target=loop, daemon=True)
         self.thread.start()
@@ -449,7 +455,11 @@ def storage_attacks(victim: bytes, rel_ckpt: str, rel_out: str, storage_uri: str
         f.write(victim)
     cache = f"{os.path.dirname(rel_ckpt)}/attackers"
     local_cache = os.path.join(scratch, cache)
-    got = store.get(cache, local_cache)
+    got = store.get(cache, local_cache, skip=(".partial.pt",))  # of the other victims, only what is finished
+    own = os.path.basename(os.path.splitext(rel_ckpt)[0]) + "_"
+    for name in store.files(cache):
+        if name.startswith(own) and name.endswith(".partial.pt") and "/" not in name:
+            got += store.get(f"{cache}/{name}", os.path.join(local_cache, name))
     os.makedirs(local_cache, exist_ok=True)
     # a record after its attacker; the finished attacker's training state leaves the storage after both
     with FolderSender(store, local_cache, cache, known=got, removals=True, last=(".json",)):

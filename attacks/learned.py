@@ -150,6 +150,8 @@ def train_one(victim: Victim, config: AttackerConfig, realize: Callable, action_
     record = read_record(record_path)
     known_victim = same_victim(record, victim)
     if known_victim and record.get("evaluation") == evaluation:
+        with contextlib.suppress(FileNotFoundError):  # left by a stop between the record and its removal below
+            os.remove(path[:-3] + ".partial.pt")
         return record
     name = f"{config.kind}_{config.algo}"
     start = time.time()

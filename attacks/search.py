@@ -1,8 +1,9 @@
 """The learned-attacker search of attacks/learned.py as Ray tasks: every configuration of a preset, for every
 learned column, trained in parallel (embedded local Ray by default, `--address` for a cluster, as sweep.py); each
 trained attacker is saved with its record, so `eval_all.py` with the same preset then finds them all and only
-reports. An attacker in training sends its saved state (every 10k steps) to --storage as it saves it, so a task
-killed on one node continues on another from there; without --address the storage is --save-dir itself.
+reports. An attacker in training sends its saved state (every 10k steps) to --storage within seconds of each save,
+so a task killed on one node continues on another from there (--storage is needed with --address; without it the
+save dir itself holds the state, as for eval_all.py).
 
     python attacks/search.py --ckpt runs/x/model.pt --search quick --attack-budget 30000 --local-cpus 2
     python attacks/search.py --ckpt runs/x/model.pt --search paper --address auto --num-cpus 1 --storage s3://b/progress
@@ -33,8 +34,8 @@ class Args(pa_ad.PAArgs, LearnedArgs, SaveDirArgs, EvalArgs):
     ckpt: str  # checkpoint written by any method script, or an SB3 zip / CleanRL file (with --env-id)
     columns: Annotated[str, tyro.conf.arg(help=f"comma list of {', '.join(COLUMNS)}")] = ",".join(COLUMNS)
     address: Optional[str] = None  # Ray cluster address ('auto' to join a running cluster)
-    # where attackers in training keep their saved state: a path every node reaches or a pyarrow.fs URI (s3://,
-    # gs://); needed with --address, --save-dir without it
+    # where attackers in training keep their saved state, under <victim sha1[:12]>/: a path every node reaches or a
+    # pyarrow.fs URI (s3://, gs://); needed with --address; default: the save dir itself
     storage: Optional[str] = None
     num_cpus: float = 1  # CPUs per attacker training
     local_cpus: Optional[int] = None  # CPUs of the embedded local Ray (None: all)
@@ -51,11 +52,12 @@ def make_realize(victim, kind: str, pa_steps: int = pa_ad.STEPS, pa_restarts: in
 
 def remote_train(victim_files: dict, spec: dict, earlier: dict, config: AttackerConfig, episodes: int,
                  eval_seed: int, stochastic: bool, pa_steps: int, pa_restarts: int, pa_step_scale: float,
-                 pa_final_step_scale: float, threads: int, storage_uri: str) -> tuple[dict, dict]:
+                 pa_final_step_scale: float, threads: int, storage_uri: str, folder: str) -> tuple[dict, dict]:
     """One attacker, on any node: the victim comes as bytes (`victim_files`: its checkpoint and, for an SB3 model,
     its VecNormalize statistics; `spec`: how to load them) with the attacker's earlier files, if any, and the
     attacker's files go back as bytes, so a worker never needs a path of the driver's filesystem. Its training
-    state goes to the storage (sweep.Storage) as it is saved and comes from there when an earlier try left one."""
+    state goes to `folder` of the storage (sweep.Storage) as it is saved and comes from there when an earlier try
+    left one."""
     from sweep import FolderSender, Storage
 
     torch.set_num_threads(threads)
@@ -74,12 +76,12 @@ def remote_train(victim_files: dict, spec: dict, earlier: dict, config: Attacker
                                            pa_final_step_scale)
         tag = realize_tag(config.kind, pa_steps, pa_restarts, pa_step_scale, pa_final_step_scale)
         progress = progress_name(victim, config, tag)
-        got = store.get(progress, os.path.join(save_dir, progress))
-        with FolderSender(store, save_dir, "", known=got, match=lambda p: p.endswith(".partial.pt")):
+        got = store.get(f"{folder}/{progress}" if folder else progress, os.path.join(save_dir, progress))
+        with FolderSender(store, save_dir, folder, known=got, match=lambda p: p.endswith(".partial.pt")):
             record = train_one(victim, config, realize, action_dim, save_dir, episodes, eval_seed, stochastic,
                                log=False, tag=tag)
         files = {}
-        for name in os.listdir(save_dir):
+        for name in [n for n in os.listdir(save_dir) if not n.endswith(".partial.pt")]:  # the storage keeps those
             with open(os.path.join(save_dir, name), "rb") as f:
                 files[name] = f.read()
     return record, files
@@ -122,6 +124,8 @@ def main(argv=None) -> None:
     if problem:
         raise AttackError(problem)
     store = sweep.Storage(a.storage or save_dir)
+    # a shared storage serves many victims, also of one file name (runs/a/model.pt, runs/b/model.pt)
+    folder = victim_identity(victim)["victim_sha1"][:12] if a.storage else ""
     grid = {col: preset_configs(*COLUMNS[col], a.search, victim.env_id, a.attack_budget, a.seeds, a.attacker_hidden,
                                 a.ppo_steps, a.learning_starts, a.seed) for col in columns}
     total = sum(len(v) for v in grid.values())
@@ -167,7 +171,7 @@ def main(argv=None) -> None:
                     {**record, "identity": victim_identity(victim)}).encode()
             pending[task.remote(victim_ref, spec, earlier, cfg, a.episodes, a.seed, a.stochastic, a.pa_steps,
                                 a.pa_restarts, a.pa_step_scale, a.pa_final_step_scale, threads,
-                                store.uri)] = (col, cfg, tag)
+                                store.uri, folder)] = (col, cfg, tag)
     progress = Progress(len(pending))
     if total > len(pending):
         print(f"[search] {total - len(pending)} of {total} attackers found in {save_dir}", flush=True)
@@ -175,7 +179,12 @@ def main(argv=None) -> None:
         ready, _ = ray.wait(list(pending), num_returns=1)
         col, cfg, tag = pending.pop(ready[0])
         record = land(*ray.get(ready[0]), save_dir)
-        store.remove(progress_name(victim, cfg, tag))  # landed: its training state is done with
+        progress_file = f"{folder}/{progress_name(victim, cfg, tag)}" if folder else progress_name(victim, cfg, tag)
+        try:
+            store.remove(progress_file)  # landed: its training state is done with
+        except Exception as e:  # the attacker is safe; a stale state costs storage, not results
+            print(f"[search] could not remove {store.uri}/{progress_file} ({type(e).__name__}); delete it by hand",
+                  flush=True)
         records[col].append(record)
         done = progress.total - len(pending)
         print(f"[search] {done}/{progress.total} {cfg.id}: victim return {record['mean']:.1f} | {progress(done)}",

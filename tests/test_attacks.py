@@ -618,14 +618,19 @@ def test_search_resumes_and_eval_all_reads_the_trained_attackers(sac_ckpt, tmp_p
     with open(sac_ckpt, "rb") as f, pytest.raises(Stopped):
         search.remote_train({os.path.basename(sac_ckpt): f.read()}, {"ckpt": os.path.basename(sac_ckpt), "eps": None,
                             "env_id": None, "env_kwargs": None, "vecnormalize": None}, {}, first, 1, 0, False, 2, 2,
-                            1.0, 1.0, 1, str(tmp_path / "att"))
+                            1.0, 1.0, 1, str(tmp_path / "att"), "")
     left = tmp_path / "att" / search.progress_name(common.load_victim(sac_ckpt), first, "")
-    assert torch.load(left, weights_only=True)["step"] == 100
+    state = torch.load(left, weights_only=True)
+    assert state["step"] == 100
+    torch.save({**state, "step": 200}, left)  # "at the end of its budget": its task can only land this very policy
     proc = run_script("attacks/search.py", *common_args, "--columns", "sa_rl_ppo", "--local-cpus", "1",
                       cwd=str(tmp_path), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| sa_rl_ppo | 2 | 200 |" in proc.stdout
     assert not left.exists() and not list((tmp_path / "att").glob("*.partial.pt"))
+    landed = torch.load(learned.attacker_path(common.load_victim(sac_ckpt), first, str(tmp_path / "att")),
+                        weights_only=True)["attacker"]
+    assert landed.keys() == state["policy"].keys() and all(torch.equal(v, state["policy"][k]) for k, v in landed.items())
     proc = run_script("attacks/search.py", "--ckpt", sac_ckpt, "--address", "auto", cwd=str(tmp_path), timeout=600)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "--storage" in proc.stderr
     records = sorted((tmp_path / "att").glob("*.json"))
@@ -681,7 +686,8 @@ def test_a_search_task_gets_the_victim_as_bytes_and_returns_its_attacker_as_byte
     progress = search.progress_name(victim, config, "")
 
     def task(storage):
-        return search.remote_train(victim_files, spec, {}, config, 1, 0, False, 2, 2, 1.0, 1.0, 1, str(storage))
+        return search.remote_train(victim_files, spec, {}, config, 1, 0, False, 2, 2, 1.0, 1.0, 1, str(storage),
+                                   "victim_a")
 
     uncut, _ = task(tmp_path / "uncut_storage")
     assert not (tmp_path / "uncut_storage").exists()  # budget 300 < 10k steps: nothing was saved on the way
@@ -697,13 +703,14 @@ def test_a_search_task_gets_the_victim_as_bytes_and_returns_its_attacker_as_byte
     storage = tmp_path / "storage"
     with pytest.raises(Stopped):
         task(storage)
-    assert os.listdir(storage) == [progress] and torch.load(storage / progress, weights_only=True)["step"] == 200
+    stored = storage / "victim_a" / progress
+    assert os.listdir(storage / "victim_a") == [progress] and torch.load(stored, weights_only=True)["step"] == 200
     monkeypatch.setattr(rl, "save_progress", save)
     capsys.readouterr()
     record, files = task(storage)
     assert "continuing its training at step 200" in capsys.readouterr().out
     assert record["returns"] == uncut["returns"]
-    assert os.path.isfile(storage / progress)  # removed by the driver once the attacker has landed
+    assert os.path.isfile(stored)  # removed by the driver once the attacker has landed
     save_dir = str(tmp_path / "att")
     os.makedirs(save_dir)
     path = learned.attacker_path(victim, config, save_dir)

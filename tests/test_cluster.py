@@ -254,7 +254,7 @@ def test_storage_sends_a_buffer_before_its_checkpoint_and_the_done_marker_last(t
     assert store.get("trials/none", str(tmp_path / "none")) == [] and not store.exists("trials/none")
 
 
-def test_a_folder_sender_keeps_the_storage_resumable_without_overwriting_other_tasks_files(tmp_path):
+def test_a_folder_sender_keeps_the_storage_resumable_without_overwriting_other_tasks_files(tmp_path, capsys):
     """An attack task's attackers folder: a training state reaches the storage while the task runs and leaves it
     once its attacker (then its record) is there; what the task got at the start and did not change is never sent
     back over the newer copy another task stored meanwhile; an exception still sends the last save."""
@@ -282,6 +282,44 @@ def test_a_folder_sender_keeps_the_storage_resumable_without_overwriting_other_t
     assert order.index("attackers/mine.pt") < order.index("attackers/mine.json")
     assert (tmp_path / "store" / "attackers" / "other.partial.pt").read_text() == "other at 20k"
     assert sender.sent.keys() == {str(local / "other.partial.pt"), str(local / "mine.pt"), str(local / "mine.json")}
+    # the task writes a record and removes its state while a pass uploads: the state stays until the record is there
+    sender = sweep.FolderSender(store, str(local), "attackers", every_s=60, removals=True, last=(".json",))
+    (local / "next.partial.pt").write_text("next at 10k")
+    sender.send()
+    (local / "next.pt").write_text("attacker")
+
+    def put_while_the_task_finishes(src, rel):
+        if rel == "attackers/next.pt":
+            (local / "next.json").write_text("record")
+            (local / "next.partial.pt").unlink()
+        put(src, rel)
+
+    store.put = put_while_the_task_finishes
+    sender.send()
+    assert (tmp_path / "store" / "attackers" / "next.partial.pt").exists()
+    assert not (tmp_path / "store" / "attackers" / "next.json").exists()
+    sender.send()
+    assert (tmp_path / "store" / "attackers" / "next.json").exists()
+    assert not (tmp_path / "store" / "attackers" / "next.partial.pt").exists()
+    # a storage hiccup in the thread is one line and the next pass sends
+    failures = []
+
+    def flaky(src, rel):
+        if not failures:
+            failures.append(rel)
+            raise OSError("throttled")
+        put(src, rel)
+
+    store.put = flaky
+    with sweep.FolderSender(store, str(local), "attackers", every_s=0.05):
+        (local / "later.partial.pt").write_text("later at 10k")
+        deadline = time.time() + 10
+        while not (tmp_path / "store" / "attackers" / "later.partial.pt").exists() and time.time() < deadline:
+            time.sleep(0.05)
+    assert failures == ["attackers/later.partial.pt"]
+    assert (tmp_path / "store" / "attackers" / "later.partial.pt").read_text() == "later at 10k"
+    assert "sending" in capsys.readouterr().out
+    store.put = put
     with pytest.raises(RuntimeError), sweep.FolderSender(store, str(local), "attackers", every_s=60):
         (local / "mine2.partial.pt").write_text("saved, then the task failed")
         raise RuntimeError
