@@ -269,3 +269,50 @@ def test_search_strength_refuses_a_grid_length_it_cannot_read_in_one_line():
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "search_strength.py"), "--ckpts",
                            VALT_EPS_50K, "--max-steps", "50"], capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr and "--max-steps must be one of" in proc.stderr
+
+
+VALT_SOFT_50K = os.path.join(ROOT, "results", "halfcheetah_50k", "models", "sac_valt_soft__HalfCheetah-v4__s1.pt")
+
+
+def test_soft_adversary_samples_as_the_method_does_and_brackets_the_boltzmann_optimum():
+    """The diagnostic's nu_phi draws what sac_valt_soft.py's Adversary draws (same seed, same weights), and nu*'s
+    drop lies between the uniform draws' mean (kappa -> inf) and their per-state maximum (kappa -> 0)."""
+    import torch
+
+    import soft_adversary
+    from conftest import fixture_states
+
+    sys.path.insert(0, ROOT)
+    import sac_valt_soft
+
+    victim, states = fixture_states(16, path=VALT_SOFT_50K)
+    ours = soft_adversary.adversary(victim)
+    theirs = sac_valt_soft.Adversary(victim.obs_dim, victim.ckpt["arch"]["hidden_sizes"], victim.eps)
+    theirs.load_state_dict(victim.ckpt["adversary"])
+    torch.manual_seed(5)
+    mine = states + victim.eps * ours.sample(states)[0]
+    torch.manual_seed(5)
+    assert torch.allclose(mine, theirs.sample(states)[0].detach(), atol=1e-6)
+    drop = soft_adversary.drop_fn(victim, states)
+    assert float(drop(states).abs().max()) < 1e-4  # no perturbation, no drop
+    uniform = drop(states.repeat(200, 1) + victim.eps * (2 * torch.rand(200 * 16, victim.obs_dim) - 1)).reshape(200, 16)
+    hot, ess_hot = soft_adversary.boltzmann(uniform, 1e6)
+    cold, ess_cold = soft_adversary.boltzmann(uniform, 1e-6)
+    assert abs(hot - float(uniform.mean())) < 1e-3 and ess_hot > 0.99
+    assert abs(cold - float(uniform.max(0).values.mean())) < 1e-3 and ess_cold <= 1 / 200 + 1e-6
+    mid = [soft_adversary.boltzmann(uniform, k)[0] for k in (8.0, 2.0, 0.5)]
+    assert hot < mid[0] < mid[1] < mid[2] < cold  # a colder optimum pushes harder
+
+
+def test_soft_adversary_measures_a_checkpoint_and_refuses_other_methods_in_one_line(tmp_path):
+    import soft_adversary
+
+    entry = soft_adversary.measure(VALT_SOFT_50K, n_states=20, samples=50, draws=2, kappas=[8.0, 0.5], seed=0)
+    d = entry["drop"]
+    assert entry["updates_since_reset"] == 50_000 % 2000 == 0 and 0.5 < entry["adversary_std"] < 1.5
+    assert d["pgd"] > max(d["uniform"], d["adversary"], entry["boltzmann"]["0.5"]["drop"]) > 0
+    out = tmp_path / "soft.json"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "soft_adversary.py"), "--ckpts",
+                           SAC_FIXTURE, "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "not a VALT-SOFT checkpoint" in proc.stderr
+    assert not out.exists()
