@@ -464,6 +464,7 @@ class Learner:
         self.eps = args.attack_eps
         self.adversary = Adversary(obs_dim, hidden, self.eps).to(device)
         self.adversary_init = {k: v.clone() for k, v in self.adversary.state_dict().items()}
+        self.adversary_trained = None  # the adversary as its last reset found it (the own-adversary attack's)
         self.adversary_optimizer = torch.optim.Adam(self.adversary.parameters(), lr=args.adv_lr, fused=True)
         self.log_prior = -obs_dim * math.log(2 * self.eps)  # log p(s~|s) of the uniform prior on the eps-ball
 
@@ -501,7 +502,9 @@ class Learner:
 
     def reset_adversary(self) -> None:
         """Back to the initial parameters with a fresh optimizer: the paper's periodic re-learning, which keeps the
-        adversary from settling in a local minimum of the agent's value."""
+        adversary from settling in a local minimum of the agent's value. The trained one is kept for the attacks: a
+        checkpoint written at a reset step would otherwise hold only the initial adversary."""
+        self.adversary_trained = {k: v.detach().clone() for k, v in self.adversary.state_dict().items()}
         self.adversary.load_state_dict(self.adversary_init)
         self.adversary_optimizer = torch.optim.Adam(self.adversary.parameters(), lr=self.args.adv_lr, fused=True)
 
@@ -592,7 +595,8 @@ class Learner:
     def state_dict(self) -> dict:
         parts = {name: getattr(self, name) for name in self.NETS + self.OPTIMIZERS}
         return {**{k: v.state_dict() if v is not None else None for k, v in parts.items()},
-                "log_alpha": self.log_alpha.detach().cpu(), "adversary_init": self.adversary_init}
+                "log_alpha": self.log_alpha.detach().cpu(), "adversary_init": self.adversary_init,
+                "adversary_trained": self.adversary_trained}
 
     def load_state_dict(self, state: dict) -> None:
         for name in self.NETS + self.OPTIMIZERS:
@@ -601,6 +605,8 @@ class Learner:
         with torch.no_grad():
             self.log_alpha.copy_(state["log_alpha"])
         self.adversary_init = {k: v.clone() for k, v in state["adversary_init"].items()}
+        trained = state.get("adversary_trained")  # absent from checkpoints written before it was kept
+        self.adversary_trained = {k: v.float().clone() for k, v in trained.items()} if trained is not None else None
 
 
 def optimize(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:

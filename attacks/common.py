@@ -519,7 +519,8 @@ def report(name: str, stats: EpisodeStats) -> None:
 # Everything an attack or an evaluation reads; optimizers, target critics, RNG states and the simulator state
 # (what only --resume needs) are dropped. Adversaries stay: the own-adversary column reads them.
 SLIM_KEYS = ("checkpoint_format", "method", "env_id", "env_kwargs", "obs_dim", "act_dim", "action_low", "action_high",
-             "arch", "actor", "critic", "log_alpha", "normalizer", "eps", "global_step", "args", "summary", "adversary")
+             "arch", "actor", "critic", "log_alpha", "normalizer", "eps", "global_step", "args", "summary", "adversary",
+             "adversary_trained")
 
 
 def slim_checkpoint(src: str, dst: str) -> dict:

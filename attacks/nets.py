@@ -198,15 +198,23 @@ ADVERSARIES = {"tanh_gaussian_obs": ("obs", False), "ppo_gaussian_obs": ("obs", 
                "atla_director_action": ("act", True)}
 
 
+def adversary_state(ckpt: dict) -> tuple[dict, str]:
+    """The adversary an attack uses, and which one it is: VALT-SOFT's last trained one, kept at its periodic reset
+    (a checkpoint written at a reset step holds the initial one as `adversary`), else the one saved."""
+    if ckpt.get("adversary_trained") is not None:
+        return ckpt["adversary_trained"], "trained until its last reset"
+    return ckpt["adversary"], "as saved"
+
+
 def build_adversary(ckpt: dict, device: torch.device) -> tuple[Callable[[torch.Tensor], torch.Tensor], bool]:
-    """(output(s), director) of the checkpoint's adversary, its deterministic output: tanh of the mean (ATLA:
-    hardtanh, as it trained; ATLA director: the mean itself)."""
+    """(output(s), director) of the checkpoint's adversary (adversary_state), its deterministic output: tanh of the
+    mean (ATLA: hardtanh, as it trained; ATLA director: the mean itself)."""
     arch, obs_dim = ckpt["arch"], ckpt["obs_dim"]
     if arch.get("adversary") not in ADVERSARIES:
         raise AttackError(f"unknown adversary architecture {arch.get('adversary')!r} (known: {', '.join(ADVERSARIES)})")
     space, director = ADVERSARIES[arch["adversary"]]
     out_dim = ckpt["act_dim"] if space == "act" else obs_dim
-    state = ckpt["adversary"]
+    state = {k: v.float() if v.is_floating_point() else v for k, v in adversary_state(ckpt)[0].items()}  # bf16 copies
     if arch["adversary"].startswith("atla_"):  # a PPO-kind actor (mean MLP + log-std)
         policy = GaussianActor(obs_dim, out_dim, list(arch["adversary_hidden_sizes"]), -torch.ones(out_dim),
                                torch.ones(out_dim)).to(device)

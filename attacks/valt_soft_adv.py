@@ -1,7 +1,8 @@
 """The adversary a checkpoint carries (VALT-SOFT's nu_phi, SAC-PPO's PPO adversary, ATLA-PPO's) as one more
 attacker, with its deterministic (mean) output: the perturbation s + eps * tanh(mean(s)) (ATLA: hardtanh, as it
 trained) with eps = the evaluation radius, or, for a director (PA-SAC-PPO, PA-ATLA-PPO), the direction of its
-mean realised by PA-AD's PGD (attacks/pa_ad.py).
+mean realised by PA-AD's PGD (attacks/pa_ad.py). VALT-SOFT re-initialises its adversary every --adv-reset-every
+steps; its checkpoints keep the last trained one (`adversary_trained`), which this attack uses when present.
 
     python attacks/valt_soft_adv.py --ckpt runs/<valt_soft_run>/model.pt
 """
@@ -14,7 +15,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from attacks.common import AttackError, NoArgs, Victim, rollout, standalone  # noqa: E402
-from attacks.nets import ADVERSARIES, build_adversary  # noqa: E402
+from attacks.nets import ADVERSARIES, adversary_state, build_adversary  # noqa: E402
 from attacks.pa_ad import pa_perturb  # noqa: E402
 
 NAME, COLUMN = "valt_soft_adv", "Own adversary"
@@ -49,7 +50,8 @@ def attacker(victim: Victim, args) -> OwnAdversaryAttacker:
 
 
 def evaluate(victim: Victim, args) -> dict:
-    return {"stats": rollout(victim, attacker(victim, args), args.episodes, args.seed, args.stochastic)}
+    return {"stats": rollout(victim, attacker(victim, args), args.episodes, args.seed, args.stochastic),
+            "adversary": adversary_state(victim.ckpt)[1]}
 
 
 if __name__ == "__main__":

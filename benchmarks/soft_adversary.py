@@ -33,19 +33,20 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from attack_convergence import visited_states  # noqa: E402
 from attacks import pgd  # noqa: E402
 from attacks.common import AttackError, kept_rows, load_victim, pgd_minimize, run_cli, write_rows  # noqa: E402
-from attacks.nets import TanhGaussianActor  # noqa: E402
+from attacks.nets import TanhGaussianActor, adversary_state  # noqa: E402
 
 
 def adversary(victim) -> TanhGaussianActor:
     """nu_phi as a tanh-Gaussian over [-1, 1]^d (s~ = s + eps * sample): the actor's shape, an observation-sized
-    output (sac_valt_soft.py Adversary)."""
+    output (sac_valt_soft.py Adversary); the one the own-adversary attack uses (attacks/nets.py adversary_state)."""
     ckpt, arch = victim.ckpt, victim.ckpt["arch"]
     if arch.get("adversary") != "tanh_gaussian_obs" or "adversary" not in ckpt:  # VALT-SOFT's nu_phi
         raise AttackError(f"{victim.ckpt_path} is not a VALT-SOFT checkpoint with its adversary")
     d = ckpt["obs_dim"]
     net = TanhGaussianActor(d, d, list(arch["hidden_sizes"]), -torch.ones(d), torch.ones(d), arch["log_std_min"],
                             arch["log_std_max"])
-    net.load_state_dict({**ckpt["adversary"], "action_scale": torch.ones(d), "action_bias": torch.zeros(d)})
+    net.load_state_dict({**{k: v.float() for k, v in adversary_state(ckpt)[0].items()}, "action_scale": torch.ones(d),
+                         "action_bias": torch.zeros(d)})
     return net.eval().requires_grad_(False)
 
 
@@ -94,8 +95,10 @@ def measure(path: str, n_states: int, samples: int, draws: int, kappas: list[flo
                          pgd.STEPS, pgd.STEP_SCALE * eps / pgd.STEPS, pgd.RESTARTS, pgd.START)
     rows["pgd"] = float(drop(worst).mean())
     reset_every = settings.get("adv_reset_every") or 0
-    return {"step": victim.ckpt["global_step"], "kappa_trained": settings.get("kappa"),
-            "updates_since_reset": victim.ckpt["global_step"] % reset_every if reset_every else None,
+    trained = adversary_state(victim.ckpt)[1] != "as saved"
+    return {"step": victim.ckpt["global_step"], "kappa_trained": settings.get("kappa"), "adversary": "trained until "
+            "its last reset" if trained else "as saved", "updates_since_reset": None if trained or not reset_every
+            else victim.ckpt["global_step"] % reset_every,
             "adversary_abs_mean": float(torch.tanh(mean).abs().mean()),
             "adversary_std": float(log_std.exp().mean()), "drop": rows, "boltzmann": boltzmann_rows}
 
@@ -107,8 +110,10 @@ def settings(a) -> dict:
 
 def print_entry(path: str, e: dict) -> None:
     d = e["drop"]
-    print(f"{os.path.basename(path)}: step {e['step']}, {e['updates_since_reset']} adversary updates since its "
-          f"reset; adversary |tanh(mean)| {e['adversary_abs_mean']:.3f}, std {e['adversary_std']:.3f}")
+    which = ("its adversary as its last reset found it" if e["updates_since_reset"] is None else
+             f"{e['updates_since_reset']} adversary updates since its reset")
+    print(f"{os.path.basename(path)}: step {e['step']}, {which}; adversary |tanh(mean)| {e['adversary_abs_mean']:.3f}, "
+          f"std {e['adversary_std']:.3f}")
     print(f"  critic's drop: adversary {d['adversary']:.2f} (its mean {d['adversary_mean']:.2f}), uniform "
           f"{d['uniform']:.2f}, PGD {d['pgd']:.2f}; nu* " + ", ".join(
               f"kappa {k}: {b['drop']:.2f} (ESS {100 * b['ess_share']:.0f} %)" for k, b in e["boltzmann"].items()))

@@ -24,7 +24,9 @@ def test_resume_continues_exactly(workdir, module_name):
     resumed = mod.train(mod.Args(**common, run_name="resumed", save_every=0, resume="runs/part/model_step300.pt"))
     assert resumed["global_step"] == 500
     a, b = straight["learner"].state_dict(), resumed["learner"].state_dict()
-    for net in ("actor", "critic", "critic_target") + (("adversary",) if "adversary" in a else ()):
+    kept = ("adversary", "adversary_trained") if "adversary_trained" in a else ("adversary",) if "adversary" in a else ()
+    assert "adversary_trained" not in a or a["adversary_trained"] is not None  # reset at 250 and 500
+    for net in ("actor", "critic", "critic_target") + kept:
         for name, p in a[net].items():
             torch.testing.assert_close(b[net][name], p, rtol=0, atol=0, msg=f"{net}.{name}")
     assert resumed["eval_returns"] == straight["eval_returns"]

@@ -357,14 +357,27 @@ def test_valt_eps_smoke(workdir, env_id, mixture):
 
 @pytest.mark.parametrize("env_id", ["Hopper-v4", "Ant-v4"])
 def test_valt_soft_smoke(workdir, env_id):
+    """Also: the final checkpoint lands on a reset step (500 = 2 x 250), so its `adversary` has had one update; the
+    adversary trained from 250 to 500 is kept beside it, and the own-adversary attack and slim models use that one."""
+    from attacks import common, nets
+
     proc = run_script("sac_valt_soft.py", "--env-id", env_id, "--total-timesteps", "500", "--run-name", "s", *TINY,
-                      "--kappa", "4", "--adv-reset-every", "300", "--reg-eps-start-step", "200",
+                      "--kappa", "4", "--adv-reset-every", "250", "--reg-eps-start-step", "200",
                       "--reg-eps-end-step", "400", "--reg-coef", "3", cwd=str(workdir))
     assert proc.returncode == 0, proc.stderr[-2000:]
     ckpt = torch.load(workdir / "runs/s/model.pt", map_location="cpu", weights_only=True)
     assert ckpt["method"] == "valt_soft" and ckpt["adversary_optimizer"]["state"]
     assert ckpt["adversary"]["mean.weight"].shape[0] == ckpt["obs_dim"]
-    assert not torch.equal(ckpt["adversary"]["mean.weight"], ckpt["adversary_init"]["mean.weight"])
+    trained, current, init = (ckpt[k]["mean.weight"] for k in ("adversary_trained", "adversary", "adversary_init"))
+    assert not torch.equal(current, init)  # one update since the reset at 500
+    assert (trained - init).abs().max() > 10 * (current - init).abs().max()  # 250 updates
+    slim = common.slim_checkpoint(str(workdir / "runs/s/model.pt"), str(workdir / "slim.pt"))
+    assert nets.adversary_state(slim)[1] == "trained until its last reset"
+    output, _ = nets.build_adversary(slim, torch.device("cpu"))
+    expected = nets.MeanHeadAdversary(ckpt["obs_dim"], ckpt["obs_dim"], [32, 32], torch.nn.ReLU)
+    expected.load_saved(ckpt["adversary_trained"])
+    obs = torch.randn(8, ckpt["obs_dim"])
+    assert torch.equal(output(obs), expected(obs))
 
 
 def test_valt_rejects_bad_eps(workdir):
