@@ -9,11 +9,13 @@ itself is only as far from p as V varies over the ball relative to kappa. For a 
 
 averaged over the states, for s~ drawn from: nu_phi (the checkpoint's adversary, --draws samples per state) and
 its mean; p (uniform noise); nu* at each --kappas value (self-normalised importance sampling from --samples uniform
-draws per state: weights exp(drop / kappa), with their effective sample size; the method's V also carries
--alpha log pi(a|s~) of a sampled action, left out here, so this is the deterministic policy's nu*); and the suite's
-PGD (attacks/pgd.py defaults) for the scale. It also prints the adversary's mean |tanh(mean(s))| (0: centred) and
-its std (prior: 0.87), and how many updates it had since its last reset (a checkpoint written at a multiple of
---adv-reset-every holds a just-reset adversary).
+draws per state: weights exp(drop / kappa), with their effective sample size; where that is small the estimate
+likely falls short of nu*'s drop); and the suite's PGD (attacks/pgd.py defaults) for the scale. The method's V
+takes the min of the twins at a sampled action and carries -alpha log pi(a|s~); this uses the deterministic
+policy and the twins' mean, the suite's PGD objective. It also prints the adversary's mean |tanh(mean(s))| (0:
+centred) and its std (prior: 0.87), and how many updates it had had since its last reset (a checkpoint written at
+a multiple of --adv-reset-every holds an adversary reset at that step and updated once; newer checkpoints also
+keep the one that reset replaced, which is the one measured here, as the own-adversary attack does).
 
     python benchmarks/soft_adversary.py \\
         --ckpts results/halfcheetah_1m/models/checkpoints/sac_valt_soft__HalfCheetah-v4__s1_step400000.pt \\
@@ -98,7 +100,7 @@ def measure(path: str, n_states: int, samples: int, draws: int, kappas: list[flo
     trained = adversary_state(victim.ckpt)[1] != "as saved"
     return {"step": victim.ckpt["global_step"], "kappa_trained": settings.get("kappa"), "adversary": "trained until "
             "its last reset" if trained else "as saved", "updates_since_reset": None if trained or not reset_every
-            else victim.ckpt["global_step"] % reset_every,
+            else victim.ckpt["global_step"] % reset_every + 1,  # the update at the reset step counts
             "adversary_abs_mean": float(torch.tanh(mean).abs().mean()),
             "adversary_std": float(log_std.exp().mean()), "drop": rows, "boltzmann": boltzmann_rows}
 

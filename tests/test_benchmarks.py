@@ -293,6 +293,10 @@ def test_soft_adversary_samples_as_the_method_does_and_brackets_the_boltzmann_op
     mine = states + victim.eps * ours.sample(states)[0]
     torch.manual_seed(5)
     assert torch.allclose(mine, theirs.sample(states)[0].detach(), atol=1e-6)
+    victim.ckpt = {**victim.ckpt, "adversary_trained": {**victim.ckpt["adversary"],
+                                                          "mean.bias": torch.full((victim.obs_dim,), 3.0)}}
+    mean, _ = soft_adversary.adversary(victim)(states)  # a checkpoint that keeps it: the trained one is measured
+    assert float(torch.tanh(mean).abs().min()) > 0.9
     drop = soft_adversary.drop_fn(victim, states)
     assert float(drop(states).abs().max()) < 1e-4  # no perturbation, no drop
     uniform = drop(states.repeat(200, 1) + victim.eps * (2 * torch.rand(200 * 16, victim.obs_dim) - 1)).reshape(200, 16)
@@ -309,7 +313,7 @@ def test_soft_adversary_measures_a_checkpoint_and_refuses_other_methods_in_one_l
 
     entry = soft_adversary.measure(VALT_SOFT_50K, n_states=20, samples=50, draws=2, kappas=[8.0, 0.5], seed=0)
     d = entry["drop"]
-    assert entry["updates_since_reset"] == 50_000 % 2000 == 0 and 0.5 < entry["adversary_std"] < 1.5
+    assert entry["updates_since_reset"] == 1 and 50_000 % 2000 == 0 and 0.5 < entry["adversary_std"] < 1.5
     assert d["pgd"] > max(d["uniform"], d["adversary"], entry["boltzmann"]["0.5"]["drop"]) > 0
     out = tmp_path / "soft.json"
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "soft_adversary.py"), "--ckpts",

@@ -25,7 +25,12 @@ def test_resume_continues_exactly(workdir, module_name):
     assert resumed["global_step"] == 500
     a, b = straight["learner"].state_dict(), resumed["learner"].state_dict()
     kept = ("adversary", "adversary_trained") if "adversary_trained" in a else ("adversary",) if "adversary" in a else ()
-    assert "adversary_trained" not in a or a["adversary_trained"] is not None  # reset at 250 and 500
+    if "adversary_trained" in a:  # reset at 250 and 500: the resumed run's own reset at 500 remakes it, so check
+        saved = torch.load("runs/part/model_step300.pt", weights_only=True)  # the restore itself too
+        assert saved["adversary_trained"] is not None
+        restored = mod.train(mod.Args(**{**common, "total_timesteps": 300}, run_name="restored", save_every=0,
+                                      resume="runs/part/model_step300.pt"))["learner"].adversary_trained
+        assert all(torch.equal(restored[k], v) for k, v in saved["adversary_trained"].items())
     for net in ("actor", "critic", "critic_target") + kept:
         for name, p in a[net].items():
             torch.testing.assert_close(b[net][name], p, rtol=0, atol=0, msg=f"{net}.{name}")
@@ -72,6 +77,9 @@ def test_a_run_continues_from_the_studies_bfloat16_resume_copy(workdir, module_n
     assert not torch.equal(part["learner"].critic_target.state_dict()["weights.1"], critic["weights.1"])
     for name, p in critic.items():
         assert torch.equal(target[name], p) and torch.equal(p, copy["critic"][name].float()), name
+    if copy.get("adversary_trained") is not None:  # VALT-SOFT's kept adversary: rounded in the copy, float32 again
+        assert copy["adversary_trained"]["trunk.2.weight"].dtype == torch.bfloat16
+        assert {v.dtype for v in at_once["learner"].adversary_trained.values()} == {torch.float32}
     out = mod.train(mod.Args(**common, total_timesteps=500, run_name="resumed", save_every=0, resume="resume.pt"))
     learner = out["learner"]
     for name in learner.NETS:
