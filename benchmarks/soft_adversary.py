@@ -12,7 +12,8 @@ its mean; p (uniform noise); nu* at each --kappas value (self-normalised importa
 draws per state: weights exp(drop / kappa), with their effective sample size; where that is small the estimate
 likely falls short of nu*'s drop); and the suite's PGD (attacks/pgd.py defaults) for the scale. The method's V
 takes the min of the twins at a sampled action and carries -alpha log pi(a|s~); this uses the deterministic
-policy and the twins' mean, the suite's PGD objective. It also prints the adversary's mean |tanh(mean(s))| (0:
+policy and the twins' mean, the suite's PGD objective; the method's own V is split into its two pieces for
+uniform noise, nu_phi's draws and its mean (its drop in Q and in the entropy bonus). It also prints the adversary's mean |tanh(mean(s))| (0:
 centred) and its std (prior: 0.87), and how many updates it had had since its last reset (a checkpoint written at
 a multiple of --adv-reset-every holds an adversary reset at that step and updated once; newer checkpoints also
 keep the one that reset replaced, which is the one measured here, as the own-adversary attack does).
@@ -66,6 +67,21 @@ def drop_fn(victim, states: torch.Tensor):
     return drop
 
 
+SOFT_VALUE_ACTIONS = 20  # action draws per state for the soft value's pieces
+
+
+def soft_value(victim, states: torch.Tensor, perturbed: torch.Tensor) -> dict:
+    """The pieces of the method's own V(s, s~) (sac_valt_soft.py soft_value): the min of the twins at a ~ pi(.|s~)
+    and -alpha log pi(a|s~), each averaged over SOFT_VALUE_ACTIONS draws and the states."""
+    alpha, q, entropy = float(victim.ckpt["log_alpha"].exp()), 0.0, 0.0
+    with torch.no_grad():
+        for _ in range(SOFT_VALUE_ACTIONS):
+            action, log_prob = victim.actor.sample(perturbed)
+            q += float(victim.critic(states, action).min(0).values.mean()) / SOFT_VALUE_ACTIONS
+            entropy += float((-alpha * log_prob).mean()) / SOFT_VALUE_ACTIONS
+    return {"q": q, "entropy": entropy}
+
+
 def boltzmann(drops: torch.Tensor, kappa: float) -> tuple[float, float]:
     """E_{nu*}[drop] and the effective sample size (share of the draws), from uniform draws `drops` [samples, n]."""
     w = torch.softmax(drops / kappa, dim=0)
@@ -96,13 +112,20 @@ def measure(path: str, n_states: int, samples: int, draws: int, kappas: list[flo
     worst = pgd_minimize(lambda s, x: victim.critic(s, victim.actor.deterministic(x)).mean(0), states, eps,
                          pgd.STEPS, pgd.STEP_SCALE * eps / pgd.STEPS, pgd.RESTARTS, pgd.START)
     rows["pgd"] = float(drop(worst).mean())
+    with torch.no_grad():  # V's drop split: does nu_phi lower Q, or the entropy bonus?
+        draws_of = {"uniform": states + eps * (2 * torch.rand_like(states) - 1),
+                    "adversary": states + eps * net.sample(states)[0],
+                    "adversary_mean": states + eps * net.deterministic(states)}
+    clean_v = soft_value(victim, states, states)
+    split = {name: {k: clean_v[k] - v for k, v in soft_value(victim, states, x).items()} for name, x in draws_of.items()}
     reset_every = settings.get("adv_reset_every") or 0
     trained = adversary_state(victim.ckpt)[1] != "as saved"
     return {"step": victim.ckpt["global_step"], "kappa_trained": settings.get("kappa"), "adversary": "trained until "
             "its last reset" if trained else "as saved", "updates_since_reset": None if trained or not reset_every
             else victim.ckpt["global_step"] % reset_every + 1,  # the update at the reset step counts
             "adversary_abs_mean": float(torch.tanh(mean).abs().mean()),
-            "adversary_std": float(log_std.exp().mean()), "drop": rows, "boltzmann": boltzmann_rows}
+            "adversary_std": float(log_std.exp().mean()), "drop": rows, "boltzmann": boltzmann_rows,
+            "soft_value_drop": split}
 
 
 def settings(a) -> dict:
@@ -119,6 +142,9 @@ def print_entry(path: str, e: dict) -> None:
     print(f"  critic's drop: adversary {d['adversary']:.2f} (its mean {d['adversary_mean']:.2f}), uniform "
           f"{d['uniform']:.2f}, PGD {d['pgd']:.2f}; nu* " + ", ".join(
               f"kappa {k}: {b['drop']:.2f} (ESS {100 * b['ess_share']:.0f} %)" for k, b in e["boltzmann"].items()))
+    print("  the method's V (min of the twins, a ~ pi, - alpha log pi), its drop: " + ", ".join(
+        f"{name} {d['q'] + d['entropy']:.2f} (Q {d['q']:.2f}, entropy {d['entropy']:.2f})"
+        for name, d in e["soft_value_drop"].items()))
 
 
 def main() -> None:

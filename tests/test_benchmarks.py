@@ -315,6 +315,9 @@ def test_soft_adversary_measures_a_checkpoint_and_refuses_other_methods_in_one_l
     d = entry["drop"]
     assert entry["updates_since_reset"] == 1 and 50_000 % 2000 == 0 and 0.5 < entry["adversary_std"] < 1.5
     assert d["pgd"] > max(d["uniform"], d["adversary"], entry["boltzmann"]["0.5"]["drop"]) > 0
+    split = entry["soft_value_drop"]
+    assert set(split) == {"uniform", "adversary", "adversary_mean"} and all(set(v) == {"q", "entropy"} for v in split.values())
+    assert split["uniform"]["q"] > 0 and abs(split["uniform"]["entropy"]) < split["uniform"]["q"] + 1.0
     out = tmp_path / "soft.json"
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "soft_adversary.py"), "--ckpts",
                            SAC_FIXTURE, "--out", str(out)], capture_output=True, text=True, timeout=120)
