@@ -24,6 +24,9 @@ def main(argv: list[str]) -> int:
         print("usage: slim_at.py STEP FULL_CHECKPOINT SLIM_OUT", file=sys.stderr)
         return 2
     target, src, dst = int(argv[0]), argv[1], argv[2]
+    if not os.path.isdir(os.path.dirname(os.path.abspath(dst))):
+        print(f"slim_at.py: no folder for {dst}", file=sys.stderr)
+        return 2
     while True:
         try:
             step = torch.load(src, map_location="cpu", weights_only=True, mmap=True)["global_step"]
