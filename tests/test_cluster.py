@@ -31,11 +31,19 @@ pytestmark = [pytest.mark.xdist_group("ray"), pytest.mark.skipif(
 NAME = "sac__HalfCheetah-v4__s1"
 
 
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
+def free_ports(n: int, taken: set[int]) -> list[int]:
+    """n distinct ports free now and not in `taken` (which they join): every socket stays open until all n are
+    picked, so one call never returns a port twice, and `taken` keeps two calls apart (a node's own port lists
+    and the nodes of one cluster)."""
+    socks, ports = [], []
+    while len(ports) < n:
+        s = socket.socket()
         s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
+        socks.append(s)
+        port = s.getsockname()[1]
+        if port not in taken:
+            taken.add(port)
+            ports.append(port)
     for s in socks:
         s.close()
     return ports
@@ -46,20 +54,20 @@ class Cluster:
     own process group, killed by that group: another Ray on this machine is never touched."""
 
     def __init__(self, base: str):
-        self.base, self.nodes = base, []
+        self.base, self.nodes, self.taken, self.logs = base, [], set(), {}
         # token auth would need the head's token copied into each worker's HOME; these nodes only talk over loopback
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") and k != "PYTHONPATH"}
         self.env.update(RAY_AUTH_MODE="disabled", PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-        self.port = free_ports(1)[0]
+        self.port = free_ports(1, self.taken)[0]
         self.address = f"127.0.0.1:{self.port}"
 
     def node_args(self, ip: str, temp_dir: str) -> list[str]:
-        manager, objects, client, agent, agent_grpc, metrics, runtime_env, workers = free_ports(8)
+        manager, objects, client, agent, agent_grpc, metrics, runtime_env = free_ports(7, self.taken)
         return ["--node-ip-address", ip, "--temp-dir", temp_dir, "--node-manager-port", str(manager),
                 "--object-manager-port", str(objects), "--dashboard-agent-listen-port", str(agent),
                 "--dashboard-agent-grpc-port", str(agent_grpc), "--metrics-export-port", str(metrics),
                 "--runtime-env-agent-port", str(runtime_env), "--worker-port-list",
-                ",".join(map(str, free_ports(12))), "--disable-usage-stats", "--block"] + \
+                ",".join(map(str, free_ports(12, self.taken))), "--disable-usage-stats", "--block"] + \
             (["--ray-client-server-port", str(client)] if ip == "127.0.0.1" else [])
 
     def start_head(self) -> None:
@@ -84,6 +92,7 @@ class Cluster:
         proc = subprocess.Popen(cmd, cwd=folder, env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         self.nodes.append(proc)
+        self.logs[proc.pid] = log.name
         return proc
 
     def wait_for_cpus(self, cpus: float, timeout: float = 120) -> None:
@@ -94,6 +103,10 @@ class Cluster:
                                   env=self.env, timeout=120)
             if proc.returncode == 0 and float(proc.stdout.split()[-1]) >= cpus:
                 return
+            dead = [node for node in self.nodes if node.poll() is not None]
+            if dead:  # a node that exited never joins: say why at once, from its own log
+                with open(self.logs[dead[0].pid]) as f:
+                    raise AssertionError(f"a Ray node exited before the cluster had {cpus} CPUs:\n{f.read()[-1500:]}")
             time.sleep(2)
         raise AssertionError(f"the cluster never had {cpus} CPUs: {proc.stdout[-500:]} {proc.stderr[-1500:]}")
 
@@ -203,6 +216,13 @@ def test_a_two_node_cluster_without_shared_folders_brings_every_result_to_the_dr
     assert "| HalfCheetah-v4 | SAC | 1 |" in open(os.path.join(out, "results", "table.md")).read()
     assert not any(f.endswith("_buffer.pt") for _, _, fs in os.walk(out) for f in fs)  # buffers stay in the storage
     shutil.rmtree(base, ignore_errors=True)
+
+
+def test_the_clusters_ports_never_repeat_across_calls():
+    """Two of one node's components once got the same port (two calls of free_ports, the first's sockets closed)."""
+    taken: set[int] = set()
+    first, second = free_ports(300, taken), free_ports(300, taken)
+    assert len(set(first) | set(second)) == 600 and taken == set(first) | set(second)
 
 
 def test_bad_storage_is_one_line(tmp_path):
