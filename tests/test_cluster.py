@@ -219,7 +219,8 @@ def test_a_two_node_cluster_without_shared_folders_brings_every_result_to_the_dr
 
 
 def test_the_clusters_ports_never_repeat_across_calls():
-    """Two of one node's components once got the same port (two calls of free_ports, the first's sockets closed)."""
+    """A Ray node refuses to start when two of its components share a port: two draws never repeat one, though
+    the first draw's sockets are closed (free again to the OS) when the second runs."""
     taken: set[int] = set()
     first, second = free_ports(300, taken), free_ports(300, taken)
     assert len(set(first) | set(second)) == 600 and taken == set(first) | set(second)
