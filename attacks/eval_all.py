@@ -33,7 +33,7 @@ import tyro
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from attacks import estimate, mad, natural, pa_ad, pgd, robust_sarsa, sa_rl, uniform, valt_soft_adv, video  # noqa: E402
 from attacks.common import (AttackError, EvalArgs, SaveDirArgs, adapt, parse, run_cli, unavailable,  # noqa: E402
-                            victim_from_args, victim_identity)
+                            victim_from_args, victim_identity, write_json_atomically)
 from attacks.learned import LearnedArgs  # noqa: E402
 
 # attack name -> (column label, module, overrides of the shared arguments)
@@ -186,10 +186,34 @@ def check_reuse(path: str, reuse_path: str) -> dict:
     return earlier
 
 
+def row_paths(row: dict) -> list[tuple[dict, str]]:
+    """The (holder, key) of every file path a row records: learned attackers and the video."""
+    holders = [(row["video"], "path")] if isinstance(row.get("video"), dict) and "path" in row["video"] else []
+    for column in row.get("attacks", {}).values():
+        holders += [(column, "attacker_path")] if "attacker_path" in column else []
+        holders += [(c, "path") for c in column.get("per_config", []) if "path" in c]
+    return holders
+
+
+def paths_relative_to(row: dict, folder: str) -> dict:
+    """The row as written: its file paths relative to its own folder, so a clone elsewhere still finds them."""
+    row = copy.deepcopy(row)
+    for holder, key in row_paths(row):
+        holder[key] = os.path.relpath(os.path.abspath(holder[key]), folder)
+    return row
+
+
+def paths_absolute_from(row: dict, folder: str) -> dict:
+    """The row as read: relative file paths resolved from its folder (rows written before kept absolute ones)."""
+    for holder, key in row_paths(row):
+        holder[key] = os.path.normpath(os.path.join(folder, holder[key]))
+    return row
+
+
 def check_update(stem: str, row: dict) -> dict:
     """--update's existing row, if this run's columns may join it: same model, same episodes, seed, eps, mode."""
     try:
-        existing = json.load(open(f"{stem}_attacks.json"))
+        existing = paths_absolute_from(json.load(open(f"{stem}_attacks.json")), os.path.dirname(os.path.abspath(stem)))
     except (OSError, ValueError) as e:
         raise AttackError(f"--update: no readable {stem}_attacks.json to update ({e})")
     for key in ROW_SETTINGS:
@@ -306,8 +330,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         if args.update:
             row = merge_into(stem, row)
         rows.append(row)
-        with open(f"{stem}_attacks.json", "w") as f:
-            json.dump(row, f, indent=1)
+        write_json_atomically(f"{stem}_attacks.json", paths_relative_to(row, os.path.dirname(os.path.abspath(stem))))
         with open(f"{stem}_attacks.md", "w") as f:
             f.write(markdown_table([row]) + "\n")
     table = markdown_table(rows)

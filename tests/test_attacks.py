@@ -512,6 +512,27 @@ def test_eval_all_update_replaces_columns_and_reuse_copies_only_identical_ones(s
         eval_all.main(["--ckpt", ckpt, "--attacks", "pgd", "--update", "--video", *quick])
 
 
+def test_a_rows_file_paths_are_written_relative_to_it_and_read_back_from_wherever_it_lies(tmp_path):
+    """A study cloned to another folder replays its learned attackers: the row stores their paths relative to
+    itself; a row written with absolute paths (before) still reads, and is rewritten relative on --update."""
+    study = tmp_path / "study" / "models"
+    attacker = str(study / "attackers" / "a.pt")
+    row = {"attacks": {"natural": {"mean": 1.0},
+                       "sa_rl_sac": {"attacker_path": attacker, "per_config": [{"id": "c", "path": attacker}]}},
+           "video": {"path": str(study / "m_natural_vs_sa_rl_sac.mp4")}}
+    written = eval_all.paths_relative_to(row, str(study))
+    assert row["attacks"]["sa_rl_sac"]["attacker_path"] == attacker  # the row in memory is untouched
+    assert written["attacks"]["sa_rl_sac"]["attacker_path"] == os.path.join("attackers", "a.pt")
+    assert written["attacks"]["sa_rl_sac"]["per_config"][0]["path"] == os.path.join("attackers", "a.pt")
+    assert written["video"]["path"] == "m_natural_vs_sa_rl_sac.mp4"
+    clone = tmp_path / "clone" / "models"
+    read = eval_all.paths_absolute_from(json.loads(json.dumps(written)), str(clone))
+    assert read["attacks"]["sa_rl_sac"]["attacker_path"] == str(clone / "attackers" / "a.pt")
+    assert read["video"]["path"] == str(clone / "m_natural_vs_sa_rl_sac.mp4")
+    old = eval_all.paths_absolute_from(json.loads(json.dumps(row)), str(clone))
+    assert old["attacks"]["sa_rl_sac"]["per_config"][0]["path"] == attacker
+
+
 def test_the_suite_estimate_matches_measured_time_on_fixed_length_episodes(monkeypatch):
     """HalfCheetah episodes always last 1000 steps, so the estimate of a per-step attack is a prediction, not a
     bound: within 3x of the time the attack then takes, for episodes run side by side (3: the batched perturbation is
@@ -644,6 +665,8 @@ def test_search_resumes_and_eval_all_reads_the_trained_attackers(sac_ckpt, tmp_p
     assert column["search"]["preset"] == "quick" and column["search"]["configurations"] == 2
     assert column["mean"] == min(json.loads(p.read_text())["mean"] for p in records)
     assert "learned quick" in row["search"]
+    assert not os.path.isabs(column["attacker_path"])  # relative to the row's folder: a clone finds its attacker
+    assert os.path.isfile(os.path.join(os.path.dirname(sac_ckpt), column["attacker_path"]))
     # the study cloned elsewhere: the same checkpoint at another path finds its attackers by content
     moved = tmp_path / "elsewhere" / os.path.basename(sac_ckpt)
     moved.parent.mkdir()

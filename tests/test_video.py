@@ -78,8 +78,8 @@ def test_attack_video_shows_the_tables_first_episode_natural_and_attacked(workdi
 
     eval_all.main(["--ckpt", out["save_path"], "--attacks", "natural,pgd", "--episodes", "1", "--seed", "0", "--video"])
     row = json.loads((tmp_path / "model_attacks.json").read_text())
-    assert row["video"]["path"] == str(tmp_path / f"model_natural_vs_{row['worst']['attack']}.mp4")
-    assert iio.imread(row["video"]["path"]).shape[0] == row["video"]["frames"]
+    assert row["video"]["path"] == f"model_natural_vs_{row['worst']['attack']}.mp4"  # beside the row, relative to it
+    assert iio.imread(tmp_path / row["video"]["path"]).shape[0] == row["video"]["frames"]
     # Robust Sarsa's column is the strongest of a grid of critics: its video replays that critic's attack
     from attacks import robust_sarsa
 
@@ -108,5 +108,6 @@ def test_the_video_of_a_learned_column_replays_its_strongest_attacker_and_leaves
     row = json.loads((workdir / "model_attacks.json").read_text())
     column = row["attacks"]["sa_rl_ppo"]
     assert row["video"]["attacked_return"] == column["returns"][0]
+    assert column["attacker_path"].startswith(os.path.join("att", ""))  # the save dir, relative to the row's folder
     records = [json.load(open(p)) for p in glob.glob(str(workdir / "att" / "*.json"))]
     assert len(records) == 2 and all(r["evaluation"]["episodes"] == 2 for r in records)
