@@ -4,16 +4,19 @@ with the first such step.
 
     python benchmarks/upside_down.py --ckpt results/halfcheetah_1m/models/checkpoints/sac__HalfCheetah-v4__s1_step800000.pt
     python benchmarks/upside_down.py --ckpt <slim> --attack pgd    # the suite's PGD at its defaults
+    python benchmarks/upside_down.py --ckpt <slim> --attack rs     # the RS column's strongest critic (its row)
 
 The planar tasks (HalfCheetah, Hopper, Walker2d) have the pitch as qpos[2] (their "rooty" joint); others are refused.
 Both run through the suite's own loop (attacks.common.rollout), seeded seed, seed + 1, ...: clean episodes one
 after another (attacks/natural.py runs them side by side, a batch whose arithmetic rounds differently, so the
 returns differ from a natural row's); PGD episodes side by side, as attacks/pgd.py runs them: its returns are the
-PGD row's.
+PGD row's. RS replays the strongest Sarsa critic that `<ckpt stem>_attacks.json`'s RS column names, from its cache,
+side by side like the column (its returns are the column's when the row used these episodes and seed).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -22,8 +25,8 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from attacks import pgd  # noqa: E402
-from attacks.common import AttackError, load_victim, rollout  # noqa: E402
+from attacks import pgd, robust_sarsa  # noqa: E402
+from attacks.common import AttackError, Victim, load_victim, rollout  # noqa: E402
 
 PLANAR = ("HalfCheetah", "Hopper", "Walker2d")
 
@@ -40,11 +43,32 @@ class Unperturbed:
         return obs_n
 
 
-def episodes(ckpt: str, count: int, seed: int, attack: str = "none") -> list[dict]:
+def strongest_rs(victim: Victim, ckpt: str, rs_flags: tuple[str, ...] = ()):
+    """The attacker of the RS column of the checkpoint's row: its strongest critic, read from the cache under the
+    Sarsa settings `rs_flags` (eval_all's flags; its defaults when empty), which must be the row's."""
+    from attacks import eval_all
+
+    row_path = f"{os.path.splitext(ckpt)[0]}_attacks.json"
+    try:
+        row = json.load(open(row_path))
+        strongest, fitted = row["attacks"]["rs"]["strongest"], row["attacks"]["rs"]["search"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise AttackError(f"--attack rs replays the RS column of {row_path}: none readable ({type(e).__name__}: {e})")
+    args = eval_all.parse(eval_all.Args, "", ["--ckpt", ckpt, "--seed", str(row.get("seed", 0)), *rs_flags])
+    ours = robust_sarsa.settings_record(victim, args, [])
+    other = {k: {"row": fitted.get(k), "here": v} for k, v in ours.items()
+             if k not in ("grid", "settings") and fitted.get(k) != v}
+    if other:
+        raise AttackError(f"{row_path}'s RS column ran with other settings (pass its flags with --rs-flags): {other}")
+    return robust_sarsa.Replay(victim, args, strongest).attacker
+
+
+def episodes(ckpt: str, count: int, seed: int, attack: str = "none", rs_flags: tuple[str, ...] = ()) -> list[dict]:
     victim = load_victim(ckpt)
     if not victim.env_id.startswith(PLANAR):
         raise AttackError(f"{victim.env_id}: the pitch is read from a planar task's root joint ({', '.join(PLANAR)})")
-    attacker = pgd.attacker(victim, pgd.Args()) if attack == "pgd" else Unperturbed()
+    attacker = {"pgd": lambda: pgd.attacker(victim, pgd.Args()), "rs": lambda: strongest_rs(victim, ckpt, rs_flags),
+                "none": Unperturbed}[attack]()
     steps, upside, first = [0] * count, [0] * count, [None] * count
 
     def record(i: int, env) -> None:
@@ -62,11 +86,14 @@ def main() -> None:
     p.add_argument("--ckpt", required=True)
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--attack", choices=("none", "pgd"), default="none",
-                   help="none: clean episodes; pgd: under the suite's PGD (minQ) at its defaults")
+    p.add_argument("--attack", choices=("none", "pgd", "rs"), default="none",
+                   help="none: clean episodes; pgd: under the suite's PGD (minQ) at its defaults; rs: the strongest "
+                        "critic of the checkpoint's RS column")
+    p.add_argument("--rs-flags", default="", help="--attack rs: the Sarsa flags eval_all ran the row's RS column "
+                   "with, if not its defaults (e.g. \"--rs-hidden 64 64 --pgd-restarts 2\")")
     a = p.parse_args()
     try:
-        rows = episodes(a.ckpt, a.episodes, a.seed, a.attack)
+        rows = episodes(a.ckpt, a.episodes, a.seed, a.attack, tuple(a.rs_flags.split()))
     except AttackError as e:
         sys.exit(f"error: {e}")
     print("| episode | return | steps upside down | first |\n|---|---|---|---|")

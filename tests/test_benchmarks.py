@@ -188,6 +188,25 @@ def test_upside_down_replays_the_attack_suites_episodes_and_counts_the_pitch(tmp
         upside_down.episodes(str(tmp_path / "missing.pt"), 1, 0)
 
 
+def test_upside_down_replays_the_rs_columns_strongest_critic(tmp_path):
+    """--attack rs: the RS column's own episodes, from the critic its row names; other Sarsa settings are refused."""
+    import upside_down
+    from attacks import eval_all
+
+    ckpt = str(tmp_path / "m.pt")
+    shutil.copyfile(SAC_FIXTURE, ckpt)
+    with pytest.raises(upside_down.AttackError, match="RS column of"):  # no row yet
+        upside_down.episodes(ckpt, 1, 0, attack="rs")
+    flags = ("--rs-steps", "300", "--rs-updates", "30", "--rs-hidden", "16", "16", "--pgd-restarts", "2")
+    eval_all.main(["--ckpt", ckpt, "--attacks", "rs", "--episodes", "1", "--seed", "3", "--rs-settings", "0.05:0.3",
+                   *flags])
+    column = json.load(open(tmp_path / "m_attacks.json"))["attacks"]["rs"]
+    rows = upside_down.episodes(ckpt, 1, seed=3, attack="rs", rs_flags=flags)
+    assert [r["return"] for r in rows] == pytest.approx(column["returns"], abs=1e-6)
+    with pytest.raises(upside_down.AttackError, match="other settings"):  # the defaults fit another critic
+        upside_down.episodes(ckpt, 1, 0, attack="rs")
+
+
 def test_action_change_measures_pgd_on_the_natural_and_the_pgd_rows_episodes(tmp_path):
     import action_change
     from attacks import pgd
