@@ -191,10 +191,9 @@ def run_attacks(ckpt: str, out_json: str, attack_args: list[str]) -> dict:
     log_path = out_json.replace(".json", ".log")
     with open(log_path, "w") as log:
         subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    row = json.load(open(os.path.splitext(ckpt)[0] + "_attacks.json"))
-    with open(out_json, "w") as f:
-        json.dump(row, f, indent=1)
-    return row
+    from attacks.common import copy_row
+
+    return copy_row(os.path.splitext(ckpt)[0] + "_attacks.json", out_json)
 
 
 class Storage:
@@ -968,9 +967,9 @@ def main(argv=None) -> None:
                           f"(the suite attacked {earlier}): attacking it", flush=True)
                 seed_row = os.path.join(out, "models", f"{name}_attacks.json")
                 if same_attacks(a) and os.path.isfile(seed_row):  # the suite IS the per-seed attacks: reuse them
-                    import shutil
+                    from attacks.common import copy_row
 
-                    shutil.copyfile(seed_row, out_json)
+                    copy_row(seed_row, out_json)
                     print(f"[sweep] attacks of {method} {env_id}: the median seed's per-seed attacks "
                           f"(the same attacks and settings)", flush=True)
                     if a.git_commit:

@@ -6,6 +6,7 @@ All perturbations live in the victim's normalized observation space, with its no
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import io
 import json
@@ -359,6 +360,37 @@ def write_json_atomically(path: str, obj: dict) -> None:
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=1)
     os.replace(tmp, path)
+
+
+def row_paths(row: dict) -> list[tuple[dict, str]]:
+    """The (holder, key) of every file path a row records: learned attackers and the video."""
+    holders = [(row["video"], "path")] if isinstance(row.get("video"), dict) and "path" in row["video"] else []
+    for column in row.get("attacks", {}).values():
+        holders += [(column, "attacker_path")] if "attacker_path" in column else []
+        holders += [(c, "path") for c in column.get("per_config", []) if "path" in c]
+    return holders
+
+
+def paths_relative_to(row: dict, folder: str) -> dict:
+    """An attack row as written: its file paths relative to its own folder, so a clone elsewhere finds them."""
+    row = copy.deepcopy(row)
+    for holder, key in row_paths(row):
+        holder[key] = os.path.relpath(os.path.abspath(holder[key]), folder)
+    return row
+
+
+def paths_absolute_from(row: dict, folder: str) -> dict:
+    """An attack row as read: relative file paths resolved from its folder (older rows hold absolute ones)."""
+    for holder, key in row_paths(row):
+        holder[key] = os.path.normpath(os.path.join(folder, holder[key]))
+    return row
+
+
+def copy_row(src: str, dst: str) -> dict:
+    """An attack row copied to another path (atomically), its file paths re-based on the new folder; returns it."""
+    row = paths_absolute_from(json.load(open(src)), os.path.dirname(os.path.abspath(src)))
+    write_json_atomically(dst, paths_relative_to(row, os.path.dirname(os.path.abspath(dst))))
+    return row
 
 
 def kept_rows(path: Optional[str], settings: dict) -> list:

@@ -33,7 +33,8 @@ import tyro
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from attacks import estimate, mad, natural, pa_ad, pgd, robust_sarsa, sa_rl, uniform, valt_soft_adv, video  # noqa: E402
 from attacks.common import (AttackError, EvalArgs, SaveDirArgs, adapt, parse, run_cli, unavailable,  # noqa: E402
-                            victim_from_args, victim_identity, write_json_atomically)
+                            paths_absolute_from, paths_relative_to, victim_from_args, victim_identity,
+                            write_json_atomically)
 from attacks.learned import LearnedArgs  # noqa: E402
 
 # attack name -> (column label, module, overrides of the shared arguments)
@@ -184,30 +185,6 @@ def check_reuse(path: str, reuse_path: str) -> dict:
     if not os.path.isfile(source) or not filecmp.cmp(source, path, shallow=False):
         raise AttackError(f"--reuse {reuse_path}: its checkpoint ({earlier.get('ckpt')}) is not byte-identical to {path}")
     return earlier
-
-
-def row_paths(row: dict) -> list[tuple[dict, str]]:
-    """The (holder, key) of every file path a row records: learned attackers and the video."""
-    holders = [(row["video"], "path")] if isinstance(row.get("video"), dict) and "path" in row["video"] else []
-    for column in row.get("attacks", {}).values():
-        holders += [(column, "attacker_path")] if "attacker_path" in column else []
-        holders += [(c, "path") for c in column.get("per_config", []) if "path" in c]
-    return holders
-
-
-def paths_relative_to(row: dict, folder: str) -> dict:
-    """The row as written: its file paths relative to its own folder, so a clone elsewhere still finds them."""
-    row = copy.deepcopy(row)
-    for holder, key in row_paths(row):
-        holder[key] = os.path.relpath(os.path.abspath(holder[key]), folder)
-    return row
-
-
-def paths_absolute_from(row: dict, folder: str) -> dict:
-    """The row as read: relative file paths resolved from its folder (rows written before kept absolute ones)."""
-    for holder, key in row_paths(row):
-        holder[key] = os.path.normpath(os.path.join(folder, holder[key]))
-    return row
 
 
 def check_update(stem: str, row: dict) -> dict:

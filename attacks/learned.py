@@ -132,10 +132,12 @@ def attacker_path(victim: Victim, config: AttackerConfig, save_dir: str, tag: st
 
 def finished_record(victim: Victim, config: AttackerConfig, save_dir: str, episodes: int, eval_seed: int,
                     stochastic: bool = False, tag: str = "") -> Optional[dict]:
-    """The record of this attacker trained against this victim and evaluated on these episodes, if saved."""
-    record = read_record(attacker_path(victim, config, save_dir, tag)[:-3] + ".json")
+    """The record of this attacker trained against this victim and evaluated on these episodes, if saved; its path
+    where it lies now (a record carries the path it was trained at, perhaps in another clone)."""
+    path = attacker_path(victim, config, save_dir, tag)
+    record = read_record(path[:-3] + ".json")
     evaluation = {"episodes": episodes, "seed": eval_seed, "stochastic": stochastic}
-    return record if same_victim(record, victim) and record.get("evaluation") == evaluation else None
+    return {**record, "path": path} if same_victim(record, victim) and record.get("evaluation") == evaluation else None
 
 
 def train_one(victim: Victim, config: AttackerConfig, realize: Callable, action_dim: int, save_dir: str,
@@ -152,7 +154,7 @@ def train_one(victim: Victim, config: AttackerConfig, realize: Callable, action_
     if known_victim and record.get("evaluation") == evaluation:
         with contextlib.suppress(FileNotFoundError):  # left by a stop between the record and its removal below
             os.remove(path[:-3] + ".partial.pt")
-        return record
+        return {**record, "path": path}  # where it lies now, not where it was trained
     name = f"{config.kind}_{config.algo}"
     start = time.time()
     policy, train_seconds = None, 0.0

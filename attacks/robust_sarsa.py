@@ -223,8 +223,9 @@ def action_inputs(victim: Victim, args) -> list[str]:
 def settings_record(victim: Victim, args, settings) -> dict:
     return {"grid": "explicit" if args.rs_settings else args.rs_grid, "settings": [list(s) for s in settings],
             "data_steps": args.rs_steps, "updates": args.rs_updates, "explore": args.rs_explore,
-            "action_inputs": action_inputs(victim, args), "mad_ratio": args.rs_mad_ratio,
-            "pgd_steps": args.pgd_steps, "pgd_step_scale": args.pgd_step_scale, "pgd_restarts": args.pgd_restarts}
+            "action_inputs": action_inputs(victim, args), "mad_ratio": args.rs_mad_ratio, "hidden": list(args.rs_hidden),
+            "pgd_steps": args.pgd_steps, "pgd_step_scale": args.pgd_step_scale, "pgd_restarts": args.pgd_restarts,
+            "pgd_start": args.pgd_start}
 
 
 def cache_dir(victim: Victim, args) -> str:

@@ -43,31 +43,44 @@ class Unperturbed:
         return obs_n
 
 
-def strongest_rs(victim: Victim, ckpt: str, rs_flags: tuple[str, ...] = ()):
-    """The attacker of the RS column of the checkpoint's row: its strongest critic, read from the cache under the
-    Sarsa settings `rs_flags` (eval_all's flags; its defaults when empty), which must be the row's."""
-    from attacks import eval_all
-
+def rs_row(ckpt: str) -> dict:
+    """The checkpoint's attack row, which must hold an RS column."""
     row_path = f"{os.path.splitext(ckpt)[0]}_attacks.json"
     try:
         row = json.load(open(row_path))
-        strongest, fitted = row["attacks"]["rs"]["strongest"], row["attacks"]["rs"]["search"]
+        row["attacks"]["rs"]["strongest"], row["attacks"]["rs"]["search"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise AttackError(f"--attack rs replays the RS column of {row_path}: none readable ({type(e).__name__}: {e})")
-    args = eval_all.parse(eval_all.Args, "", ["--ckpt", ckpt, "--seed", str(row.get("seed", 0)), *rs_flags])
+    return row
+
+
+def strongest_rs(victim: Victim, row: dict, rs_flags: tuple[str, ...] = ()):
+    """The attacker of the row's RS column: its strongest critic, read from the cache under the Sarsa settings
+    `rs_flags` (eval_all's flags; its defaults when empty), which must be those the row recorded."""
+    from attacks import eval_all
+    from attacks.common import adapt, victim_identity
+
+    if row.get("victim_sha1") not in (None, victim_identity(victim)["victim_sha1"]):
+        raise AttackError(f"{victim.ckpt_path}: its attack row was made on another model")
+    args = eval_all.parse(eval_all.Args, "", ["--ckpt", victim.ckpt_path, "--seed", str(row.get("seed", 0)), *rs_flags])
+    adapt("rs", victim, args)
+    fitted = row["attacks"]["rs"]["search"]
     ours = robust_sarsa.settings_record(victim, args, [])
-    other = {k: {"row": fitted.get(k), "here": v} for k, v in ours.items()
-             if k not in ("grid", "settings") and fitted.get(k) != v}
+    other = {k: {"row": fitted[k], "here": v} for k, v in ours.items()
+             if k in fitted and k not in ("grid", "settings") and fitted[k] != v}  # older rows record fewer
     if other:
-        raise AttackError(f"{row_path}'s RS column ran with other settings (pass its flags with --rs-flags): {other}")
-    return robust_sarsa.Replay(victim, args, strongest).attacker
+        raise AttackError(f"the row's RS column ran with other settings (pass its flags with --rs-flags): {other}")
+    return robust_sarsa.Replay(victim, args, row["attacks"]["rs"]["strongest"]).attacker
 
 
 def episodes(ckpt: str, count: int, seed: int, attack: str = "none", rs_flags: tuple[str, ...] = ()) -> list[dict]:
-    victim = load_victim(ckpt)
+    row = rs_row(ckpt) if attack == "rs" else {}
+    victim = load_victim(ckpt, eps=row.get("eps"))  # RS: at the row's radius
     if not victim.env_id.startswith(PLANAR):
         raise AttackError(f"{victim.env_id}: the pitch is read from a planar task's root joint ({', '.join(PLANAR)})")
-    attacker = {"pgd": lambda: pgd.attacker(victim, pgd.Args()), "rs": lambda: strongest_rs(victim, ckpt, rs_flags),
+    if row.get("stochastic"):
+        raise AttackError("the row's RS column ran the stochastic policy; this benchmark runs the deterministic one")
+    attacker = {"pgd": lambda: pgd.attacker(victim, pgd.Args()), "rs": lambda: strongest_rs(victim, row, rs_flags),
                 "none": Unperturbed}[attack]()
     steps, upside, first = [0] * count, [0] * count, [None] * count
 

@@ -520,17 +520,23 @@ def test_a_rows_file_paths_are_written_relative_to_it_and_read_back_from_whereve
     row = {"attacks": {"natural": {"mean": 1.0},
                        "sa_rl_sac": {"attacker_path": attacker, "per_config": [{"id": "c", "path": attacker}]}},
            "video": {"path": str(study / "m_natural_vs_sa_rl_sac.mp4")}}
-    written = eval_all.paths_relative_to(row, str(study))
+    written = common.paths_relative_to(row, str(study))
     assert row["attacks"]["sa_rl_sac"]["attacker_path"] == attacker  # the row in memory is untouched
     assert written["attacks"]["sa_rl_sac"]["attacker_path"] == os.path.join("attackers", "a.pt")
     assert written["attacks"]["sa_rl_sac"]["per_config"][0]["path"] == os.path.join("attackers", "a.pt")
     assert written["video"]["path"] == "m_natural_vs_sa_rl_sac.mp4"
     clone = tmp_path / "clone" / "models"
-    read = eval_all.paths_absolute_from(json.loads(json.dumps(written)), str(clone))
+    read = common.paths_absolute_from(json.loads(json.dumps(written)), str(clone))
     assert read["attacks"]["sa_rl_sac"]["attacker_path"] == str(clone / "attackers" / "a.pt")
     assert read["video"]["path"] == str(clone / "m_natural_vs_sa_rl_sac.mp4")
-    old = eval_all.paths_absolute_from(json.loads(json.dumps(row)), str(clone))
+    old = common.paths_absolute_from(json.loads(json.dumps(row)), str(clone))
     assert old["attacks"]["sa_rl_sac"]["per_config"][0]["path"] == attacker
+    # a row copied into another folder (a sweep's median-seed suite) is re-based on it
+    study.mkdir(parents=True)
+    (study / "m_attacks.json").write_text(json.dumps(written))
+    common.copy_row(str(study / "m_attacks.json"), str(tmp_path / "study" / "attacks" / "m.json"))
+    copied = json.loads((tmp_path / "study" / "attacks" / "m.json").read_text())
+    assert copied["attacks"]["sa_rl_sac"]["attacker_path"] == os.path.join("..", "models", "attackers", "a.pt")
 
 
 def test_the_suite_estimate_matches_measured_time_on_fixed_length_episodes(monkeypatch):
@@ -675,6 +681,16 @@ def test_search_resumes_and_eval_all_reads_the_trained_attackers(sac_ckpt, tmp_p
     proc = run_script("attacks/eval_all.py", *moved_args, "--attacks", "sa_rl_ppo", cwd=str(tmp_path), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "att").iterdir()} == stamps
+    # its save dir cloned too: the row names the attackers where they lie now, not the paths their records were made at
+    clone = tmp_path / "elsewhere" / "att"
+    shutil.copytree(tmp_path / "att", clone)
+    cloned_args = [str(clone) if a == str(tmp_path / "att") else a for a in moved_args]
+    proc = run_script("attacks/eval_all.py", *cloned_args, "--attacks", "sa_rl_ppo", cwd=str(tmp_path), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in clone.iterdir()) == sorted(p.name for p in (tmp_path / "att").iterdir())
+    cloned = json.loads(open(str(moved).replace(".pt", "_attacks.json")).read())["attacks"]["sa_rl_ppo"]
+    named = [cloned["attacker_path"]] + [c["path"] for c in cloned["per_config"]]
+    assert len(named) == 3 and all(p.startswith(os.path.join("att", "")) for p in named)
     # records keyed by the victim's absolute path (some committed study caches) are read back at that path
     for p in records:
         record = json.loads(p.read_text())

@@ -199,12 +199,16 @@ def test_upside_down_replays_the_rs_columns_strongest_critic(tmp_path):
         upside_down.episodes(ckpt, 1, 0, attack="rs")
     flags = ("--rs-steps", "300", "--rs-updates", "30", "--rs-hidden", "16", "16", "--pgd-restarts", "2")
     eval_all.main(["--ckpt", ckpt, "--attacks", "rs", "--episodes", "1", "--seed", "3", "--rs-settings", "0.05:0.3",
-                   *flags])
+                   "0.3:0.3", *flags])
     column = json.load(open(tmp_path / "m_attacks.json"))["attacks"]["rs"]
+    returns = {(c["sarsa_eps"], c["objective"]): c["mean"] for c in column["per_setting"]}
+    assert len(set(returns.values())) > 1  # the replay of another cell or objective would show
     rows = upside_down.episodes(ckpt, 1, seed=3, attack="rs", rs_flags=flags)
     assert [r["return"] for r in rows] == pytest.approx(column["returns"], abs=1e-6)
     with pytest.raises(upside_down.AttackError, match="other settings"):  # the defaults fit another critic
         upside_down.episodes(ckpt, 1, 0, attack="rs")
+    with pytest.raises(upside_down.AttackError, match="hidden"):  # so would another critic size alone
+        upside_down.episodes(ckpt, 1, 0, attack="rs", rs_flags=flags[:4] + ("--rs-hidden", "8", "8") + flags[7:])
 
 
 def test_action_change_measures_pgd_on_the_natural_and_the_pgd_rows_episodes(tmp_path):

@@ -16,7 +16,6 @@ import argparse
 import glob
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the code that runs
 sys.path.insert(0, ROOT)
 from attacks import eval_all  # noqa: E402
+from attacks.common import copy_row  # noqa: E402
 from sweep import git_commit  # noqa: E402
 
 COLUMNS = ("mad", "pgd")
@@ -120,11 +120,11 @@ def main() -> None:
             if a.dry_run:
                 continue
             if not os.path.isfile(row_path):  # the suite's row beside its model: what --update merges into
-                shutil.copyfile(suite, row_path)
+                copy_row(suite, row_path)
             seed_row = os.path.join(out, "models", os.path.basename(row_path))
             start = time.time()
             update(ckpt, row["episodes"], suite[:-5] + ".log", seed_row if os.path.isfile(seed_row) else None)
-            shutil.copyfile(row_path, suite)
+            copy_row(row_path, suite)
             git_commit([suite, suite[:-5] + ".log", row_path, row_path[:-5] + ".md"],
                        f"study {study}: median seed's MAD and PGD columns with the attack-strength defaults "
                        f"({time.time() - start:.0f}s)", repo=repo)
