@@ -477,15 +477,16 @@ def attack_files(rel_ckpt: str, rel_out: str) -> list[str]:
 
 
 def fetch_attacks(store: Storage, out: str, rel_ckpt: str, rel_out: str) -> None:
-    """The driver's copy of an attack run's files; each row names the driver's checkpoint, not the worker's."""
+    """The driver's copy of an attack run's files; each row names the driver's checkpoint, not the worker's (its
+    other files are named relative to it, and land in the same layout)."""
+    from attacks.common import write_json_atomically
+
     for rel in attack_files(rel_ckpt, rel_out):
         for path in store.get(rel, os.path.join(out, rel)):
             if path.endswith(".json"):
                 with open(path) as f:
                     row = json.load(f)
-                row["ckpt"] = os.path.join(out, rel_ckpt)
-                with open(path, "w") as f:
-                    json.dump(row, f, indent=1)
+                write_json_atomically(path, {**row, "ckpt": os.path.join(out, rel_ckpt)})
     cache = f"{os.path.dirname(rel_ckpt)}/attackers"
     store.get(cache, os.path.join(out, cache), skip=(".partial.pt",))  # training states in progress stay there
 

@@ -74,6 +74,8 @@ def strongest_rs(victim: Victim, row: dict, rs_flags: tuple[str, ...] = ()):
 
 
 def episodes(ckpt: str, count: int, seed: int, attack: str = "none", rs_flags: tuple[str, ...] = ()) -> list[dict]:
+    if not os.path.isfile(ckpt):
+        raise AttackError(f"{ckpt}: no such checkpoint")
     row = rs_row(ckpt) if attack == "rs" else {}
     victim = load_victim(ckpt, eps=row.get("eps"))  # RS: at the row's radius
     if not victim.env_id.startswith(PLANAR):
