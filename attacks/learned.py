@@ -13,8 +13,8 @@ Presets (`--search`):
 
 Every trained attacker is written to <save dir>/<ckpt stem>_<config id>.pt with a .json next to it (settings,
 budget, victim returns on the evaluation episodes); a finished configuration is skipped on a re-run, so a search
-resumes. An attacker in training saves its whole training state every 10k steps as <same name>.partial.pt (replay
-buffer included; not committed), and a re-run continues it exactly where it was.
+resumes. An attacker in training saves its whole training state every 10k steps as <same name>.partial.pt (a SAC
+attacker's with its replay buffer; .gitignore keeps them out of git), and a re-run continues it exactly where it was.
 """
 from __future__ import annotations
 
@@ -166,7 +166,7 @@ def train_one(victim: Victim, config: AttackerConfig, realize: Callable, action_
     if policy is None:
         env = AttackEnv(victim, action_dim, realize, name)
         label = f"{name} {config.id}" if log else None
-        # a stopped training continues from here (every rl.SAVE_EVERY steps); never committed (.gitignore)
+        # a stopped training continues from here (every rl.SAVE_EVERY steps); .gitignore'd
         resume = {"progress_path": path[:-3] + ".partial.pt",
                   "progress_key": {"identity": identity, "config": dataclasses.asdict(config), "tag": tag}}
         if config.algo == "sac":

@@ -7,6 +7,11 @@ models/attackers/ and found again by the next run).
 Every model gets the same episodes and seed (20 from seed 0), the suite's current MAD/PGD defaults, the CPU presets
 for RS (`--rs-grid quick`) and the learned attackers (`--search quick`), and learned attackers trained for
 --attack-budget steps (200k by default; the paper trains them at the victim's 1M, 4 seeds).
+
+At a stop, after the runs are terminated, `--commit-progress` commits each PPO attacker's training state in
+progress (`*.partial.pt`: networks, Adam moments, reward scale, simulator state, ≈ 150 kB; PPO keeps no replay
+buffer, so a fresh clone continues it exactly). A SAC attacker's state holds its replay buffer and stays on the
+machine. A committed state is deleted from git with the column that finishes it.
 """
 from __future__ import annotations
 
@@ -50,7 +55,27 @@ def pieces(stem: str) -> list[str]:
     attackers, name = os.path.join(os.path.dirname(stem), "attackers"), os.path.basename(stem)
     found = [os.path.join(attackers, f) for f in sorted(os.listdir(attackers))
              if f.startswith(name + "_") and ".tmp." not in f and not f.endswith(".partial.pt")] if os.path.isdir(attackers) else []
-    return [f"{stem}_attacks.{ext}" for ext in ("json", "md", "log")] + found
+    return [f"{stem}_attacks.{ext}" for ext in ("json", "md", "log")] + found + committed_progress(stem)
+
+
+def committed_progress(stem: str) -> list[str]:
+    """The row's attacker training states in git (committed at a stop), present or deleted since."""
+    import subprocess
+
+    attackers, name = os.path.join(os.path.dirname(stem), "attackers"), os.path.basename(stem)
+    listed = subprocess.run(["git", "ls-files", "-z", "--", f"{name}_*.partial.pt"], cwd=attackers,
+                            capture_output=True, text=True).stdout if os.path.isdir(attackers) else ""
+    return [os.path.join(attackers, f) for f in listed.split("\0") if f]
+
+
+def progress_to_commit(stem: str) -> list[str]:
+    """The row's PPO attackers' training states in progress (a SAC attacker's holds its replay buffer)."""
+    attackers, name = os.path.join(os.path.dirname(stem), "attackers"), os.path.basename(stem)
+    if not os.path.isdir(attackers):
+        return []
+    return [os.path.join(attackers, f) for f in sorted(os.listdir(attackers))
+            if f.startswith(name + "_") and f.endswith(".partial.pt")
+            and f[len(name) + 1:].startswith(("sa_rl_ppo_", "pa_ad_ppo_"))]
 
 
 def main() -> None:
@@ -59,6 +84,8 @@ def main() -> None:
     p.add_argument("--attack-budget", type=int, default=200_000, help="environment steps per learned attacker")
     p.add_argument("--episodes", type=int, default=20, help="evaluation episodes (every model of the study: 20)")
     p.add_argument("--commit", action="store_true", help="git-commit each column's row, log and attackers")
+    p.add_argument("--commit-progress", action="store_true",
+                   help="at a stop: git-commit the PPO attackers' training states in progress, then exit")
     a = p.parse_args()
     models = [os.path.abspath(m) for m in a.models]
     for model in models:
@@ -66,6 +93,15 @@ def main() -> None:
             sys.exit(f"error: {model} not found")
     if a.attack_budget <= 0 or a.episodes <= 0:
         sys.exit("error: --attack-budget and --episodes must be positive")
+    if a.commit_progress:
+        for model in models:
+            stem = os.path.splitext(model)[0]
+            states = progress_to_commit(stem)
+            study = os.path.basename(os.path.dirname(os.path.dirname(model)))
+            if states and sweep.git_commit(states, f"study {study}: {os.path.basename(stem)}'s PPO attackers in "
+                                           f"training, their state at the stop", force=tuple(states)):
+                print(f"[attack_final] committed {len(states)} training state(s) of {os.path.basename(stem)}")
+        return
     import torch
 
     for model in models:
@@ -94,7 +130,7 @@ def main() -> None:
             print(f"[attack_final]   {values}; worst so far {worst.get('attack')} {worst.get('mean', float('nan')):.0f}",
                   flush=True)
             if a.commit:  # also a column finished by a run stopped before its commit
-                paths = pieces(stem)
+                paths = pieces(stem)  # with any committed training state the column finished (its deletion)
                 sweep.git_commit(paths, f"study {study}: {name} attacked ({values})", force=tuple(paths))
 
 
