@@ -362,6 +362,15 @@ def write_json_atomically(path: str, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def copy_atomically(src: str, dst: str) -> None:
+    """A stop mid-copy leaves no half-written `dst`."""
+    import shutil
+
+    tmp = f"{dst}.tmp.{os.getpid()}"
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
 def row_paths(row: dict) -> list[tuple[dict, str]]:
     """The (holder, key) of every file path a row records: learned attackers and the video."""
     holders = [(row["video"], "path")] if isinstance(row.get("video"), dict) and "path" in row["video"] else []

@@ -15,6 +15,9 @@ Every trained attacker is written to <save dir>/<ckpt stem>_<config id>.pt with 
 budget, victim returns on the evaluation episodes); a finished configuration is skipped on a re-run, so a search
 resumes. An attacker in training saves its whole training state every 10k steps as <same name>.partial.pt (a SAC
 attacker's with its replay buffer; .gitignore keeps them out of git), and a re-run continues it exactly where it was.
+Where that file is missing (a fresh clone) and <same name>.progress.pt is present (rl.portable_progress: committed at
+a stop, without the replay buffer), the training continues from it, with a SAC attacker's buffer refilled from empty
+(its record lists the steps under "replay_buffer_refilled_at").
 """
 from __future__ import annotations
 
@@ -29,11 +32,11 @@ from typing import Annotated, Callable, Literal, Optional
 import torch
 from tyro.conf import arg
 
-from attacks.common import (AttackError, EpisodeStats, Progress, Victim, default_save_dir, read_record, rollout,
-                            same_victim, victim_identity, writable_dir, write_json_atomically)
+from attacks.common import (AttackError, EpisodeStats, Progress, Victim, copy_atomically, default_save_dir,
+                            read_record, rollout, same_victim, victim_identity, writable_dir, write_json_atomically)
 from attacks.contract import TOTAL_TIMESTEPS, task_name
-from attacks.rl import (AttackEnv, PolicyAttacker, PPOSettings, load_attacker, policy_action_fn, save_attacker,
-                        train_ppo, train_sac)
+from attacks.rl import (REFILLED_AT, AttackEnv, PolicyAttacker, PPOSettings, load_attacker, policy_action_fn,
+                        save_attacker, train_ppo, train_sac)
 
 PRESETS = ("quick", "paper")
 Preset = Literal["quick", "paper"]
@@ -152,15 +155,17 @@ def train_one(victim: Victim, config: AttackerConfig, realize: Callable, action_
     record = read_record(record_path)
     known_victim = same_victim(record, victim)
     if known_victim and record.get("evaluation") == evaluation:
-        with contextlib.suppress(FileNotFoundError):  # left by a stop between the record and its removal below
-            os.remove(path[:-3] + ".partial.pt")
+        for state in (".partial.pt", ".progress.pt"):  # left by a stop between the record and its removal below
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path[:-3] + state)
         return {**record, "path": path}  # where it lies now, not where it was trained
     name = f"{config.kind}_{config.algo}"
     start = time.time()
-    policy, train_seconds = None, 0.0
+    policy, train_seconds, notes = None, 0.0, {}
     if known_victim and os.path.isfile(path):  # trained earlier against this victim, evaluated on other episodes
         try:
             policy, _ = load_attacker(path, victim, config.kind)
+            notes = {REFILLED_AT: record[REFILLED_AT]} if REFILLED_AT in record else {}  # how it was trained
         except AttackError as e:  # damaged outside this code (saves are atomic): one attacker retrained, not a stop
             print(f"[cache] {e}: retraining it", flush=True)
     if policy is None:
@@ -169,9 +174,12 @@ def train_one(victim: Victim, config: AttackerConfig, realize: Callable, action_
         # a stopped training continues from here (every rl.SAVE_EVERY steps); .gitignore'd
         resume = {"progress_path": path[:-3] + ".partial.pt",
                   "progress_key": {"identity": identity, "config": dataclasses.asdict(config), "tag": tag}}
+        portable = path[:-3] + ".progress.pt"
+        if not os.path.isfile(resume["progress_path"]) and os.path.isfile(portable):
+            copy_atomically(portable, resume["progress_path"])
         if config.algo == "sac":
             policy = train_sac(env, config.budget, config.seed, config.hidden, config.learning_starts, log=label,
-                               **resume)
+                               notes=notes, **resume)
         else:
             settings = PPOSettings(lr=config.lr, value_lr=config.value_lr, clip=config.clip, ent_coef=config.ent_coef,
                                    anneal_lr=config.anneal_lr, initial_std=config.initial_std, n_steps=config.n_steps)
@@ -186,10 +194,11 @@ def train_one(victim: Victim, config: AttackerConfig, realize: Callable, action_
     record = {"config": dataclasses.asdict(config), "id": config.id, "path": path, "identity": identity,
               "evaluation": evaluation,
               "returns": stats.returns, "lengths": stats.lengths, "mean": stats.mean, "std": stats.std,
-              "train_seconds": round(train_seconds, 1), "eval_seconds": round(stats.seconds, 1)}
+              "train_seconds": round(train_seconds, 1), "eval_seconds": round(stats.seconds, 1), **notes}
     write_json_atomically(record_path, record)
-    with contextlib.suppress(FileNotFoundError):  # kept until the record is written: a cut evaluation retrains < 10k steps
-        os.remove(path[:-3] + ".partial.pt")
+    for state in (".partial.pt", ".progress.pt"):  # kept until the record is written: a cut evaluation retrains < 10k steps
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path[:-3] + state)
     if log:
         print(f"  [{name} {config.id}] victim return {stats.mean:.1f} ± {stats.std:.1f} (saved {path})", flush=True)
     return record
@@ -198,7 +207,8 @@ def train_one(victim: Victim, config: AttackerConfig, realize: Callable, action_
 def summarize(records: list[dict], preset: str, configs: list[AttackerConfig]) -> dict:
     best = min(records, key=lambda r: r["mean"])
     return {"stats": EpisodeStats(best["returns"], best["lengths"], best["eval_seconds"]), "attacker_path": best["path"],
-            "per_config": [{"id": r["id"], "mean": r["mean"], "std": r["std"], "path": r["path"]} for r in records],
+            "per_config": [{"id": r["id"], "mean": r["mean"], "std": r["std"], "path": r["path"],
+                            **({REFILLED_AT: r[REFILLED_AT]} if REFILLED_AT in r else {})} for r in records],
             "search": {"preset": preset, "configurations": len(configs), "budget": configs[0].budget,
                        "winner": best["config"]}}
 

@@ -86,6 +86,7 @@ def check_finite(bad, label: str, step: int) -> None:
 
 # --- resumable training: the whole training state every `save_every` steps, so a stopped search continues ----
 SAVE_EVERY = 10_000
+REFILLED_AT = "replay_buffer_refilled_at"  # the record's list of steps at which a SAC attacker's buffer restarted empty
 
 
 def save_progress(path: Optional[str], key: dict, env: AttackEnv, loop: Callable[[], dict]) -> None:
@@ -119,6 +120,17 @@ def load_progress(path: Optional[str], key: dict, env: AttackEnv, label: str) ->
     saved["obs"] = env.load_state(saved["env"])
     print(f"  [{label}] continuing its training at step {saved['step']} ({path})", flush=True)
     return saved
+
+
+def portable_progress(src: str, dst: str) -> None:
+    """A copy of the training state at `src` that a fresh clone can continue from: a SAC attacker's without its
+    replay buffer (its continuation refills it from empty, train_sac), a PPO attacker's whole (it keeps none)."""
+    try:
+        saved = torch.load(src, map_location="cpu", weights_only=True)
+    except Exception as e:  # saves are atomic: damaged outside this code
+        raise AttackError(f"{src} is not a readable training state ({type(e).__name__})") from e
+    saved.pop("buffer", None)
+    atomic_save(saved, dst)
 
 
 # --- SAC adversary ---------------------------------------------------------------------------------------
@@ -236,9 +248,11 @@ def train_sac(env: AttackEnv, steps: int, seed: int, hidden: tuple[int, ...] = (
               batch_size: int = 256, log: Optional[str] = None,
               on_update: Optional[Callable[[int, torch.Tensor, torch.Tensor], None]] = None,
               progress_path: Optional[str] = None, progress_key: Optional[dict] = None,
-              save_every: Optional[int] = None) -> TanhGaussianActor:
+              save_every: Optional[int] = None, notes: Optional[dict] = None) -> TanhGaussianActor:
     """`on_update(step, critic_loss, actor_loss)`: called after every update (the golden test records losses).
-    `progress_path`: the training state is saved there every `save_every` steps and continued from when present."""
+    `progress_path`: the training state is saved there every `save_every` steps and continued from when present;
+    a state without its replay buffer (portable_progress) continues with the buffer refilled from empty, and every
+    step at which that happened is listed in `notes[REFILLED_AT]`."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     device = env.victim.device
@@ -251,11 +265,18 @@ def train_sac(env: AttackEnv, steps: int, seed: int, hidden: tuple[int, ...] = (
     key = {**(progress_key or {}), "algo": "sac", "steps": steps, "seed": seed, "hidden": list(hidden),
            "learning_starts": learning_starts, "batch_size": batch_size, "device": str(device)}
     saved = load_progress(progress_path, key, env, log or "SAC attacker")
+    refills: list = []
     if saved is None:
         obs, _ = env.reset(seed=seed)
     else:
         learner.load_state_dict(saved["learner"])
-        buffer.load_state_dict(saved["buffer"])
+        refills = list(saved.get("buffer_refills", []))
+        if "buffer" in saved:
+            buffer.load_state_dict(saved["buffer"])
+        else:  # a portable state: the continuation differs from an uncut run's, and the record says where
+            refills.append(saved["step"])
+            print(f"  [{log or 'SAC attacker'}] its replay buffer was not saved with it: refilling from empty at "
+                  f"step {saved['step']}", flush=True)
         rng.bit_generator.state = saved["numpy_rng"]
         obs, episode_return, returns, start = saved["obs"], saved["episode_return"], saved["returns"], saved["step"] + 1
         bad = bad | saved["bad"].to(device)
@@ -288,7 +309,10 @@ def train_sac(env: AttackEnv, steps: int, seed: int, hidden: tuple[int, ...] = (
         if step % save_every == 0 and step < steps:
             save_progress(progress_path, key, env, lambda: {
                 "step": step, "learner": learner.state_dict(), "buffer": buffer.state_dict(), "returns": returns,
-                "numpy_rng": rng.bit_generator.state, "episode_return": episode_return, "bad": bad.cpu()})
+                "numpy_rng": rng.bit_generator.state, "episode_return": episode_return, "bad": bad.cpu(),
+                "buffer_refills": refills})
+    if notes is not None and refills:
+        notes[REFILLED_AT] = refills
     return learner.actor
 
 

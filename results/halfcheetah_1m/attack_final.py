@@ -8,10 +8,10 @@ Every model gets the same episodes and seed (20 from seed 0), the suite's curren
 for RS (`--rs-grid quick`) and the learned attackers (`--search quick`), and learned attackers trained for
 --attack-budget steps (200k by default; the paper trains them at the victim's 1M, 4 seeds).
 
-At a stop, after the runs are terminated, `--commit-progress` commits each PPO attacker's training state in
-progress (`*.partial.pt`: networks, Adam moments, reward scale, simulator state, ≈ 150 kB; PPO keeps no replay
-buffer, so a fresh clone continues it exactly). A SAC attacker's state holds its replay buffer and stays on the
-machine. A committed state is deleted from git with the column that finishes it.
+At a stop, after the runs are terminated, `--commit-progress` commits each attacker's training state in progress as
+`<attacker>.progress.pt` (attacks/rl.portable_progress: a PPO attacker's whole, ≈ 150 kB, continued exactly; a SAC
+attacker's without its replay buffer, ≈ 3 MB, continued with the buffer refilled from empty, which its record lists).
+The column that finishes an attacker deletes its state, and commits the deletion.
 """
 from __future__ import annotations
 
@@ -51,31 +51,37 @@ def up_to_date(row: dict, group: list, episodes: int, budget: int) -> bool:
 
 def pieces(stem: str) -> list[str]:
     """The row's files and its attackers and Sarsa critics (never a half-written *.tmp.<pid>, nor an attacker's
-    training state in progress, *.partial.pt)."""
+    training state, *.partial.pt, or its portable copy, which only --commit-progress commits), and the deletion of
+    any portable copy committed earlier."""
     attackers, name = os.path.join(os.path.dirname(stem), "attackers"), os.path.basename(stem)
-    found = [os.path.join(attackers, f) for f in sorted(os.listdir(attackers))
-             if f.startswith(name + "_") and ".tmp." not in f and not f.endswith(".partial.pt")] if os.path.isdir(attackers) else []
+    found = [os.path.join(attackers, f) for f in sorted(os.listdir(attackers) if os.path.isdir(attackers) else [])
+             if f.startswith(name + "_") and ".tmp." not in f and not f.endswith((".partial.pt", ".progress.pt"))]
     return [f"{stem}_attacks.{ext}" for ext in ("json", "md", "log")] + found + committed_progress(stem)
 
 
 def committed_progress(stem: str) -> list[str]:
-    """The row's attacker training states in git (committed at a stop), present or deleted since."""
-    import subprocess
-
+    """The row's attackers' portable training states in git (committed at a stop), present or deleted since."""
     attackers, name = os.path.join(os.path.dirname(stem), "attackers"), os.path.basename(stem)
-    listed = subprocess.run(["git", "ls-files", "-z", "--", f"{name}_*.partial.pt"], cwd=attackers,
+    listed = subprocess.run(["git", "ls-files", "-z", "--", f"{name}_*.progress.pt"], cwd=attackers,
                             capture_output=True, text=True).stdout if os.path.isdir(attackers) else ""
     return [os.path.join(attackers, f) for f in listed.split("\0") if f]
 
 
-def progress_to_commit(stem: str) -> list[str]:
-    """The row's PPO attackers' training states in progress (a SAC attacker's holds its replay buffer)."""
+def commit_progress(model: str) -> None:
+    """Each of the model's attackers in training: its state made portable (no replay buffer) and committed."""
+    from attacks.rl import portable_progress
+
+    stem = os.path.splitext(model)[0]
     attackers, name = os.path.join(os.path.dirname(stem), "attackers"), os.path.basename(stem)
-    if not os.path.isdir(attackers):
-        return []
-    return [os.path.join(attackers, f) for f in sorted(os.listdir(attackers))
-            if f.startswith(name + "_") and f.endswith(".partial.pt")
-            and f[len(name) + 1:].startswith(("sa_rl_ppo_", "pa_ad_ppo_"))]
+    partials = [os.path.join(attackers, f) for f in sorted(os.listdir(attackers))
+                if f.startswith(name + "_") and f.endswith(".partial.pt")] if os.path.isdir(attackers) else []
+    states = []
+    for partial in partials:
+        states.append(partial[:-len(".partial.pt")] + ".progress.pt")
+        portable_progress(partial, states[-1])
+    study = os.path.basename(os.path.dirname(os.path.dirname(model)))
+    if states and sweep.git_commit(states, f"study {study}: {name}'s attackers in training, their state at the stop"):
+        print(f"[attack_final] committed {len(states)} training state(s) of {name}: {', '.join(states)}")
 
 
 def main() -> None:
@@ -85,7 +91,7 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=20, help="evaluation episodes (every model of the study: 20)")
     p.add_argument("--commit", action="store_true", help="git-commit each column's row, log and attackers")
     p.add_argument("--commit-progress", action="store_true",
-                   help="at a stop: git-commit the PPO attackers' training states in progress, then exit")
+                   help="at a stop: git-commit the attackers' training states in progress (portable), then exit")
     a = p.parse_args()
     models = [os.path.abspath(m) for m in a.models]
     for model in models:
@@ -95,12 +101,7 @@ def main() -> None:
         sys.exit("error: --attack-budget and --episodes must be positive")
     if a.commit_progress:
         for model in models:
-            stem = os.path.splitext(model)[0]
-            states = progress_to_commit(stem)
-            study = os.path.basename(os.path.dirname(os.path.dirname(model)))
-            if states and sweep.git_commit(states, f"study {study}: {os.path.basename(stem)}'s PPO attackers in "
-                                           f"training, their state at the stop", force=tuple(states)):
-                print(f"[attack_final] committed {len(states)} training state(s) of {os.path.basename(stem)}")
+            commit_progress(model)
         return
     import torch
 
