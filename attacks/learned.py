@@ -17,7 +17,8 @@ resumes. An attacker in training saves its whole training state every 10k steps 
 attacker's with its replay buffer; .gitignore keeps them out of git), and a re-run continues it exactly where it was.
 Where that file is missing (a fresh clone) and <same name>.progress.pt is present (rl.portable_progress: committed at
 a stop, without the replay buffer), the training continues from it, with a SAC attacker's buffer refilled from empty
-(its record lists the steps under "replay_buffer_refilled_at").
+(its record lists the steps under "replay_buffer_refilled_at"); of the two, the later one is continued.
+attacks/search.py's Ray tasks keep their states in its --storage instead.
 """
 from __future__ import annotations
 
@@ -143,6 +144,14 @@ def finished_record(victim: Victim, config: AttackerConfig, save_dir: str, episo
     return {**record, "path": path} if same_victim(record, victim) and record.get("evaluation") == evaluation else None
 
 
+def saved_step(path: str) -> int:
+    """The step a training state was saved at; -1 when there is none (or none readable: load_progress says why)."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["step"])
+    except Exception:  # missing or damaged: the other copy, or the start
+        return -1
+
+
 def train_one(victim: Victim, config: AttackerConfig, realize: Callable, action_dim: int, save_dir: str,
               episodes: int, eval_seed: int, stochastic: bool = False, log: bool = True, tag: str = "") -> dict:
     """Trains (or finds already trained) one attacker, evaluates it on the evaluation episodes, returns its record.
@@ -175,7 +184,7 @@ def train_one(victim: Victim, config: AttackerConfig, realize: Callable, action_
         resume = {"progress_path": path[:-3] + ".partial.pt",
                   "progress_key": {"identity": identity, "config": dataclasses.asdict(config), "tag": tag}}
         portable = path[:-3] + ".progress.pt"
-        if not os.path.isfile(resume["progress_path"]) and os.path.isfile(portable):
+        if saved_step(portable) > saved_step(resume["progress_path"]):  # a fresh clone, or a newer commit than ours
             copy_atomically(portable, resume["progress_path"])
         if config.algo == "sac":
             policy = train_sac(env, config.budget, config.seed, config.hidden, config.learning_starts, log=label,

@@ -395,44 +395,52 @@ def test_a_stopped_attacker_training_continues_exactly_where_it_was(sac_ckpt, tm
 
 def test_a_portable_sac_training_state_continues_with_its_replay_buffer_refilled(sac_ckpt, tmp_path, capsys):
     """The state a stop commits (rl.portable_progress) has no replay buffer: a SAC attacker's updates start again
-    once a batch is refilled, and the step is noted. (A PPO attacker's continues exactly: the test above.)"""
+    once a batch is refilled, and every refill's step is noted, across two stops. (A PPO attacker's continues
+    exactly: the test above.)"""
     victim = common.load_victim(sac_ckpt)
     realize, path, portable = sa_rl.realizer(victim), str(tmp_path / "a.partial.pt"), str(tmp_path / "a.progress.pt")
 
-    def train(progress_path=None, stop_after=None, updates=None, notes=None):
+    def train(progress_path, stop_after=None, updates=None, notes=None):
         def on_update(step, *_):
             if stop_after is not None and step > stop_after:
                 raise Stopped
             if updates is not None:
                 updates.append(step)
 
-        env = rl.AttackEnv(victim, victim.obs_dim, realize, "sa_rl")
-        return rl.train_sac(env, 1200, 3, (16, 16), learning_starts=750, batch_size=32, save_every=900, notes=notes,
+        env = rl.AttackEnv(victim, victim.obs_dim, realize, "sa_rl")  # saved at 400, 800 and 1200
+        return rl.train_sac(env, 1300, 3, (16, 16), learning_starts=750, batch_size=32, save_every=400, notes=notes,
                             on_update=on_update, progress_path=progress_path, progress_key={"victim": "a"})
 
     with pytest.raises(Stopped):
-        train(path, stop_after=950)  # saved at 900, 150 updates after learning started
+        train(path, stop_after=850)
     rl.portable_progress(path, portable)
     assert "buffer" not in torch.load(portable, weights_only=True)
     assert "buffer" in torch.load(path, weights_only=True)  # the machine's own copy keeps it
     capsys.readouterr()
+    updates: list = []
+    with pytest.raises(Stopped):  # a fresh clone, stopped again
+        train(portable, stop_after=1250, updates=updates)
+    assert "refilling from empty at step 800" in capsys.readouterr().out
+    assert updates == list(range(800 + 32, 1251))  # one batch of new data first
+    rl.portable_progress(portable, portable)
     updates, notes = [], {}
     train(portable, updates=updates, notes=notes)
-    assert "refilling from empty at step 900" in capsys.readouterr().out
-    assert updates == list(range(900 + 32, 1201))  # one batch of new data first
-    assert notes == {rl.REFILLED_AT: [900]}
+    assert updates == list(range(1200 + 32, 1301)) and notes == {rl.REFILLED_AT: [800, 1200]}
     with pytest.raises(common.AttackError, match="not a readable training state"):
         rl.portable_progress(str(tmp_path / "absent.partial.pt"), str(tmp_path / "x.progress.pt"))
 
 
 def test_a_search_continues_from_a_committed_state_and_records_the_refill(victim, tmp_path, monkeypatch):
-    """On a fresh clone only the portable copy exists: the search continues from it, its record and the column's
-    per-configuration entry list the refill, and both state files are gone once the attacker is saved."""
+    """A machine holding an older state than the one committed (here: its own at step 100, the commit at 200)
+    continues the later one; its record and the column's per-configuration entry list the refill (also when it
+    is evaluated again on other episodes), and both state files are gone once the attacker is saved."""
     monkeypatch.setattr(rl, "SAVE_EVERY", 100)
     save = rl.save_progress
 
     def stop_after_200(path, key, env, loop):
         save(path, key, env, loop)
+        if loop()["step"] == 100:
+            shutil.copy(path, str(tmp_path / "older"))
         if loop()["step"] == 200:
             raise Stopped
 
@@ -441,13 +449,15 @@ def test_a_search_continues_from_a_committed_state_and_records_the_refill(victim
         sa_rl.evaluate(victim, learned_args(algo="sac", save_dir=str(tmp_path)))
     (partial,) = glob.glob(str(tmp_path / "*.partial.pt"))
     rl.portable_progress(partial, partial[:-len(".partial.pt")] + ".progress.pt")
-    os.remove(partial)
+    os.replace(tmp_path / "older", partial)
     monkeypatch.setattr(rl, "save_progress", save)
     result = sa_rl.evaluate(victim, learned_args(algo="sac", save_dir=str(tmp_path)))
     with open(result["attacker_path"][:-3] + ".json") as f:
         assert json.load(f)[rl.REFILLED_AT] == [200]
     assert result["per_config"][0][rl.REFILLED_AT] == [200]
     assert not glob.glob(str(tmp_path / "*.partial.pt")) and not glob.glob(str(tmp_path / "*.progress.pt"))
+    again = sa_rl.evaluate(victim, learned_args(algo="sac", save_dir=str(tmp_path), episodes=1))  # other episodes
+    assert again["per_config"][0][rl.REFILLED_AT] == [200]  # how it was trained stays with it
 
 
 def test_a_search_saves_its_attackers_training_and_removes_the_state_when_done(victim, tmp_path, monkeypatch):

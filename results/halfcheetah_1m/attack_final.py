@@ -50,9 +50,9 @@ def up_to_date(row: dict, group: list, episodes: int, budget: int) -> bool:
 
 
 def pieces(stem: str) -> list[str]:
-    """The row's files and its attackers and Sarsa critics (never a half-written *.tmp.<pid>, nor an attacker's
-    training state, *.partial.pt, or its portable copy, which only --commit-progress commits), and the deletion of
-    any portable copy committed earlier."""
+    """The row's files, its attackers and Sarsa critics (never a half-written *.tmp.<pid> nor an attacker's training
+    state, *.partial.pt), and the portable copies of those states committed at a stop: the deletion of the ones
+    the column finished (the others are unchanged)."""
     attackers, name = os.path.join(os.path.dirname(stem), "attackers"), os.path.basename(stem)
     found = [os.path.join(attackers, f) for f in sorted(os.listdir(attackers) if os.path.isdir(attackers) else [])
              if f.startswith(name + "_") and ".tmp." not in f and not f.endswith((".partial.pt", ".progress.pt"))]
@@ -67,18 +67,23 @@ def committed_progress(stem: str) -> list[str]:
     return [os.path.join(attackers, f) for f in listed.split("\0") if f]
 
 
-def commit_progress(model: str) -> None:
-    """Each of the model's attackers in training: its state made portable (no replay buffer) and committed."""
+def commit_progress(model: str, budget: int) -> None:
+    """Each of the model's attackers in training at this budget: its state made portable (no replay buffer) and
+    committed (an attacker of another budget would never be finished, nor its committed state deleted)."""
+    from attacks.common import AttackError
     from attacks.rl import portable_progress
 
     stem = os.path.splitext(model)[0]
     attackers, name = os.path.join(os.path.dirname(stem), "attackers"), os.path.basename(stem)
-    partials = [os.path.join(attackers, f) for f in sorted(os.listdir(attackers))
-                if f.startswith(name + "_") and f.endswith(".partial.pt")] if os.path.isdir(attackers) else []
+    partials = [os.path.join(attackers, f) for f in sorted(os.listdir(attackers) if os.path.isdir(attackers) else [])
+                if f.startswith(name + "_") and f.endswith(".partial.pt") and f"_b{budget}_" in f]
     states = []
     for partial in partials:
-        states.append(partial[:-len(".partial.pt")] + ".progress.pt")
-        portable_progress(partial, states[-1])
+        try:
+            portable_progress(partial, partial[:-len(".partial.pt")] + ".progress.pt")
+            states.append(partial[:-len(".partial.pt")] + ".progress.pt")
+        except AttackError as e:  # this attacker starts over on a fresh clone; the others are kept
+            print(f"[attack_final] {e}: not committed", flush=True)
     study = os.path.basename(os.path.dirname(os.path.dirname(model)))
     if states and sweep.git_commit(states, f"study {study}: {name}'s attackers in training, their state at the stop"):
         print(f"[attack_final] committed {len(states)} training state(s) of {name}: {', '.join(states)}")
@@ -101,7 +106,7 @@ def main() -> None:
         sys.exit("error: --attack-budget and --episodes must be positive")
     if a.commit_progress:
         for model in models:
-            commit_progress(model)
+            commit_progress(model, a.attack_budget)
         return
     import torch
 
