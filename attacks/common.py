@@ -276,6 +276,22 @@ def rollout_side_by_side(victim: Victim, attacker: Optional[Attacker], episodes:
     return EpisodeStats(returns, lengths, time.time() - start)
 
 
+def visited_states(victim: Victim, n: int, seed: int) -> torch.Tensor:
+    """n normalized states the victim visits unattacked (its deterministic policy), consecutive from episodes seeded
+    seed, seed + 1, ...: the states an attacker meets, for the benchmarks and tests that probe an attack on them."""
+    env, states, episode = victim.make_env(), [], 0
+    while len(states) < n:
+        obs, _ = env.reset(seed=seed + episode)
+        done = False
+        while not done and len(states) < n:
+            obs_n = victim.normalize(obs)
+            states.append(obs_n)
+            obs, _, terminated, truncated, _ = env.step(victim.act(obs_n.unsqueeze(0))[0].cpu().numpy())
+            done = terminated or truncated
+        episode += 1
+    env.close()
+    return torch.stack(states)
+
 # --- gradient helpers shared by PGD, MAD, PA-AD and Robust Sarsa ------------------------------------------
 def uniform_in_ball(obs_n: torch.Tensor, radius: float) -> torch.Tensor:
     return obs_n + radius * (2 * torch.rand_like(obs_n) - 1)

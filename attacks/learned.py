@@ -18,7 +18,7 @@ attacker's with its replay buffer; .gitignore keeps them out of git), and a re-r
 Where that file is missing (a fresh clone) and <same name>.progress.pt is present (rl.portable_progress: committed at
 a stop, without the replay buffer), the training continues from it, with a SAC attacker's buffer refilled from empty
 (its record lists the steps under "replay_buffer_refilled_at"); of the two, the later one is continued.
-attacks/search.py's Ray tasks keep their states in its --storage instead.
+attacks/search.py's Ray tasks keep their states in its --storage instead, and take a committed one with them.
 """
 from __future__ import annotations
 

@@ -3,13 +3,15 @@ learned column, trained in parallel (embedded local Ray by default, `--address` 
 trained attacker is saved with its record, so `eval_all.py` with the same preset then finds them all and only
 reports. An attacker in training sends its saved state (every 10k steps) to --storage within seconds of each save,
 so a task killed on one node continues on another from there (--storage is needed with --address; without it the
-save dir itself holds the state, as for eval_all.py).
+save dir itself holds the state, as for eval_all.py). A state a stop committed into the save dir (<name>.progress.pt,
+see attacks/learned.py) goes with its task, which continues it unless the storage holds a later one.
 
     python attacks/search.py --ckpt runs/x/model.pt --search quick --attack-budget 30000 --local-cpus 2
     python attacks/search.py --ckpt runs/x/model.pt --search paper --address auto --num-cpus 1 --storage s3://b/progress
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -87,6 +89,25 @@ def remote_train(victim_files: dict, spec: dict, earlier: dict, config: Attacker
     return record, files
 
 
+def earlier_files(victim, config: AttackerConfig, save_dir: str, tag: str) -> dict:
+    """What the driver's save dir holds of this attacker, for its task: the attacker trained earlier against this
+    victim with its record (the task evaluates it again), or else the training state a stop committed there
+    (<name>.progress.pt, rl.portable_progress), which the task continues where the storage holds no later one."""
+    path = attacker_path(victim, config, save_dir, tag)
+    record = read_record(path[:-3] + ".json")
+    if same_victim(record, victim) and os.path.isfile(path):
+        with open(path, "rb") as f:  # the record as the worker knows the victim: by content (older records name a
+            earlier = {os.path.basename(path): f.read()}  # driver path)
+        earlier[os.path.basename(path)[:-3] + ".json"] = json.dumps({**record, "identity": victim_identity(victim)}
+                                                                    ).encode()
+        return earlier
+    portable = path[:-3] + ".progress.pt"
+    if os.path.isfile(portable):
+        with open(portable, "rb") as f:
+            return {os.path.basename(portable): f.read()}
+    return {}
+
+
 def progress_name(victim, config: AttackerConfig, tag: str) -> str:
     """The file name of the attacker's saved training state (train_one's), in the storage as in a save dir."""
     return os.path.basename(attacker_path(victim, config, "", tag))[:-3] + ".partial.pt"
@@ -161,15 +182,8 @@ def main(argv=None) -> None:
             if record is not None:  # trained and evaluated earlier: nothing to send
                 records[col].append(record)
                 continue
-            path = attacker_path(victim, cfg, save_dir, tag)
-            earlier = {}
-            record = read_record(path[:-3] + ".json")
-            if same_victim(record, victim) and os.path.isfile(path):  # trained earlier, evaluated on other episodes
-                with open(path, "rb") as f:  # the worker re-evaluates it; the record as the worker knows the victim:
-                    earlier[os.path.basename(path)] = f.read()  # by content (older records name a driver path)
-                earlier[os.path.basename(path)[:-3] + ".json"] = json.dumps(
-                    {**record, "identity": victim_identity(victim)}).encode()
-            pending[task.remote(victim_ref, spec, earlier, cfg, a.episodes, a.seed, a.stochastic, a.pa_steps,
+            pending[task.remote(victim_ref, spec, earlier_files(victim, cfg, save_dir, tag), cfg, a.episodes, a.seed,
+                                a.stochastic, a.pa_steps,
                                 a.pa_restarts, a.pa_step_scale, a.pa_final_step_scale, threads,
                                 store.uri, folder)] = (col, cfg, tag)
     progress = Progress(len(pending))
@@ -185,6 +199,8 @@ def main(argv=None) -> None:
         except Exception as e:  # the attacker is safe; a stale state costs storage, not results
             print(f"[search] could not remove {store.uri}/{progress_file} ({type(e).__name__}); delete it by hand",
                   flush=True)
+        with contextlib.suppress(FileNotFoundError):  # the committed state it continued from, if any
+            os.remove(attacker_path(victim, cfg, save_dir, tag)[:-3] + ".progress.pt")
         records[col].append(record)
         done = progress.total - len(pending)
         print(f"[search] {done}/{progress.total} {cfg.id}: victim return {record['mean']:.1f} | {progress(done)}",

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from attacks import mad, pa_ad, pgd, robust_sarsa  # noqa: E402
-from attacks.common import load_victim  # noqa: E402
+from attacks.common import load_victim, visited_states  # noqa: E402
 
 ATTACKS = ("pgd", "rs", "rs_mad", "mad", "pa_ad")
 # the settings every gradient attack of the suite had before (the references': 10 steps of eps/10; PGD and PA-AD
@@ -59,21 +59,6 @@ FIXED = {"eps/10": 0.1, "eps/100": 0.01}  # fixed steps (fractions of eps), one 
 RESTARTS, BATCH, MAX_RESTARTS = (1, 5, 10, 20), 20, 320
 SARSA = dict(steps=5000, updates=1000, sarsa_eps=0.05, sarsa_reg=1.0)  # the critic RS and RS+MAD attack here
 
-
-def visited_states(victim, n: int, seed: int) -> torch.Tensor:
-    """n normalized states of the victim's deterministic policy, consecutive from seeded episodes."""
-    env, states, episode = victim.make_env(), [], 0
-    while len(states) < n:
-        obs, _ = env.reset(seed=seed + episode)
-        done = False
-        while not done and len(states) < n:
-            obs_n = victim.normalize(obs)
-            states.append(obs_n)
-            obs, _, terminated, truncated, _ = env.step(victim.act(obs_n.unsqueeze(0))[0].numpy())
-            done = terminated or truncated
-        episode += 1
-    env.close()
-    return torch.stack(states)
 
 
 def sarsa_critic(victim, seed: int):

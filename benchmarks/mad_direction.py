@@ -21,8 +21,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from attacks import mad  # noqa: E402
-from attacks.common import AttackError, load_victim  # noqa: E402
-from benchmarks.attack_convergence import NEW, OLD, visited_states  # noqa: E402
+from attacks.common import AttackError, load_victim, visited_states  # noqa: E402
+from benchmarks.attack_convergence import NEW, OLD  # noqa: E402
 
 
 def measure(victim, states: torch.Tensor, settings: dict, seed: int) -> dict:

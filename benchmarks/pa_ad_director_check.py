@@ -23,7 +23,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from attacks import pa_ad, rl  # noqa: E402
-from attacks.common import AttackError, load_victim, rollout  # noqa: E402
+from attacks.common import AttackError, load_victim, rollout, visited_states  # noqa: E402
 
 
 class DirectionAttacker:
@@ -38,21 +38,6 @@ class DirectionAttacker:
     def __call__(self, obs_n: torch.Tensor) -> torch.Tensor:
         return self.realize(obs_n, self.direction_fn(obs_n))
 
-
-def visited_states(victim, n: int, seed: int) -> torch.Tensor:
-    """n states the victim visits without attack (its deterministic policy), episodes seeded seed, seed + 1, ..."""
-    env, states, episode = victim.make_env(), [], 0
-    while len(states) < n:
-        obs, _ = env.reset(seed=seed + episode)
-        done = False
-        while not done and len(states) < n:
-            obs_n = victim.normalize(obs)
-            states.append(obs_n)
-            obs, _, terminated, truncated, _ = env.step(victim.act(obs_n.unsqueeze(0))[0].cpu().numpy())
-            done = terminated or truncated
-        episode += 1
-    env.close()
-    return torch.stack(states)
 
 
 def check(ckpt: str, attacker_path: str, episodes: int = 3, seed: int = 100, pa_steps: int = 10,

@@ -37,10 +37,10 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from attack_convergence import convergence, more_restarts, more_steps, sweep, visited_states, write  # noqa: E402
+from attack_convergence import convergence, more_restarts, more_steps, sweep, write  # noqa: E402
 
 from attacks import pgd  # noqa: E402
-from attacks.common import AttackError, load_victim, project  # noqa: E402
+from attacks.common import AttackError, load_victim, project, visited_states  # noqa: E402
 
 MAX_STEPS = (20, 60, 200, 400, 600, 800)  # those whose half attack_convergence's grid reads (10, 30, 100-400)
 SEARCH_FLAGS = ("pgd_steps", "pgd_step_scale", "pgd_start", "reg_sgld_steps", "reg_sgld_beta", "reg_distance",

@@ -33,9 +33,9 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from attack_convergence import visited_states  # noqa: E402
 from attacks import pgd  # noqa: E402
-from attacks.common import AttackError, kept_rows, load_victim, pgd_minimize, run_cli, write_rows  # noqa: E402
+from attacks.common import (AttackError, kept_rows, load_victim, pgd_minimize, run_cli, visited_states,  # noqa: E402
+                            write_rows)
 from attacks.nets import TanhGaussianActor, adversary_state  # noqa: E402
 
 

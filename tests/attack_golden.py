@@ -3,12 +3,12 @@ realisation included) and Robust Sarsa critic against the committed fixtures, re
 backpropagate (tests/golden.py's recording) and a digest of the trained network.
 
     python tests/attack_golden.py            # rewrite tests/data/attack_golden.json from the current attacks/
-    python tests/attack_golden.py --check    # compare with the file
+    python tests/attack_golden.py --check    # compare with the file (or --check sa_rl_sac: one run)
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
-import json
 import os
 import sys
 
@@ -21,7 +21,7 @@ for path in (ROOT, os.path.dirname(os.path.abspath(__file__))):
 
 from attacks import pa_ad, rl, robust_sarsa, sa_rl  # noqa: E402
 from attacks.common import load_victim  # noqa: E402
-from golden import digest, recording  # noqa: E402  (tests/golden.py)
+from golden import digest, record_or_check, recording  # noqa: E402  (tests/golden.py)
 
 PATH = os.path.join(ROOT, "tests", "data", "attack_golden.json")
 SAC_FIXTURE = os.path.join(ROOT, "tests", "data", "sac_halfcheetah_30k.pt")
@@ -65,18 +65,10 @@ def run(name: str) -> dict:
 
 
 def main() -> None:
-    if sys.argv[1:] == ["--check"]:
-        golden = json.load(open(PATH))
-        for name in RUNS:
-            now = run(name)
-            same = now == golden[name]
-            print(f"{name}: {'identical' if same else 'DIFFERS'} ({len(now['losses'])} losses)")
-        return
-    record = {name: run(name) for name in RUNS}
-    with open(PATH, "w") as f:
-        json.dump({"torch": torch.__version__, **record}, f)
-    for name, r in record.items():
-        print(f"{name}: {len(r['losses'])} losses, network {r['network_sha256'][:12]}")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--check", nargs="*", default=None, help="compare these runs (none named: all) with the file")
+    record_or_check(PATH, RUNS, run, p.parse_args().check, lambda now, old: now == old,
+                    lambda r: f"network {r['network_sha256'][:12]}")
 
 
 if __name__ == "__main__":

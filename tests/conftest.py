@@ -68,26 +68,14 @@ PPO_FIXTURE = os.path.join(ROOT, "tests", "data", "ppo_hopper_160k.pt")
 
 
 def fixture_states(n: int, seed: int = 0, path: str = FIXTURE):
-    """(victim, normalized true states visited by the fixture's deterministic policy) - n states, consecutive
-    from seeded episodes: the states an attacker meets. Default: the SAC HalfCheetah fixture."""
+    """(victim, common.visited_states of it: n normalized true states of its deterministic policy), cached per
+    (n, seed, path). Default: the SAC HalfCheetah fixture."""
     key = (n, seed, path)
     if key not in _STATES:
-        import torch
-        from attacks.common import load_victim
+        from attacks.common import load_victim, visited_states
 
         victim = load_victim(path)
-        env, states, episode = victim.make_env(), [], 0
-        while len(states) < n:
-            obs, _ = env.reset(seed=seed + episode)
-            done = False
-            while not done and len(states) < n:
-                obs_n = victim.normalize(obs)
-                states.append(obs_n)
-                obs, _, terminated, truncated, _ = env.step(victim.act(obs_n.unsqueeze(0))[0].numpy())
-                done = terminated or truncated
-            episode += 1
-        env.close()
-        _STATES[key] = (victim, torch.stack(states))
+        _STATES[key] = (victim, visited_states(victim, n, seed))
     return _STATES[key]
 
 

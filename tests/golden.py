@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import tempfile
+from typing import Optional
 
 import torch
 
@@ -103,23 +104,30 @@ def run(name: str) -> dict:
             "losses": losses, "networks_sha256": digest(nets), "eval_returns": [float(r) for r in out["eval_returns"]]}
 
 
+def record_or_check(path: str, runs: dict, run, check: Optional[list], same, describe) -> None:
+    """A golden file's command line: with `check` None, every run recorded into `path`; else the named runs (none
+    named: all) run again and compared with it by `same(now, recorded)`."""
+    if check is not None:
+        recorded = json.load(open(path))
+        for name in check or list(runs):
+            now = run(name)
+            print(f"{name}: {'identical' if same(now, recorded[name]) else 'DIFFERS'} ({len(now['losses'])} losses)")
+        return
+    record = {name: run(name) for name in runs}
+    with open(path, "w") as f:
+        json.dump({"torch": torch.__version__, **record}, f)
+    for name, r in record.items():
+        print(f"{name}: {len(r['losses'])} losses, {describe(r)}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--check", nargs="*", default=None, help="compare these scripts (none named: all) with the file")
     a = p.parse_args()
     torch.set_num_threads(1)
-    if a.check is not None:
-        golden = json.load(open(PATH))
-        for name in a.check or list(RUNS):
-            now = run(name)
-            same = now["losses"] == golden[name]["losses"] and now["networks_sha256"] == golden[name]["networks_sha256"]
-            print(f"{name}: {'identical' if same else 'DIFFERS'} ({len(now['losses'])} losses)")
-        return
-    record = {name: run(name) for name in RUNS}
-    with open(PATH, "w") as f:
-        json.dump({"torch": torch.__version__, **record}, f)
-    for name, r in record.items():
-        print(f"{name}: {len(r['losses'])} losses, networks {r['networks_sha256'][:12]}")
+    record_or_check(PATH, RUNS, run, a.check,
+                    lambda now, old: now["losses"] == old["losses"] and now["networks_sha256"] == old["networks_sha256"],
+                    lambda r: f"networks {r['networks_sha256'][:12]}")
 
 
 if __name__ == "__main__":

@@ -695,8 +695,9 @@ def test_search_presets_have_the_reference_sizes():
 
 @pytest.mark.xdist_group("ray")  # starts Ray: see tests/test_sweep.py
 def test_search_resumes_and_eval_all_reads_the_trained_attackers(sac_ckpt, tmp_path, monkeypatch):
-    """The Ray CLI trains the grid, continuing the attacker whose training an earlier search left half done and
-    removing its saved state once it has landed; a re-run and eval_all's column find every attacker and train
+    """The Ray CLI trains the grid, continuing the attacker whose training an earlier search left half done (in its
+    storage) and the one whose state a stop committed (<name>.progress.pt in the save dir, shipped with its task),
+    removing both states once their attackers have landed; a re-run and eval_all's column find every attacker and train
     nothing."""
     from attacks import search
 
@@ -711,22 +712,34 @@ def test_search_resumes_and_eval_all_reads_the_trained_attackers(sac_ckpt, tmp_p
         raise Stopped
 
     monkeypatch.setattr(rl, "save_progress", stopped_after_a_save)
-    with open(sac_ckpt, "rb") as f, pytest.raises(Stopped):
-        search.remote_train({os.path.basename(sac_ckpt): f.read()}, {"ckpt": os.path.basename(sac_ckpt), "eps": None,
-                            "env_id": None, "env_kwargs": None, "vecnormalize": None}, {}, first, 1, 0, False, 2, 2,
-                            1.0, 1.0, 1, str(tmp_path / "att"), "")
-    left = tmp_path / "att" / search.progress_name(common.load_victim(sac_ckpt), first, "")
-    state = torch.load(left, weights_only=True)
-    assert state["step"] == 100
-    torch.save({**state, "step": 200}, left)  # "at the end of its budget": its task can only land this very policy
+    second = learned.preset_configs("sa_rl", "ppo", "quick", "Hopper-v4", 200, hidden=(16, 16), n_steps=100)[1]
+    for cfg in (first, second):
+        with open(sac_ckpt, "rb") as f, pytest.raises(Stopped):
+            search.remote_train({os.path.basename(sac_ckpt): f.read()}, {"ckpt": os.path.basename(sac_ckpt),
+                                "eps": None, "env_id": None, "env_kwargs": None, "vecnormalize": None}, {}, cfg, 1, 0,
+                                False, 2, 2, 1.0, 1.0, 1, str(tmp_path / "att"), "")
+    left, committed = (tmp_path / "att" / search.progress_name(common.load_victim(sac_ckpt), cfg, "")
+                       for cfg in (first, second))
+    states = {}
+    for cfg, path in ((first, left), (second, committed)):
+        state = torch.load(path, weights_only=True)
+        assert state["step"] == 100
+        torch.save({**state, "step": 200}, path)  # "at the end of its budget": its task can only land this very policy
+        states[cfg] = state
+    # the second's state as a stop commits it, and as a fresh clone has it: no .partial.pt
+    rl.portable_progress(str(committed), str(committed)[:-len(".partial.pt")] + ".progress.pt")
+    committed.unlink()
+    committed = committed.with_name(committed.name[:-len(".partial.pt")] + ".progress.pt")
     proc = run_script("attacks/search.py", *common_args, "--columns", "sa_rl_ppo", "--local-cpus", "1",
                       cwd=str(tmp_path), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| sa_rl_ppo | 2 | 200 |" in proc.stdout
-    assert not left.exists() and not list((tmp_path / "att").glob("*.partial.pt"))
-    landed = torch.load(learned.attacker_path(common.load_victim(sac_ckpt), first, str(tmp_path / "att")),
-                        weights_only=True)["attacker"]
-    assert landed.keys() == state["policy"].keys() and all(torch.equal(v, state["policy"][k]) for k, v in landed.items())
+    assert not left.exists() and not committed.exists() and not list((tmp_path / "att").glob("*.p*.pt"))
+    for cfg, state in states.items():
+        landed = torch.load(learned.attacker_path(common.load_victim(sac_ckpt), cfg, str(tmp_path / "att")),
+                            weights_only=True)["attacker"]
+        assert landed.keys() == state["policy"].keys()
+        assert all(torch.equal(v, state["policy"][k]) for k, v in landed.items())
     proc = run_script("attacks/search.py", "--ckpt", sac_ckpt, "--address", "auto", cwd=str(tmp_path), timeout=600)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "--storage" in proc.stderr
     records = sorted((tmp_path / "att").glob("*.json"))
