@@ -117,7 +117,7 @@ def main() -> None:
             method = torch.load(model, map_location="cpu", weights_only=True)["method"]
         except Exception as e:  # not a checkpoint of this project
             sys.exit(f"error: {model} is not a checkpoint of this project ({type(e).__name__})")
-        for group in COLUMNS + ([["valt_soft_adv"]] if method == "sac_valt_soft" else []):
+        for group in COLUMNS + ([["valt_soft_adv"]] if method == "valt_soft" else []):  # the checkpoint's name
             row = read_row(stem)
             if not up_to_date(row, group, a.episodes, a.attack_budget):
                 cmd = [sys.executable, os.path.join(ROOT, "attacks", "eval_all.py"), "--ckpt", model, "--attacks",
