@@ -8,7 +8,7 @@ terminate the total is an upper bound; on HalfCheetah (fixed 1000 steps) it is a
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -97,8 +97,9 @@ class UnitCosts:
             return update, rs, rs_mad
         return self.once("sarsa", measure)
 
-    def attacker_update(self, algo: str, obs_dim: int, act_dim: int, hidden: tuple, n_steps: int) -> float:
-        """Seconds of training updates per environment step of a learned attacker."""
+    def attacker_update(self, algo: str, obs_dim: int, act_dim: int, hidden: tuple,
+                        ppo: Optional[PPOSettings] = None) -> float:
+        """Seconds of training updates per environment step of a learned attacker (`ppo`: a PPO attacker's)."""
         def measure():
             if algo == "sac":
                 learner = SACLearner(obs_dim, act_dim, hidden, self.victim.device)
@@ -106,18 +107,18 @@ class UnitCosts:
                 for _ in range(256):
                     buffer.add(np.zeros(obs_dim), np.zeros(act_dim), 0.0, np.zeros(obs_dim), False)
                 return seconds_per_call(lambda: learner.update(*buffer.sample(256)))  # one update per step
-            cfg = PPOSettings()
+            cfg = ppo or PPOSettings()
             policy = GaussianPolicy(obs_dim, act_dim, hidden)
             opt = torch.optim.Adam(policy.parameters())
-            obs, u = torch.zeros(max(n_steps // cfg.minibatches, 1), obs_dim), torch.zeros(1, act_dim)
+            obs, u = torch.zeros(max(cfg.n_steps // cfg.minibatches, 1), obs_dim), torch.zeros(1, act_dim)
 
             def minibatch():
                 loss = policy.dist(obs).log_prob(u).sum() + policy.value(obs).sum()
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-            return seconds_per_call(minibatch) * cfg.epochs * cfg.minibatches / n_steps
-        return self.once((algo, obs_dim, act_dim, tuple(hidden), n_steps), measure)
+            return seconds_per_call(minibatch) * cfg.epochs * cfg.minibatches / cfg.n_steps
+        return self.once((algo, obs_dim, act_dim, tuple(hidden), ppo), measure)
 
 
 def plan(name: str, victim: Victim, args, costs: UnitCosts) -> tuple[float, str]:
@@ -152,8 +153,8 @@ def plan(name: str, victim: Victim, args, costs: UnitCosts) -> tuple[float, str]
     total = 0.0
     for cfg in configs:
         updates = cfg.budget - (cfg.learning_starts if cfg.algo == "sac" else 0)
-        total += cfg.budget * per_step + updates * c.attacker_update(cfg.algo, v.obs_dim, act_dim, cfg.hidden,
-                                                                     cfg.n_steps) + episodes * per_step
+        update = c.attacker_update(cfg.algo, v.obs_dim, act_dim, cfg.hidden, cfg.ppo)
+        total += cfg.budget * per_step + updates * update + episodes * per_step
     return total, f"{len(configs)} {a.algo.upper()} attackers ({a.search} search) of {configs[0].budget} steps"
 
 

@@ -71,23 +71,22 @@ class AttackerConfig:
     budget: int
     seed: int
     hidden: tuple = ()
-    lr: float = 3e-4
-    value_lr: float = 1e-4
-    clip: float = 0.2
-    ent_coef: float = 0.0
-    anneal_lr: bool = False
-    initial_std: float = 0.5
-    n_steps: int = 2048
-    learning_starts: int = 5000
+    ppo: Optional[PPOSettings] = None  # a PPO attacker's settings (None: PPOSettings' defaults); SAC ignores it
+    learning_starts: int = 5000  # SAC attacker: random steps before updates
+
+    def __post_init__(self):
+        if self.algo == "ppo" and self.ppo is None:
+            object.__setattr__(self, "ppo", PPOSettings())
 
     @property
     def id(self) -> str:
+        """The attacker's file name (its saved copies are found by it): the knobs a search varies."""
         hidden = "x".join(str(h) for h in self.hidden)
         if self.algo == "sac":
             return f"{self.kind}_sac_h{hidden}_ls{self.learning_starts}_b{self.budget}_s{self.seed}"
-        return (f"{self.kind}_ppo_lr{self.lr:g}_vlr{self.value_lr:g}_clip{self.clip:g}_ent{self.ent_coef:g}"
-                f"_anneal{int(self.anneal_lr)}_std{self.initial_std:g}_h{hidden}_n{self.n_steps}_b{self.budget}"
-                f"_s{self.seed}")
+        p = self.ppo
+        return (f"{self.kind}_ppo_lr{p.lr:g}_vlr{p.value_lr:g}_clip{p.clip:g}_ent{p.ent_coef:g}"
+                f"_anneal{int(p.anneal_lr)}_std{p.initial_std:g}_h{hidden}_n{p.n_steps}_b{self.budget}_s{self.seed}")
 
 
 def preset_configs(kind: str, algo: str, preset: str, env_id: str, budget: Optional[int] = None,
@@ -105,7 +104,7 @@ def preset_configs(kind: str, algo: str, preset: str, env_id: str, budget: Optio
                                learning_starts=min(learning_starts, budget // 2)) for k in range(n)]
     if budget is None:
         budget = QUICK_BUDGET if preset == "quick" else PAPER_PPO_BUDGET.get(task, {}).get(kind, 1_000_000)
-    common = dict(kind=kind, algo="ppo", budget=budget, seed=base_seed + 1000, hidden=hidden, n_steps=n_steps)
+    common = dict(kind=kind, algo="ppo", budget=budget, seed=base_seed + 1000, hidden=hidden)
     if preset == "quick":
         grid = [dict(lr=3e-4, clip=0.2), dict(lr=1e-3, clip=0.4)]
     else:
@@ -115,7 +114,7 @@ def preset_configs(kind: str, algo: str, preset: str, env_id: str, budget: Optio
                     (1e-5, 3e-5, 1e-4))]
         if kind == "pa_ad":  # umd-huang-lab/paad_adv_rl code_mujoco/readme.md: the tuned PA-AD setting
             grid.append(dict(lr=3e-5, value_lr=3e-5, clip=0.4, ent_coef=0.0))
-    return [AttackerConfig(**common, **g) for g in grid]
+    return [AttackerConfig(**common, ppo=PPOSettings(n_steps=n_steps, **g)) for g in grid]
 
 
 def realize_tag(kind: str, pa_steps: int, pa_restarts: int, pa_step_scale: float = 1.0,
@@ -190,9 +189,7 @@ def train_one(victim: Victim, config: AttackerConfig, realize: Callable, action_
             policy = train_sac(env, config.budget, config.seed, config.hidden, config.learning_starts, log=label,
                                notes=notes, **resume)
         else:
-            settings = PPOSettings(lr=config.lr, value_lr=config.value_lr, clip=config.clip, ent_coef=config.ent_coef,
-                                   anneal_lr=config.anneal_lr, initial_std=config.initial_std, n_steps=config.n_steps)
-            policy = train_ppo(env, config.budget, config.seed, config.hidden, settings, log=label, **resume)
+            policy = train_ppo(env, config.budget, config.seed, config.hidden, config.ppo, log=label, **resume)
         policy.eval()
         save_attacker(path, policy, {"kind": config.kind, "algo": config.algo, "obs_dim": victim.obs_dim,
                                      "act_dim": action_dim, "hidden": list(config.hidden), "eps": victim.eps,

@@ -472,7 +472,8 @@ def test_a_search_saves_its_attackers_training_and_removes_the_state_when_done(v
 
 def test_a_damaged_trained_attacker_is_retrained_not_a_stop(victim, capsys, tmp_path):
     """An attacker file damaged outside this code (saves are atomic) costs that attacker, not the search."""
-    config = learned.AttackerConfig("sa_rl", "ppo", budget=300, seed=1000, hidden=(16, 16), n_steps=150)
+    config = learned.AttackerConfig("sa_rl", "ppo", budget=300, seed=1000, hidden=(16, 16),
+                                    ppo=rl.PPOSettings(n_steps=150))
     realize = sa_rl.realizer(victim)
     first = learned.train_one(victim, config, realize, victim.obs_dim, str(tmp_path), episodes=1, eval_seed=0)
     with open(first["path"], "wb") as f:
@@ -685,12 +686,18 @@ def test_search_presets_have_the_reference_sizes():
     assert len({c.id for c in paper_ppo}) == 216
     pa = learned.preset_configs("pa_ad", "ppo", "paper", "Ant-v4")
     assert len(pa) == 217 and {c.budget for c in pa} == {10_000_000}  # + PA-AD's tuned setting; Ant 10M
-    assert any(c.lr == 3e-5 and c.clip == 0.4 for c in pa)
+    assert any(c.ppo.lr == 3e-5 and c.ppo.value_lr == 3e-5 and c.ppo.clip == 0.4 for c in pa)
     assert {c.budget for c in learned.preset_configs("sa_rl", "ppo", "paper", "Ant-v4")} == {5_000_000}
     paper_sac = learned.preset_configs("sa_rl", "sac", "paper", "Hopper-v4")
     assert len(paper_sac) == 4 and {c.budget for c in paper_sac} == {500_000}  # the victim's own budget
     quick = learned.preset_configs("pa_ad", "ppo", "quick", "Hopper-v4", budget=30_000)
     assert len(quick) == 2 and {c.budget for c in quick} == {30_000}
+    # the ids name the committed attackers (results/halfcheetah_1m/models/attackers/): they must not drift
+    assert [c.id for c in learned.preset_configs("sa_rl", "ppo", "quick", "HalfCheetah-v4", budget=200_000)] == [
+        "sa_rl_ppo_lr0.0003_vlr0.0001_clip0.2_ent0_anneal0_std0.5_h64x64_n2048_b200000_s1000",
+        "sa_rl_ppo_lr0.001_vlr0.0001_clip0.4_ent0_anneal0_std0.5_h64x64_n2048_b200000_s1000"]
+    assert learned.preset_configs("pa_ad", "sac", "quick", "HalfCheetah-v4", budget=200_000)[0].id == \
+        "pa_ad_sac_h256x256_ls5000_b200000_s1000"
 
 
 @pytest.mark.xdist_group("ray")  # starts Ray: see tests/test_sweep.py
