@@ -396,11 +396,26 @@ def row_paths(row: dict) -> list[tuple[dict, str]]:
     return holders
 
 
+def work_tree_root(folder: str) -> Optional[str]:
+    """The git work tree that holds `folder` (the nearest folder with a .git entry: a clone's or a worktree's), or
+    None outside any."""
+    folder = os.path.abspath(folder)
+    while not os.path.exists(os.path.join(folder, ".git")):
+        if os.path.dirname(folder) == folder:
+            return None
+        folder = os.path.dirname(folder)
+    return folder
+
+
 def paths_relative_to(row: dict, folder: str) -> dict:
-    """An attack row as written: its file paths relative to its own folder, so a clone elsewhere finds them."""
+    """An attack row as written: its file paths relative to its own folder, so a clone elsewhere finds them; a file
+    outside the row's git work tree, which no clone carries, keeps its absolute path."""
     row = copy.deepcopy(row)
+    root = work_tree_root(folder)
     for holder, key in row_paths(row):
-        holder[key] = os.path.relpath(os.path.abspath(holder[key]), folder)
+        path = os.path.abspath(holder[key])
+        carried = root is None or os.path.commonpath([path, root]) == root
+        holder[key] = os.path.relpath(path, folder) if carried else path
     return row
 
 

@@ -609,6 +609,23 @@ def test_a_rows_file_paths_are_written_relative_to_it_and_read_back_from_whereve
     assert copied["attacks"]["sa_rl_sac"]["attacker_path"] == os.path.join("..", "models", "attackers", "a.pt")
 
 
+def test_a_rows_file_outside_its_git_work_tree_keeps_its_absolute_path(tmp_path):
+    """A clone carries what lies in the work tree: a file there is written relative (even above the row's folder);
+    one outside it (a --save-dir elsewhere on the machine) stays absolute, so a moved clone still finds it."""
+    (tmp_path / "repo" / ".git").mkdir(parents=True)
+    models = tmp_path / "repo" / "results" / "models"
+    inside, outside = str(tmp_path / "repo" / "attackers" / "a.pt"), str(tmp_path / "scratch" / "b.pt")
+    row = {"attacks": {"sa_rl_sac": {"attacker_path": inside, "per_config": [{"id": "a", "path": inside},
+                                                                             {"id": "b", "path": outside}]}}}
+    written = common.paths_relative_to(row, str(models))
+    assert written["attacks"]["sa_rl_sac"]["attacker_path"] == os.path.join("..", "..", "attackers", "a.pt")
+    assert written["attacks"]["sa_rl_sac"]["per_config"][1]["path"] == outside
+    assert common.work_tree_root(str(models)) == str(tmp_path / "repo")
+    read = common.paths_absolute_from(written, str(tmp_path / "moved" / "results" / "models"))
+    assert read["attacks"]["sa_rl_sac"]["per_config"][1]["path"] == outside
+    assert read["attacks"]["sa_rl_sac"]["attacker_path"] == str(tmp_path / "moved" / "attackers" / "a.pt")
+
+
 def test_the_suite_estimate_matches_measured_time_on_fixed_length_episodes(monkeypatch):
     """HalfCheetah episodes always last 1000 steps, so the estimate of a per-step attack is a prediction, not a
     bound: within 3x of the time the attack then takes, for episodes run side by side (3: the batched perturbation is
