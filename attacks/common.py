@@ -412,9 +412,10 @@ def paths_relative_to(row: dict, folder: str) -> dict:
     outside the row's git work tree, which no clone carries, keeps its absolute path."""
     row = copy.deepcopy(row)
     root = work_tree_root(folder)
+    root = root and os.path.realpath(root)  # a linked save dir is judged by where its files lie
     for holder, key in row_paths(row):
         path = os.path.abspath(holder[key])
-        carried = root is None or os.path.commonpath([path, root]) == root
+        carried = root is None or os.path.commonpath([os.path.realpath(path), root]) == root
         holder[key] = os.path.relpath(path, folder) if carried else path
     return row
 

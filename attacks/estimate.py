@@ -100,6 +100,8 @@ class UnitCosts:
     def attacker_update(self, algo: str, obs_dim: int, act_dim: int, hidden: tuple,
                         ppo: Optional[PPOSettings] = None) -> float:
         """Seconds of training updates per environment step of a learned attacker (`ppo`: a PPO attacker's)."""
+        cfg = ppo or PPOSettings()
+
         def measure():
             if algo == "sac":
                 learner = SACLearner(obs_dim, act_dim, hidden, self.victim.device)
@@ -107,7 +109,6 @@ class UnitCosts:
                 for _ in range(256):
                     buffer.add(np.zeros(obs_dim), np.zeros(act_dim), 0.0, np.zeros(obs_dim), False)
                 return seconds_per_call(lambda: learner.update(*buffer.sample(256)))  # one update per step
-            cfg = ppo or PPOSettings()
             policy = GaussianPolicy(obs_dim, act_dim, hidden)
             opt = torch.optim.Adam(policy.parameters())
             obs, u = torch.zeros(max(cfg.n_steps // cfg.minibatches, 1), obs_dim), torch.zeros(1, act_dim)
@@ -118,7 +119,8 @@ class UnitCosts:
                 loss.backward()
                 opt.step()
             return seconds_per_call(minibatch) * cfg.epochs * cfg.minibatches / cfg.n_steps
-        return self.once((algo, obs_dim, act_dim, tuple(hidden), ppo), measure)
+        # keyed on what the measurement depends on, not on the knobs a search varies
+        return self.once((algo, obs_dim, act_dim, tuple(hidden), cfg.n_steps, cfg.epochs, cfg.minibatches), measure)
 
 
 def plan(name: str, victim: Victim, args, costs: UnitCosts) -> tuple[float, str]:

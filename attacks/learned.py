@@ -71,12 +71,21 @@ class AttackerConfig:
     budget: int
     seed: int
     hidden: tuple = ()
-    ppo: Optional[PPOSettings] = None  # a PPO attacker's settings (None: PPOSettings' defaults); SAC ignores it
+    ppo: Optional[PPOSettings] = None  # a PPO attacker's settings (None: PPOSettings' defaults); SAC: None
     learning_starts: int = 5000  # SAC attacker: random steps before updates
 
     def __post_init__(self):
         if self.algo == "ppo" and self.ppo is None:
             object.__setattr__(self, "ppo", PPOSettings())
+
+    def as_record(self) -> dict:
+        """The configuration as records, saved attackers and resume keys hold it: flat, with the seven PPO knobs (a
+        SAC attacker's at their defaults), the form they had before PPOSettings was nested here, so older training
+        states still resume."""
+        ppo = self.ppo or PPOSettings()
+        return {"kind": self.kind, "algo": self.algo, "budget": self.budget, "seed": self.seed, "hidden": self.hidden,
+                **{k: getattr(ppo, k) for k in ("lr", "value_lr", "clip", "ent_coef", "anneal_lr", "initial_std",
+                                                "n_steps")}, "learning_starts": self.learning_starts}
 
     @property
     def id(self) -> str:
@@ -181,7 +190,7 @@ def train_one(victim: Victim, config: AttackerConfig, realize: Callable, action_
         label = f"{name} {config.id}" if log else None
         # a stopped training continues from here (every rl.SAVE_EVERY steps); .gitignore'd
         resume = {"progress_path": path[:-3] + ".partial.pt",
-                  "progress_key": {"identity": identity, "config": dataclasses.asdict(config), "tag": tag}}
+                  "progress_key": {"identity": identity, "config": config.as_record(), "tag": tag}}
         portable = path[:-3] + ".progress.pt"
         if saved_step(portable) > saved_step(resume["progress_path"]):  # a fresh clone, or a newer commit than ours
             copy_atomically(portable, resume["progress_path"])
@@ -194,10 +203,10 @@ def train_one(victim: Victim, config: AttackerConfig, realize: Callable, action_
         save_attacker(path, policy, {"kind": config.kind, "algo": config.algo, "obs_dim": victim.obs_dim,
                                      "act_dim": action_dim, "hidden": list(config.hidden), "eps": victim.eps,
                                      "victim": os.path.abspath(victim.ckpt_path), "budget": config.budget,
-                                     "seed": config.seed, "config": dataclasses.asdict(config)})
+                                     "seed": config.seed, "config": config.as_record()})
         train_seconds = time.time() - start
     stats = rollout(victim, PolicyAttacker(name, policy_action_fn(policy), realize), episodes, eval_seed, stochastic)
-    record = {"config": dataclasses.asdict(config), "id": config.id, "path": path, "identity": identity,
+    record = {"config": config.as_record(), "id": config.id, "path": path, "identity": identity,
               "evaluation": evaluation,
               "returns": stats.returns, "lengths": stats.lengths, "mean": stats.mean, "std": stats.std,
               "train_seconds": round(train_seconds, 1), "eval_seconds": round(stats.seconds, 1), **notes}

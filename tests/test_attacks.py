@@ -613,6 +613,9 @@ def test_a_rows_file_outside_its_git_work_tree_keeps_its_absolute_path(tmp_path)
     """A clone carries what lies in the work tree: a file there is written relative (even above the row's folder);
     one outside it (a --save-dir elsewhere on the machine) stays absolute, so a moved clone still finds it."""
     (tmp_path / "repo" / ".git").mkdir(parents=True)
+    (tmp_path / "worktree").mkdir()
+    (tmp_path / "worktree" / ".git").write_text("gitdir: ../repo/.git/worktrees/w\n")  # a git worktree's marker
+    assert common.work_tree_root(str(tmp_path / "worktree" / "results")) == str(tmp_path / "worktree")
     models = tmp_path / "repo" / "results" / "models"
     inside, outside = str(tmp_path / "repo" / "attackers" / "a.pt"), str(tmp_path / "scratch" / "b.pt")
     row = {"attacks": {"sa_rl_sac": {"attacker_path": inside, "per_config": [{"id": "a", "path": inside},
@@ -715,6 +718,12 @@ def test_search_presets_have_the_reference_sizes():
         "sa_rl_ppo_lr0.001_vlr0.0001_clip0.4_ent0_anneal0_std0.5_h64x64_n2048_b200000_s1000"]
     assert learned.preset_configs("pa_ad", "sac", "quick", "HalfCheetah-v4", budget=200_000)[0].id == \
         "pa_ad_sac_h256x256_ls5000_b200000_s1000"
+    paper = learned.preset_configs("sa_rl", "ppo", "paper", "HalfCheetah-v4")
+    assert paper[10].id == "sa_rl_ppo_lr0.0003_vlr3e-05_clip0.2_ent1e-05_anneal1_std0.5_h64x64_n2048_b1000000_s1000"
+    # records and resume keys keep the flat form older training states were saved under
+    assert paper[10].as_record() == {"kind": "sa_rl", "algo": "ppo", "budget": 1_000_000, "seed": 1000,
+                                     "hidden": (64, 64), "lr": 3e-4, "value_lr": 3e-5, "clip": 0.2, "ent_coef": 1e-5,
+                                     "anneal_lr": True, "initial_std": 0.5, "n_steps": 2048, "learning_starts": 5000}
 
 
 @pytest.mark.xdist_group("ray")  # starts Ray: see tests/test_sweep.py
