@@ -64,6 +64,12 @@ class LearnedArgs:
     load: Optional[str] = None  # evaluate this saved attacker instead of searching
 
 
+# PPO settings outside the searched knobs, with their tags in an attacker's id: two attackers that differ in one
+# never share a file.
+FIXED_PPO_KNOBS = {"epochs": "ep", "minibatches": "mb", "gamma": "g", "lam": "lam", "value_clip": "vc",
+                   "reward_clip": "rc"}
+
+
 @dataclass(frozen=True)
 class AttackerConfig:
     kind: str  # sa_rl | pa_ad
@@ -78,14 +84,22 @@ class AttackerConfig:
         if self.algo == "ppo" and self.ppo is None:
             object.__setattr__(self, "ppo", PPOSettings())
 
+    def fixed_ppo_knobs(self) -> dict:
+        """The PPO settings no search varies, where they differ from PPOSettings' defaults (the references')."""
+        if self.ppo is None:
+            return {}
+        default = PPOSettings()
+        return {k: getattr(self.ppo, k) for k in FIXED_PPO_KNOBS if getattr(self.ppo, k) != getattr(default, k)}
+
     def as_record(self) -> dict:
         """The configuration as records, saved attackers and resume keys hold it: flat, with the seven PPO knobs (a
         SAC attacker's at their defaults), the form they had before PPOSettings was nested here, so older training
-        states still resume."""
+        states still resume; the other PPO settings only where they differ from their defaults."""
         ppo = self.ppo or PPOSettings()
         return {"kind": self.kind, "algo": self.algo, "budget": self.budget, "seed": self.seed, "hidden": self.hidden,
                 **{k: getattr(ppo, k) for k in ("lr", "value_lr", "clip", "ent_coef", "anneal_lr", "initial_std",
-                                                "n_steps")}, "learning_starts": self.learning_starts}
+                                                "n_steps")}, "learning_starts": self.learning_starts,
+                **self.fixed_ppo_knobs()}
 
     @property
     def id(self) -> str:
@@ -94,8 +108,10 @@ class AttackerConfig:
         if self.algo == "sac":
             return f"{self.kind}_sac_h{hidden}_ls{self.learning_starts}_b{self.budget}_s{self.seed}"
         p = self.ppo
+        fixed = "".join(f"_{FIXED_PPO_KNOBS[k]}{v:g}" for k, v in self.fixed_ppo_knobs().items())  # "" at defaults
         return (f"{self.kind}_ppo_lr{p.lr:g}_vlr{p.value_lr:g}_clip{p.clip:g}_ent{p.ent_coef:g}"
-                f"_anneal{int(p.anneal_lr)}_std{p.initial_std:g}_h{hidden}_n{p.n_steps}_b{self.budget}_s{self.seed}")
+                f"_anneal{int(p.anneal_lr)}_std{p.initial_std:g}_h{hidden}_n{p.n_steps}{fixed}_b{self.budget}"
+                f"_s{self.seed}")
 
 
 def preset_configs(kind: str, algo: str, preset: str, env_id: str, budget: Optional[int] = None,

@@ -3,6 +3,7 @@ Sarsa learns Q^pi, learned attackers train/save/reload, eval_all writes the tabl
 from __future__ import annotations
 
 import copy
+import dataclasses
 import glob
 import json
 import os
@@ -724,6 +725,12 @@ def test_search_presets_have_the_reference_sizes():
     assert paper[10].as_record() == {"kind": "sa_rl", "algo": "ppo", "budget": 1_000_000, "seed": 1000,
                                      "hidden": (64, 64), "lr": 3e-4, "value_lr": 3e-5, "clip": 0.2, "ent_coef": 1e-5,
                                      "anneal_lr": True, "initial_std": 0.5, "n_steps": 2048, "learning_starts": 5000}
+    # a PPO setting no search varies still names its own attacker, and its record says it
+    tuned = learned.AttackerConfig("sa_rl", "ppo", 1_000_000, 1000, (64, 64),
+                                   ppo=dataclasses.replace(paper[10].ppo, epochs=5, gamma=0.995))
+    assert tuned.id == ("sa_rl_ppo_lr0.0003_vlr3e-05_clip0.2_ent1e-05_anneal1_std0.5_h64x64_n2048_ep5_g0.995"
+                        "_b1000000_s1000")
+    assert tuned.as_record() == {**paper[10].as_record(), "epochs": 5, "gamma": 0.995}
 
 
 @pytest.mark.xdist_group("ray")  # starts Ray: see tests/test_sweep.py
