@@ -26,6 +26,12 @@ TINY = ["--learning-starts", "200", "--batch-size", "32", "--hidden-sizes", "32"
         "--eval-every", "0", "--eval-episodes", "1", "--log-every", "200", "--threads", "1"]
 
 
+def assert_continued(stdout: str, path: str, step: int) -> None:
+    """The resumed run restored its step count: a run that ignored --resume would train from step 0 and match the
+    straight run bit for bit, so an exact-resume comparison needs this too."""
+    assert f"[resume] continuing {path} at step {step}" in stdout, stdout[-2000:]
+
+
 def run_script(script: str, *args: str, cwd: str, timeout: int = 300, env: dict = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
     return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=cwd, capture_output=True,

@@ -11,7 +11,7 @@ import torch
 
 import atla_ppo
 from attacks import common, valt_soft_adv
-from conftest import run_script
+from conftest import assert_continued, run_script
 from test_ppo import TINY_PPO, TINY_PPO_CLI
 
 CPU = torch.device("cpu")
@@ -130,13 +130,14 @@ def test_hand_written_director_gradient_is_autograds_and_the_realisation_is_the_
 
 
 @pytest.mark.parametrize("pa", [False, True])
-def test_resume_continues_exactly(workdir, pa):
+def test_resume_continues_exactly(workdir, pa, capsys):
     common_args = dict(env_id="Hopper-v4", total_timesteps=384, seed=3, pa=pa, **TINY_PPO)
     straight = atla_ppo.train(atla_ppo.Args(**common_args, run_name="straight", save_every=0))
     atla_ppo.train(atla_ppo.Args(**common_args, run_name="part", save_every=256, keep_checkpoints=True))
     resumed = atla_ppo.train(atla_ppo.Args(**common_args, run_name="resumed", save_every=0,
                                            resume="runs/part/model_step256.pt"))
     assert resumed["global_step"] == 384 and resumed["adversary_steps"] == 384
+    assert_continued(capsys.readouterr().out, "runs/part/model_step256.pt", 256)
     a, b = straight["learner"].state_dict(), resumed["learner"].state_dict()
     for net in ("actor", "critic", "adversary", "adversary_critic"):
         for key, p in a[net].items():

@@ -148,9 +148,10 @@ def test_pa_ad_step_ascends_its_objective(victim):
         direction = torch.randn(victim.act_dim, generator=rng)
         direction /= direction.norm()
         torch.manual_seed(1)
-        start = common.uniform_in_ball(s.unsqueeze(0), victim.eps / 10)  # pa_perturb's own start: the step box
+        # one restart from the step box (the default schedule's first step), compared with that start itself
+        start = common.uniform_in_ball(s.unsqueeze(0), min(pa_ad.STEP_SCALE * victim.eps / 10, victim.eps))
         torch.manual_seed(1)
-        x = pa_ad.pa_perturb(victim, s, direction, steps=10)
+        x = pa_ad.pa_perturb(victim, s, direction, steps=10, restarts=1, start="step")
         with torch.no_grad():
             before = pa_ad.pa_objective(victim, s.unsqueeze(0), start, direction.unsqueeze(0))
             after = pa_ad.pa_objective(victim, s.unsqueeze(0), x.unsqueeze(0), direction.unsqueeze(0))

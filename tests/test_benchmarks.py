@@ -175,7 +175,7 @@ def test_upside_down_replays_the_attack_suites_episodes_and_counts_the_pitch(tmp
     suite = rollout(load_victim(SAC_FIXTURE), upside_down.Unperturbed(), 4, seed=5)
     assert [r["return"] for r in rows] == pytest.approx(suite.returns, abs=1e-6)
     for r in rows:
-        assert 0 <= r["upside_down_steps"] <= 1000 and (r["first"] is None) == (r["upside_down_steps"] == 0)
+        assert (r["first"] is None) == (r["upside_down_steps"] == 0)
     # the fixture runs upright in some of these episodes and goes over its back in others (seeds 7, 8 here)
     assert {r["upside_down_steps"] > 0 for r in rows} == {True, False}
     # under PGD: the suite's PGD row, episode for episode (side by side, the same random draws)
@@ -336,7 +336,8 @@ def test_soft_adversary_measures_a_checkpoint_and_refuses_other_methods_in_one_l
 
     entry = soft_adversary.measure(VALT_SOFT_50K, n_states=20, samples=50, draws=2, kappas=[8.0, 0.5], seed=0)
     d = entry["drop"]
-    assert entry["updates_since_reset"] == 1 and 50_000 % 2000 == 0 and 0.5 < entry["adversary_std"] < 1.5
+    assert entry["updates_since_reset"] == 1  # saved at 50,000, a multiple of its adv_reset_every 2000
+    assert 0.5 < entry["adversary_std"] < 1.5
     assert d["pgd"] > max(d["uniform"], d["adversary"], entry["boltzmann"]["0.5"]["drop"]) > 0
     split = entry["soft_value_drop"]
     assert set(split) == {"uniform", "adversary", "adversary_mean"} and all(set(v) == {"q", "entropy"} for v in split.values())

@@ -23,10 +23,11 @@ import sweep
 
 # Tests that start Ray run one after another on one pytest-xdist worker (--dist loadgroup): two Ray instances
 # starting at once on one machine compete for its ports and its /tmp/ray session.
-pytestmark = [pytest.mark.xdist_group("ray"), pytest.mark.skipif(
+pytestmark = pytest.mark.xdist_group("ray")
+needs_private_mounts = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("ray") is None or
     subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0,
-    reason="a worker node that cannot see the driver's files needs a private mount namespace (root, unshare)")]
+    reason="a worker node that cannot see the driver's files needs a private mount namespace (root, unshare)")
 
 NAME = "sac__HalfCheetah-v4__s1"
 
@@ -149,6 +150,7 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+@needs_private_mounts
 def test_a_two_node_cluster_without_shared_folders_brings_every_result_to_the_driver_and_resumes_a_lost_trial():
     base = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: Ray's socket paths live under the nodes' temp dirs
     driver, storage = os.path.join(base, "driver"), os.path.join(base, "storage")

@@ -68,6 +68,16 @@ def test_regulariser_clean_branch_is_detached(name):
     grads = torch.autograd.grad(reg, [clean[0], clean[1], *learner.actor.parameters()], allow_unused=True)
     assert grads[0] is None and grads[1] is None  # not in the graph
     assert any(g is not None and g.abs().sum() > 0 for g in grads[2:])  # the perturbed branch trains the actor
+    params = list(learner.actor.parameters())  # the path training takes (no `clean`) gives the same gradient
+    torch.manual_seed(0)
+    given = torch.autograd.grad(learner.sa_regularizer(states[:64], 0.15, learner.actor(states[:64])), params,
+                                allow_unused=True)  # mse reads no log_std
+    torch.manual_seed(0)
+    computed = torch.autograd.grad(learner.sa_regularizer(states[:64], 0.15), params, allow_unused=True)
+    for a, b in zip(given, computed):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("start, expected", [("step", 0.875), ("ball", 0.75)])

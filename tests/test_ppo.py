@@ -12,7 +12,7 @@ import torch
 import ppo
 import robust_ppo
 from attacks import common
-from conftest import PPO_FIXTURE, fixture_states, run_script
+from conftest import PPO_FIXTURE, assert_continued, fixture_states, run_script
 
 CPU = torch.device("cpu")
 # Tiny rollouts under which a run makes several real updates in a few seconds.
@@ -108,13 +108,14 @@ def test_smoke_run_really_updates(workdir, script, env_id, obs_dim):
 
 
 @pytest.mark.parametrize("name", list(MODULES))
-def test_resume_continues_exactly(workdir, name):
+def test_resume_continues_exactly(workdir, name, capsys):
     mod = MODULES[name]
     common_args = dict(env_id="Hopper-v4", total_timesteps=384, seed=3, **TINY_PPO)
     straight = mod.train(mod.Args(**common_args, run_name="straight", save_every=0))
     mod.train(mod.Args(**common_args, run_name="part", save_every=256, keep_checkpoints=True))
     resumed = mod.train(mod.Args(**common_args, run_name="resumed", save_every=0, resume="runs/part/model_step256.pt"))
     assert resumed["global_step"] == 384
+    assert_continued(capsys.readouterr().out, "runs/part/model_step256.pt", 256)
     a, b = straight["learner"].state_dict(), resumed["learner"].state_dict()
     for net in ("actor", "critic"):
         for key, p in a[net].items():
@@ -237,7 +238,7 @@ def test_divergence_stops_with_one_line_and_writes_nothing(workdir, script):
     assert not (workdir / "nan" / "model.pt").exists()
 
 
-def test_sigterm_saves_between_rollouts_and_resume_is_exact(workdir):
+def test_sigterm_saves_between_rollouts_and_resume_is_exact(workdir, capsys):
     import os
     import signal
     import subprocess
@@ -262,6 +263,7 @@ def test_sigterm_saves_between_rollouts_and_resume_is_exact(workdir):
     args = dict(env_id="Hopper-v4", total_timesteps=1280, seed=5, **TINY_PPO)
     straight = ppo.train(ppo.Args(**args, run_name="straight", save_every=0))
     resumed = ppo.train(ppo.Args(**args, run_name="resumed", save_every=0, resume="term/model.pt"))
+    assert_continued(capsys.readouterr().out, "term/model.pt", saved["global_step"])
     for key, p in straight["learner"].state_dict()["actor"].items():
         torch.testing.assert_close(resumed["learner"].state_dict()["actor"][key], p, rtol=0, atol=0)
     assert resumed["eval_returns"] == straight["eval_returns"]

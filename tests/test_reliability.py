@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import sac
-from conftest import ROOT, TINY, run_script
+from conftest import ROOT, TINY, assert_continued, run_script
 from test_resume import EXTRA
 from test_sac import TINY_ARGS
 
@@ -69,7 +69,7 @@ def test_save_refuses_non_finite_parameters(workdir, module_name):
     assert not os.path.exists(workdir / "runs" / "p" / "model.pt")
 
 
-def test_sigterm_saves_and_resume_is_bit_identical(workdir):
+def test_sigterm_saves_and_resume_is_bit_identical(workdir, capsys):
     """SIGTERM mid-run: the step finishes, a checkpoint (with the buffer) is written, exit 143 with the resume
     command; resuming it gives exactly the uninterrupted run."""
     common = dict(env_id="Hopper-v4", total_timesteps=900, seed=5, **TINY_ARGS)
@@ -89,6 +89,7 @@ def test_sigterm_saves_and_resume_is_bit_identical(workdir):
     assert 400 <= saved["global_step"] < 900 and os.path.isfile(workdir / "term" / "model_buffer.pt")
     straight = sac.train(sac.Args(**common, run_name="straight", save_every=0))
     resumed = sac.train(sac.Args(**common, run_name="resumed", save_every=0, resume="term/model.pt"))
+    assert_continued(capsys.readouterr().out, "term/model.pt", saved["global_step"])
     a, b = straight["learner"].state_dict(), resumed["learner"].state_dict()
     for net in ("actor", "critic", "critic_target"):
         for name, p in a[net].items():

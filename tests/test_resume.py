@@ -6,6 +6,7 @@ import importlib
 import pytest
 import torch
 
+from conftest import assert_continued
 from test_sac import TINY_ARGS
 
 EXTRA = {"sac": {}, "sac_valt_eps": {"worst_rate_remain_steps": 300, "reg_eps_start_step": 200, "reg_eps_end_step": 400},
@@ -16,13 +17,14 @@ EXTRA = {"sac": {}, "sac_valt_eps": {"worst_rate_remain_steps": 300, "reg_eps_st
 
 
 @pytest.mark.parametrize("module_name", list(EXTRA))
-def test_resume_continues_exactly(workdir, module_name):
+def test_resume_continues_exactly(workdir, module_name, capsys):
     mod = importlib.import_module(module_name)
     common = dict(env_id="Hopper-v4", total_timesteps=500, seed=3, **TINY_ARGS, **EXTRA[module_name])
     straight = mod.train(mod.Args(**common, run_name="straight", save_every=0))
     mod.train(mod.Args(**common, run_name="part", save_every=300, keep_checkpoints=True, save_buffer=True))
     resumed = mod.train(mod.Args(**common, run_name="resumed", save_every=0, resume="runs/part/model_step300.pt"))
     assert resumed["global_step"] == 500
+    assert_continued(capsys.readouterr().out, "runs/part/model_step300.pt", 300)
     a, b = straight["learner"].state_dict(), resumed["learner"].state_dict()
     kept = ("adversary", "adversary_trained") if "adversary_trained" in a else ("adversary",) if "adversary" in a else ()
     if "adversary_trained" in a:  # reset at 250 and 500: the resumed run's own reset at 500 remakes it, so check

@@ -34,8 +34,9 @@ def pgd_objective(learner, obs, obs_tilde):
 def test_pgd_stays_in_ball_and_lowers_q_below_start_and_uniform(steps):
     learner = eps_learner(pgd_steps=steps)
     obs = torch.randn(512, 5)
-    torch.manual_seed(1)
-    start = obs + (2 * torch.rand_like(obs) - 1) * learner.eps  # the same draw PGD starts from
+    assert learner.args.pgd_start == "step"
+    torch.manual_seed(1)  # the same draw PGD starts from: uniform in the step box
+    start = obs + (2 * torch.rand_like(obs) - 1) * min(learner.args.pgd_step_scale * learner.eps / steps, learner.eps)
     torch.manual_seed(1)
     worst = learner.pgd_worst_obs(learner.critic, obs)
     assert (worst - obs).abs().max() <= learner.eps + 1e-6

@@ -12,7 +12,7 @@ import torch.nn as nn
 
 import wocar_ppo
 from attacks import common
-from conftest import run_script
+from conftest import assert_continued, run_script
 from test_ppo import TINY_PPO, TINY_PPO_CLI
 
 CPU = torch.device("cpu")
@@ -133,12 +133,13 @@ def test_smoke_run_really_updates(workdir, env_id, obs_dim):
     assert len(stats.returns) == 1
 
 
-def test_resume_continues_exactly(workdir):
+def test_resume_continues_exactly(workdir, capsys):
     args = dict(env_id="Hopper-v4", total_timesteps=384, seed=3, q_epochs=2, worst_action_steps=5, **TINY_PPO)
     straight = wocar_ppo.train(wocar_ppo.Args(**args, run_name="straight", save_every=0))
     wocar_ppo.train(wocar_ppo.Args(**args, run_name="part", save_every=256, keep_checkpoints=True))
     resumed = wocar_ppo.train(wocar_ppo.Args(**args, run_name="resumed", save_every=0,
                                              resume="runs/part/model_step256.pt"))
+    assert_continued(capsys.readouterr().out, "runs/part/model_step256.pt", 256)
     a, b = straight["learner"].state_dict(), resumed["learner"].state_dict()
     for net in ("actor", "critic", "worst_q", "worst_q_target"):
         for key, p in a[net].items():
