@@ -32,6 +32,18 @@ def assert_continued(stdout: str, path: str, step: int) -> None:
     assert f"[resume] continuing {path} at step {step}" in stdout, stdout[-2000:]
 
 
+def assert_same_end(straight: dict, resumed: dict, nets: tuple[str, ...]) -> None:
+    """Two runs' train() results ended in the same place, bit for bit: each named network and the evaluations."""
+    import torch
+
+    a, b = straight["learner"].state_dict(), resumed["learner"].state_dict()
+    for net in nets:
+        assert a[net] and a[net].keys() == b[net].keys(), net
+        for key, p in a[net].items():
+            torch.testing.assert_close(b[net][key], p, rtol=0, atol=0, msg=f"{net}.{key}")
+    assert resumed["eval_returns"] == straight["eval_returns"]
+
+
 def run_script(script: str, *args: str, cwd: str, timeout: int = 300, env: dict = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
     return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=cwd, capture_output=True,

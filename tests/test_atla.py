@@ -11,7 +11,7 @@ import torch
 
 import atla_ppo
 from attacks import common, valt_soft_adv
-from conftest import assert_continued, run_script
+from conftest import assert_continued, assert_same_end, run_script
 from test_ppo import TINY_PPO, TINY_PPO_CLI
 
 CPU = torch.device("cpu")
@@ -138,11 +138,7 @@ def test_resume_continues_exactly(workdir, pa, capsys):
                                            resume="runs/part/model_step256.pt"))
     assert resumed["global_step"] == 384 and resumed["adversary_steps"] == 384
     assert_continued(capsys.readouterr().out, "runs/part/model_step256.pt", 256)
-    a, b = straight["learner"].state_dict(), resumed["learner"].state_dict()
-    for net in ("actor", "critic", "adversary", "adversary_critic"):
-        for key, p in a[net].items():
-            torch.testing.assert_close(b[net][key], p, rtol=0, atol=0, msg=f"{net}.{key}")
-    assert resumed["eval_returns"] == straight["eval_returns"]
+    assert_same_end(straight, resumed, ("actor", "critic", "adversary", "adversary_critic"))
 
 
 @pytest.mark.parametrize("pa", [False, True])

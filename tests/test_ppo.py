@@ -12,7 +12,7 @@ import torch
 import ppo
 import robust_ppo
 from attacks import common
-from conftest import PPO_FIXTURE, assert_continued, fixture_states, run_script
+from conftest import PPO_FIXTURE, assert_continued, assert_same_end, fixture_states, run_script
 
 CPU = torch.device("cpu")
 # Tiny rollouts under which a run makes several real updates in a few seconds.
@@ -116,11 +116,7 @@ def test_resume_continues_exactly(workdir, name, capsys):
     resumed = mod.train(mod.Args(**common_args, run_name="resumed", save_every=0, resume="runs/part/model_step256.pt"))
     assert resumed["global_step"] == 384
     assert_continued(capsys.readouterr().out, "runs/part/model_step256.pt", 256)
-    a, b = straight["learner"].state_dict(), resumed["learner"].state_dict()
-    for net in ("actor", "critic"):
-        for key, p in a[net].items():
-            torch.testing.assert_close(b[net][key], p, rtol=0, atol=0, msg=f"{net}.{key}")
-    assert resumed["eval_returns"] == straight["eval_returns"]
+    assert_same_end(straight, resumed, ("actor", "critic"))
 
 
 def test_checkpoint_round_trip_as_a_ppo_kind_victim(workdir):

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import sac
-from conftest import ROOT, TINY, assert_continued, run_script
+from conftest import ROOT, TINY, assert_continued, assert_same_end, run_script
 from test_resume import EXTRA
 from test_sac import TINY_ARGS
 
@@ -90,11 +90,7 @@ def test_sigterm_saves_and_resume_is_bit_identical(workdir, capsys):
     straight = sac.train(sac.Args(**common, run_name="straight", save_every=0))
     resumed = sac.train(sac.Args(**common, run_name="resumed", save_every=0, resume="term/model.pt"))
     assert_continued(capsys.readouterr().out, "term/model.pt", saved["global_step"])
-    a, b = straight["learner"].state_dict(), resumed["learner"].state_dict()
-    for net in ("actor", "critic", "critic_target"):
-        for name, p in a[net].items():
-            torch.testing.assert_close(b[net][name], p, rtol=0, atol=0, msg=f"{net}.{name}")
-    assert resumed["eval_returns"] == straight["eval_returns"]
+    assert_same_end(straight, resumed, ("actor", "critic", "critic_target"))
 
 
 def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ import torch.nn as nn
 
 import wocar_ppo
 from attacks import common
-from conftest import assert_continued, run_script
+from conftest import assert_continued, assert_same_end, run_script
 from test_ppo import TINY_PPO, TINY_PPO_CLI
 
 CPU = torch.device("cpu")
@@ -140,11 +140,7 @@ def test_resume_continues_exactly(workdir, capsys):
     resumed = wocar_ppo.train(wocar_ppo.Args(**args, run_name="resumed", save_every=0,
                                              resume="runs/part/model_step256.pt"))
     assert_continued(capsys.readouterr().out, "runs/part/model_step256.pt", 256)
-    a, b = straight["learner"].state_dict(), resumed["learner"].state_dict()
-    for net in ("actor", "critic", "worst_q", "worst_q_target"):
-        for key, p in a[net].items():
-            torch.testing.assert_close(b[net][key], p, rtol=0, atol=0, msg=f"{net}.{key}")
-    assert resumed["eval_returns"] == straight["eval_returns"]
+    assert_same_end(straight, resumed, ("actor", "critic", "worst_q", "worst_q_target"))
 
 
 def test_settings_and_sweep_budgets(tmp_path):
