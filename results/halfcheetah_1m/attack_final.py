@@ -8,7 +8,7 @@ Every model gets the same episodes and seed (20 from seed 0), the suite's curren
 for RS (`--rs-grid quick`) and the learned attackers (`--search quick`), and learned attackers trained for
 --attack-budget steps (200k by default; the paper trains them at the victim's 1M, 4 seeds).
 
-At a stop, after the runs are terminated, `--commit-progress` commits each attacker's training state in progress as
+At a stop, after the runs are terminated (SIGTERM to this script reaches the eval_all it runs), `--commit-progress` commits each attacker's training state in progress as
 `<attacker>.progress.pt` (attacks/rl.portable_progress: a PPO attacker's whole, ≈ 150 kB, continued exactly; a SAC
 attacker's without its replay buffer, ≈ 3 MB, continued with the buffer refilled from empty, which its record lists).
 The column that finishes an attacker deletes its state, and commits the deletion.
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -89,6 +90,26 @@ def commit_progress(model: str, budget: int) -> None:
         print(f"[attack_final] committed {len(states)} training state(s) of {name}: {', '.join(states)}")
 
 
+def run_column(cmd: list, log) -> int:
+    """Run one column's eval_all; a SIGTERM or SIGINT to this script is passed on to it and waited for, so a stop
+    never leaves an orphaned attacker training (its state is saved every 10k steps)."""
+    child, stopped = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), []
+
+    def stop(signum, _frame):  # no wait() here: the main thread's wait() holds Popen's lock
+        stopped.append(signum)
+        child.send_signal(signum)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        returncode = child.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if stopped:
+        sys.exit(f"[attack_final] stopped by signal {stopped[0]} during {' '.join(cmd[4:6])}")
+    return returncode
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="+", help="slim models (models/<trial>.pt)")
@@ -127,7 +148,7 @@ def main() -> None:
                 with open(f"{stem}_attacks.log", "a") as log:
                     log.write(f"$ {' '.join(cmd[1:])}\n")
                     log.flush()
-                    if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT).returncode:
+                    if run_column(cmd, log):
                         sys.exit(f"error: {','.join(group)} on {model} failed (end of {stem}_attacks.log)")
                 row = read_row(stem)
             values = ", ".join(f"{row['attacks'][c]['column']} {row['attacks'][c].get('mean', float('nan')):.0f}"
