@@ -9,9 +9,9 @@ for RS (`--rs-grid quick`) and the learned attackers (`--search quick`), and lea
 --attack-budget steps (200k by default; the paper trains them at the victim's 1M, 4 seeds).
 
 At a stop, after the runs are terminated (a SIGTERM to this script reaches the eval_all it runs), `--commit-progress`
-commits each attacker's training state in progress as `<attacker>.progress.pt` (attacks/rl.portable_progress: a PPO
-attacker's whole, ≈ 150 kB, continued exactly; a SAC attacker's without its replay buffer, ≈ 3 MB, continued with the
-buffer refilled from empty, which its record lists). The column that finishes an attacker deletes its state, and
+commits each attacker's training state in progress as `<attacker>.progress.pt` (attacks/rl.portable_progress: a
+PPO attacker's whole, ≈ 150 kB, continued exactly; a SAC attacker's without its replay buffer, ≈ 3 MB, continued with
+the buffer refilled from empty, which its record lists). The column that finishes an attacker deletes its state, and
 commits the deletion.
 """
 from __future__ import annotations
