@@ -236,34 +236,43 @@ def plot_over_training(rows: list[dict], out_dir: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.lines import Line2D
+
     envs = sorted({r["env_id"] for r in rows})
-    fig, axes = plt.subplots(len(envs), 2, figsize=(11, 4 * len(envs)), squeeze=False)
+    methods = sorted({r["method"] for r in rows}, key=lambda m: list(LABELS).index(m) if m in LABELS else 99)
+    fig, axes = plt.subplots(len(envs), 2, figsize=(13, 4 * len(envs)), squeeze=False)
+    key: dict = {}  # one legend entry per trial: a method's colour, seeds after the first with hollow markers
     for (ax_return, ax_share), env_id in zip(axes, envs):
         trials = sorted({(r["method"], r["seed"]) for r in rows if r["env_id"] == env_id},
-                        key=lambda t: (list(LABELS).index(t[0]) if t[0] in LABELS else 99, t[1]))
-        for i, (method, seed) in enumerate(trials):
+                        key=lambda t: (methods.index(t[0]), t[1]))
+        first_seed = {}
+        for method, seed in trials:
+            first_seed.setdefault(method, seed)
             points = [r for r in rows if (r["env_id"], r["method"], r["seed"]) == (env_id, method, seed)]
             steps, name = [r["step"] for r in points], f"{LABELS.get(method, method)} s{seed}"
+            look = dict(color=f"C{methods.index(method)}")
+            if seed != first_seed[method]:
+                look.update(markerfacecolor="none", alpha=0.7)
+            key.setdefault(name, Line2D([], [], marker="o", **look))
             ax_return.plot(steps, [r["attacks"].get("natural", {}).get("mean", float("nan")) for r in points], "o-",
-                           color=f"C{i}", label=f"{name}: natural")
-            ax_return.plot(steps, [(r.get("worst") or {}).get("mean", float("nan")) for r in points], "x--",
-                           color=f"C{i}", label=f"{name}: worst")
+                           **look)
+            ax_return.plot(steps, [(r.get("worst") or {}).get("mean", float("nan")) for r in points], "x--", **look)
             for attack, style in (("mad", "s:"), ("pgd", "x--")):
                 shares = [(r["step"], share_of_natural(r, attack)) for r in points]
                 shares = [(s, v) for s, v in shares if v is not None]
-                ax_share.plot([s for s, _ in shares], [v for _, v in shares], style, color=f"C{i}",
-                              label=f"{name}: {attack.upper()}")
-        ax_return.set_title(f"{env_id}: natural, and the worst over the attack columns")
+                ax_share.plot([s for s, _ in shares], [v for _, v in shares], style, **look)
+        ax_return.set_title(f"{env_id}: natural (o, solid) and the worst attack column (x, dashed)")
         ax_return.set_ylabel("return (mean over the episodes)")
-        ax_share.set_title(f"{env_id}: share of natural kept")
+        ax_share.set_title(f"{env_id}: share of natural kept, MAD (squares, dotted) and PGD (x, dashed)")
         ax_share.set_ylabel("attacked / natural")
         low, high = ax_share.get_ylim()
         ax_share.set_ylim(min(0.0, low), max(1.05, high))
         for ax in (ax_return, ax_share):
             ax.set_xlabel("agent steps (thousands)")
             ax.xaxis.set_major_formatter(lambda x, _: f"{x / 1000:g}")
-            ax.legend(fontsize=7)
-    fig.tight_layout()
+            ax.title.set_fontsize(9)
+    fig.legend(list(key.values()), list(key), loc="center right", fontsize=8)  # outside the axes: no data hidden
+    fig.tight_layout(rect=(0, 0, 0.88, 1))
     path = os.path.join(out_dir, "robustness_over_training.png")
     fig.savefig(path, dpi=120)
     plt.close(fig)
