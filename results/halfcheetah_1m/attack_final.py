@@ -117,6 +117,9 @@ def main() -> None:
     p.add_argument("--attack-budget", type=int, default=200_000, help="environment steps per learned attacker")
     p.add_argument("--episodes", type=int, default=20, help="evaluation episodes (every model of the study: 20)")
     p.add_argument("--commit", action="store_true", help="git-commit each column's row, log and attackers")
+    p.add_argument("--columns", default=None,
+                   help="comma-separated attacks: run only the columns made of these (e.g. natural,uniform,mad,pgd,rs "
+                        "to leave the learned attackers for a session long enough to finish them); default all")
     p.add_argument("--commit-progress", action="store_true",
                    help="at a stop: git-commit the attackers' training states in progress (portable), then exit")
     a = p.parse_args()
@@ -126,6 +129,10 @@ def main() -> None:
             sys.exit(f"error: {model} not found")
     if a.attack_budget <= 0 or a.episodes <= 0:
         sys.exit("error: --attack-budget and --episodes must be positive")
+    known = {c for group in COLUMNS for c in group} | {"valt_soft_adv"}
+    chosen = known if a.columns is None else {c.strip() for c in a.columns.split(",") if c.strip()}
+    if not chosen or chosen - known:
+        sys.exit(f"error: --columns takes some of {','.join(sorted(known))} (got {a.columns!r})")
     if a.commit_progress:
         for model in models:
             commit_progress(model, a.attack_budget)
@@ -140,6 +147,8 @@ def main() -> None:
         except Exception as e:  # not a checkpoint of this project
             sys.exit(f"error: {model} is not a checkpoint of this project ({type(e).__name__})")
         for group in COLUMNS + ([["valt_soft_adv"]] if method == "valt_soft" else []):  # the checkpoint's name
+            if not set(group) <= chosen:
+                continue
             row = read_row(stem)
             if not up_to_date(row, group, a.episodes, a.attack_budget):
                 cmd = [sys.executable, os.path.join(ROOT, "attacks", "eval_all.py"), "--ckpt", model, "--attacks",
